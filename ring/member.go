@@ -1,0 +1,46 @@
+package ring
+
+import (
+	"fmt"
+	"math"
+	"unicode/utf8"
+)
+
+// Member is one participant of the ring.
+type Member struct {
+	// ID names the member; 1 to MaxIDLength bytes of valid UTF-8.
+	ID string
+	// Weight scales the member's share of the key space: it owns
+	// max(1, round(VirtualNodes·Weight)) points. 0 means 1; otherwise it must
+	// be finite, > 0 and at most MaxWeight.
+	Weight float64
+	// Draining members keep their points but get no lookups while any member
+	// in play is not draining.
+	Draining bool
+}
+
+// normalize validates m and fills in the default weight.
+func (m Member) normalize() (Member, error) {
+	if m.ID == "" || len(m.ID) > MaxIDLength || !utf8.ValidString(m.ID) {
+		return m, fmt.Errorf("%w: id %q must be 1 to %d bytes of UTF-8", ErrInvalidMember, truncate(m.ID), MaxIDLength)
+	}
+	if m.Weight == 0 {
+		m.Weight = 1
+	}
+	if math.IsNaN(m.Weight) || m.Weight <= 0 || m.Weight > MaxWeight {
+		return m, fmt.Errorf("%w: %q has weight %v, want > 0 and <= %v", ErrInvalidMember, m.ID, m.Weight, MaxWeight)
+	}
+	return m, nil
+}
+
+// points returns how many points a member of this weight owns.
+func points(vnodes int, weight float64) int {
+	return max(1, int(math.Round(float64(vnodes)*weight)))
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}
