@@ -1,0 +1,150 @@
+package resourceaware
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+)
+
+// Defaults from the original specification.
+const (
+	DefaultCPUThresholdPercent    = 90.0
+	DefaultMemoryThresholdPercent = 90.0
+	DefaultMaxActiveConnections   = 10_000
+	DefaultLatencyCeiling         = time.Second
+	DefaultStaleness              = 30 * time.Second
+	DefaultNeutralScore           = 0.5
+)
+
+// Weights are the coefficients of the composite health score.
+type Weights struct {
+	CPU         float64 // default 0.3
+	Memory      float64 // default 0.3
+	Connections float64 // default 0.2
+	Latency     float64 // default 0.2
+}
+
+// DefaultWeights returns 0.3/0.3/0.2/0.2.
+func DefaultWeights() Weights {
+	return Weights{CPU: 0.3, Memory: 0.3, Connections: 0.2, Latency: 0.2}
+}
+
+// Config configures a Balancer. Zero fields mean their defaults.
+type Config struct {
+	// CPUThresholdPercent excludes nodes whose fresh report shows more CPU
+	// usage. 0 means 90; otherwise in (0, 100].
+	CPUThresholdPercent float64
+	// MemoryThresholdPercent excludes nodes whose fresh report shows more
+	// memory usage. 0 means 90; otherwise in (0, 100].
+	MemoryThresholdPercent float64
+	// MaxActiveConnections excludes nodes reporting more connections; the
+	// connections term of the score reaches 0 there. 0 means 10,000.
+	MaxActiveConnections int64
+	// LatencyCeiling is the average latency at which the latency term of the
+	// score reaches 0. 0 means 1 s.
+	LatencyCeiling time.Duration
+	// Staleness is how old (by receive time) a report may be before the node
+	// counts as neutral. 0 means 30 s.
+	Staleness time.Duration
+	// NeutralScore is the score of a node with no fresh report. 0 means 0.5;
+	// otherwise in (0, 1].
+	NeutralScore float64
+	// Weights of the score terms; nil means DefaultWeights(). Each must be
+	// >= 0 and at least one > 0.
+	Weights *Weights
+
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Rand is the random source; nil means ChaCha8 generators seeded from
+	// crypto/rand. An injected source is used under a mutex.
+	Rand rand.Source
+}
+
+// DefaultConfig returns the configuration with every default filled in.
+func DefaultConfig() Config {
+	w := DefaultWeights()
+	return Config{
+		CPUThresholdPercent:    DefaultCPUThresholdPercent,
+		MemoryThresholdPercent: DefaultMemoryThresholdPercent,
+		MaxActiveConnections:   DefaultMaxActiveConnections,
+		LatencyCeiling:         DefaultLatencyCeiling,
+		Staleness:              DefaultStaleness,
+		NeutralScore:           DefaultNeutralScore,
+		Weights:                &w,
+	}
+}
+
+// Validate reports every problem with the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	percent := func(name string, v float64) {
+		if v != 0 && !(v > 0 && v <= 100) {
+			errs = append(errs, fmt.Errorf("resourceaware: %s = %v, want a percentage in (0, 100] (0 means 90)", name, v))
+		}
+	}
+	percent("CPUThresholdPercent", c.CPUThresholdPercent)
+	percent("MemoryThresholdPercent", c.MemoryThresholdPercent)
+	if c.MaxActiveConnections < 0 {
+		errs = append(errs, fmt.Errorf("resourceaware: MaxActiveConnections = %d, want > 0 (0 means %d)", c.MaxActiveConnections, DefaultMaxActiveConnections))
+	}
+	if c.LatencyCeiling < 0 {
+		errs = append(errs, fmt.Errorf("resourceaware: LatencyCeiling = %v, want > 0 (0 means %v)", c.LatencyCeiling, DefaultLatencyCeiling))
+	}
+	if c.Staleness < 0 {
+		errs = append(errs, fmt.Errorf("resourceaware: Staleness = %v, want > 0 (0 means %v)", c.Staleness, DefaultStaleness))
+	}
+	if c.NeutralScore != 0 && !(c.NeutralScore > 0 && c.NeutralScore <= 1) {
+		errs = append(errs, fmt.Errorf("resourceaware: NeutralScore = %v, want (0, 1] (0 means %v)", c.NeutralScore, DefaultNeutralScore))
+	}
+	if w := c.Weights; w != nil {
+		sum := 0.0
+		for _, t := range []struct {
+			name string
+			v    float64
+		}{{"CPU", w.CPU}, {"Memory", w.Memory}, {"Connections", w.Connections}, {"Latency", w.Latency}} {
+			if math.IsNaN(t.v) || math.IsInf(t.v, 0) || t.v < 0 {
+				errs = append(errs, fmt.Errorf("resourceaware: Weights.%s = %v, want a finite number >= 0", t.name, t.v))
+			} else {
+				sum += t.v
+			}
+		}
+		if sum == 0 {
+			errs = append(errs, errors.New("resourceaware: all score weights are zero; at least one must be > 0"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.CPUThresholdPercent == 0 {
+		c.CPUThresholdPercent = d.CPUThresholdPercent
+	}
+	if c.MemoryThresholdPercent == 0 {
+		c.MemoryThresholdPercent = d.MemoryThresholdPercent
+	}
+	if c.MaxActiveConnections == 0 {
+		c.MaxActiveConnections = d.MaxActiveConnections
+	}
+	if c.LatencyCeiling == 0 {
+		c.LatencyCeiling = d.LatencyCeiling
+	}
+	if c.Staleness == 0 {
+		c.Staleness = d.Staleness
+	}
+	if c.NeutralScore == 0 {
+		c.NeutralScore = d.NeutralScore
+	}
+	if c.Weights == nil {
+		c.Weights = d.Weights
+	} else {
+		w := *c.Weights // keep our own copy: the caller's may change
+		c.Weights = &w
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
