@@ -280,6 +280,21 @@ func TestDraining(t *testing.T) {
 			t.Fatalf("GetN(%q, 20) = %v, want the 9 members that are not draining", k, got)
 		}
 	}
+	// Walk shows the draining member a lookup passed over.
+	for i, k := range keys[:2000] {
+		var visited []string
+		r.Snapshot().Walk(k, func(m Member) bool {
+			visited = append(visited, m.ID)
+			return !(m.ID == after[i])
+		})
+		want := []string{after[i]}
+		if before[i] == "node-4" {
+			want = []string{"node-4", after[i]}
+		}
+		if !slices.Equal(visited, want) {
+			t.Fatalf("Walk(%q) visited %v, want %v", k, visited, want)
+		}
+	}
 	// All draining: used as if none were.
 	for i := range ms {
 		ms[i].Draining = true

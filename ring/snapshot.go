@@ -105,6 +105,34 @@ func (s *Snapshot) Get(key string) (string, error) {
 	return s.members[s.points[i].owner].ID, nil
 }
 
+// Walk calls fn for each distinct member clockwise from key's position,
+// draining or not, until fn returns false or every member was visited. It
+// shows what a lookup passes over; it allocates, so it is not for hot paths.
+func (s *Snapshot) Walk(key string, fn func(Member) bool) {
+	if len(s.points) == 0 {
+		return
+	}
+	seen := make([]bool, len(s.members))
+	i := s.search(s.hashKey(key))
+	for walked, visited := 0, 0; walked < len(s.points) && visited < len(s.members); walked++ {
+		o := s.points[i].owner
+		if i++; i == len(s.points) {
+			i = 0
+		}
+		if seen[o] {
+			continue
+		}
+		seen[o] = true
+		visited++
+		if !fn(s.members[o]) {
+			return
+		}
+	}
+}
+
+// KeyHash returns the hash the ring uses for key (XXH64, seed 0).
+func (s *Snapshot) KeyHash(key string) uint64 { return s.hashKey(key) }
+
 // GetN returns up to n distinct members for key, primary first, in ring
 // order. It returns fewer than n only when fewer members are usable (members
 // that are not draining, or all of them if all are draining).

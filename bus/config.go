@@ -1,0 +1,192 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/natsroute/natsroute/resourceaware"
+	"github.com/natsroute/natsroute/ring"
+)
+
+// Defaults of Config.
+const (
+	DefaultMemberTTL     = 60 * time.Second
+	DefaultCoalesce      = 5 * time.Millisecond
+	DefaultResync        = 5 * time.Second
+	DefaultDrainTimeout  = 5 * time.Second
+	DefaultMaxKeyBytes   = 1024
+	DefaultMaxCandidates = 1000
+	DefaultMaxBatch      = 1000
+	DefaultMaxCount      = 32
+	DefaultKVReplicas    = 1
+	DefaultHealthPending = 1 << 20 // messages buffered for health.* before drops
+	maxKVReplicas        = 5
+	maxLimit             = 1 << 20
+)
+
+// Limits bound what one request may ask for. Zero fields mean the default.
+type Limits struct {
+	MaxKeyBytes   int // longest key, in bytes (default 1024)
+	MaxCandidates int // most candidates in a request (default 1000)
+	MaxBatch      int // most keys in a batch (default 1000)
+	MaxCount      int // largest count (default 32)
+}
+
+// Config configures a Router. Zero fields mean their defaults.
+type Config struct {
+	// Bucket is the JetStream KV bucket of the ring (default "natsroute").
+	Bucket string
+	// KVReplicas is the bucket's replica count when the router creates it
+	// (default 1; 3 on a JetStream cluster).
+	KVReplicas int
+	// QueueGroup is shared by router replicas on route.* (default "natsroute").
+	QueueGroup string
+	// VirtualNodes is the points per unit weight of a new ring document
+	// (default 150). An existing document keeps its own.
+	VirtualNodes int
+	// MemberTTL is how long a member stays on the ring without reporting
+	// (default 60 s).
+	MemberTTL time.Duration
+	// Coalesce is how long the KV writer waits after a membership change
+	// for more, so bursts become one write (default 5 ms).
+	Coalesce time.Duration
+	// Resync is how often the router re-reads the ring from the bucket in
+	// case its watch missed an update (default 5 s).
+	Resync time.Duration
+	// DrainTimeout bounds how long Close waits for in-flight requests
+	// (default 5 s).
+	DrainTimeout time.Duration
+	// Balancer configures ResourceAware (thresholds, weights, staleness).
+	Balancer resourceaware.Config
+	// Limits bound requests.
+	Limits Limits
+	// Logger receives the router's logs (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now); tests inject one.
+	Now func() time.Time
+	// OnRequest, if set, is called after each route.request with the
+	// strategy ("unknown" if none was chosen), the code (200, 400, 503,
+	// 500) and the time taken; metrics hang here.
+	OnRequest func(strategy string, code int, took time.Duration)
+}
+
+// DefaultConfig returns the configuration with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		Bucket:       DefaultBucket,
+		KVReplicas:   DefaultKVReplicas,
+		QueueGroup:   DefaultQueueGroup,
+		VirtualNodes: ring.DefaultVirtualNodes,
+		MemberTTL:    DefaultMemberTTL,
+		Coalesce:     DefaultCoalesce,
+		Resync:       DefaultResync,
+		DrainTimeout: DefaultDrainTimeout,
+		Balancer:     resourceaware.DefaultConfig(),
+		Limits: Limits{
+			MaxKeyBytes:   DefaultMaxKeyBytes,
+			MaxCandidates: DefaultMaxCandidates,
+			MaxBatch:      DefaultMaxBatch,
+			MaxCount:      DefaultMaxCount,
+		},
+	}
+}
+
+var (
+	bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+	tokenRE  = regexp.MustCompile(`^[^.*>\s]+$`)
+)
+
+// Validate reports every problem with the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("bus: "+format, args...)) }
+	if c.Bucket != "" && !bucketRE.MatchString(c.Bucket) {
+		add("Bucket %q: a KV bucket name is [a-zA-Z0-9_-]+", c.Bucket)
+	}
+	if c.KVReplicas < 0 || c.KVReplicas > maxKVReplicas {
+		add("KVReplicas = %d, want 1 to %d (0 means %d)", c.KVReplicas, maxKVReplicas, DefaultKVReplicas)
+	}
+	if c.QueueGroup != "" && !tokenRE.MatchString(c.QueueGroup) {
+		add("QueueGroup %q: no dots, wildcards or spaces", c.QueueGroup)
+	}
+	if c.VirtualNodes < 0 || c.VirtualNodes > ring.MaxVirtualNodes {
+		add("VirtualNodes = %d, want 1 to %d (0 means %d)", c.VirtualNodes, ring.MaxVirtualNodes, ring.DefaultVirtualNodes)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+		def  time.Duration
+	}{
+		{"MemberTTL", c.MemberTTL, DefaultMemberTTL},
+		{"Coalesce", c.Coalesce, DefaultCoalesce},
+		{"Resync", c.Resync, DefaultResync},
+		{"DrainTimeout", c.DrainTimeout, DefaultDrainTimeout},
+	} {
+		if d.v < 0 {
+			add("%s = %v, want > 0 (0 means %v)", d.name, d.v, d.def)
+		}
+	}
+	if c.Coalesce > time.Second {
+		add("Coalesce = %v, want at most 1s: membership changes would wait that long", c.Coalesce)
+	}
+	for _, l := range []struct {
+		name string
+		v    int
+	}{
+		{"MaxKeyBytes", c.Limits.MaxKeyBytes},
+		{"MaxCandidates", c.Limits.MaxCandidates},
+		{"MaxBatch", c.Limits.MaxBatch},
+		{"MaxCount", c.Limits.MaxCount},
+	} {
+		if l.v < 0 || l.v > maxLimit {
+			add("Limits.%s = %d, want 1 to %d (0 means the default)", l.name, l.v, maxLimit)
+		}
+	}
+	if err := c.Balancer.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	def := func(v *int, dv int) {
+		if *v == 0 {
+			*v = dv
+		}
+	}
+	defDur := func(v *time.Duration, dv time.Duration) {
+		if *v == 0 {
+			*v = dv
+		}
+	}
+	if c.Bucket == "" {
+		c.Bucket = d.Bucket
+	}
+	if c.QueueGroup == "" {
+		c.QueueGroup = d.QueueGroup
+	}
+	def(&c.KVReplicas, d.KVReplicas)
+	def(&c.VirtualNodes, d.VirtualNodes)
+	defDur(&c.MemberTTL, d.MemberTTL)
+	defDur(&c.Coalesce, d.Coalesce)
+	defDur(&c.Resync, d.Resync)
+	defDur(&c.DrainTimeout, d.DrainTimeout)
+	def(&c.Limits.MaxKeyBytes, d.Limits.MaxKeyBytes)
+	def(&c.Limits.MaxCandidates, d.Limits.MaxCandidates)
+	def(&c.Limits.MaxBatch, d.Limits.MaxBatch)
+	def(&c.Limits.MaxCount, d.Limits.MaxCount)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Balancer.Now == nil {
+		c.Balancer.Now = c.Now
+	}
+	return c
+}

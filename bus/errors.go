@@ -1,0 +1,89 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+var (
+	// ErrBadRequest: the request was malformed or broke a limit (code 400).
+	ErrBadRequest = errors.New("natsroute: bad request")
+	// ErrNoNodes: no node is available to take the request (code 503).
+	ErrNoNodes = errors.New("natsroute: no node available")
+	// ErrInternal: the router failed while answering (code 500).
+	ErrInternal = errors.New("natsroute: internal error")
+
+	// ErrInvalidNodeID is wrapped by errors about node ids.
+	ErrInvalidNodeID = errors.New("natsroute: invalid node id")
+	// ErrInvalidReport is wrapped by errors about health reports.
+	ErrInvalidReport = errors.New("natsroute: invalid health report")
+	// ErrInvalidDocument is wrapped by errors about ring documents.
+	ErrInvalidDocument = errors.New("natsroute: invalid ring document")
+	// ErrClosed is returned by a Router, Client, Reporter or RingCache used
+	// after Close.
+	ErrClosed = errors.New("natsroute: closed")
+)
+
+// Error codes on the wire (header Nats-Service-Error-Code and body "code").
+const (
+	CodeBadRequest = 400
+	CodeNoNodes    = 503
+	CodeInternal   = 500
+)
+
+// ServiceError is an error reply from a router. errors.Is matches it against
+// ErrBadRequest, ErrNoNodes or ErrInternal according to its code.
+type ServiceError struct {
+	Code    int    // 400, 503 or 500
+	Message string // the router's message
+}
+
+func (e *ServiceError) Error() string {
+	return fmt.Sprintf("natsroute: %s (%d)", e.Message, e.Code)
+}
+
+// Is maps the code onto the sentinel errors.
+func (e *ServiceError) Is(target error) bool {
+	return target == sentinelFor(e.Code)
+}
+
+func sentinelFor(code int) error {
+	switch code {
+	case CodeBadRequest:
+		return ErrBadRequest
+	case CodeNoNodes:
+		return ErrNoNodes
+	default:
+		return ErrInternal
+	}
+}
+
+// codeOf returns the wire code for an error produced while answering.
+func codeOf(err error) int {
+	switch {
+	case errors.Is(err, ErrBadRequest):
+		return CodeBadRequest
+	case errors.Is(err, ErrNoNodes):
+		return CodeNoNodes
+	}
+	return CodeInternal
+}
+
+func badRequest(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadRequest, fmt.Sprintf(format, args...))
+}
+
+// errorBody is the body of an error reply.
+type errorBody struct {
+	Error string `json:"error" msgpack:"error"`
+	Code  int    `json:"code" msgpack:"code"`
+}
+
+func parseCode(s string) int {
+	c, err := strconv.Atoi(s)
+	if err != nil {
+		return CodeInternal
+	}
+	return c
+}

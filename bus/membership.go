@@ -1,0 +1,329 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/ring"
+)
+
+// view is the ring as last seen in the bucket: immutable, swapped atomically.
+type view struct {
+	doc  RingDocument
+	rev  uint64 // KV revision of doc; 0 before the key exists
+	snap *ring.Snapshot
+}
+
+// track is what this router knows of one node from its health reports.
+type track struct {
+	seen     time.Time // when the last accepted report arrived (router's clock)
+	seq      uint64
+	weight   float64
+	draining bool
+	left     bool // the last report said leaving
+}
+
+var errStaleSeq = errors.New("seq is older than the last one seen")
+
+// observe records a report in the membership tracker and wakes the KV
+// writer if the ring document must change. With seq set, a report older
+// than the last one seen is refused (unless the node had left).
+func (r *Router) observe(node string, h Health) error {
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	t := r.tracker[node]
+	if t == nil {
+		t = &track{}
+		r.tracker[node] = t
+	} else if h.Seq != 0 && h.Seq < t.seq && !t.left {
+		return fmt.Errorf("%w: %w (%d < %d)", ErrInvalidReport, errStaleSeq, h.Seq, t.seq)
+	}
+	t.seen, t.seq = r.cfg.Now(), h.Seq
+	t.left = h.Status == StatusLeaving
+	t.weight = h.Weight
+	if t.weight == 0 {
+		t.weight = 1
+	}
+	t.draining = h.Status == StatusDraining
+	n, member := r.view.Load().doc.node(node)
+	if member == t.left || (member && (n.Weight != t.weight || (n.Status == StatusDraining) != t.draining)) {
+		r.wake()
+	}
+	return nil
+}
+
+func (r *Router) wake() {
+	select {
+	case r.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// desired applies what this router knows onto base: nodes it heard from
+// within the member TTL are members with their reported weight and status;
+// nodes that said leaving, went silent for the TTL, or (for members it has
+// never heard from) stayed silent for the TTL since it started, are not.
+func (r *Router) desired(base RingDocument) RingDocument {
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	now, ttl := r.cfg.Now(), r.cfg.MemberTTL
+	nodes := make(map[string]RingNode, len(base.Nodes)+len(r.tracker))
+	for _, n := range base.Nodes {
+		if _, known := r.tracker[n.ID]; known || now.Sub(r.started) <= ttl {
+			nodes[n.ID] = n
+		}
+	}
+	for id, t := range r.tracker {
+		if t.left || now.Sub(t.seen) > ttl {
+			delete(nodes, id)
+			continue
+		}
+		n := RingNode{ID: id, Weight: t.weight}
+		if t.draining {
+			n.Status = StatusDraining
+		}
+		nodes[id] = n
+	}
+	out := base
+	out.Nodes = make([]RingNode, 0, len(nodes))
+	for _, id := range slices.Sorted(maps.Keys(nodes)) {
+		out.Nodes = append(out.Nodes, nodes[id])
+	}
+	return out
+}
+
+// sweep forgets tracker entries long past the TTL and reports whether the
+// ring document should change (a member expired).
+func (r *Router) sweep() bool {
+	v := r.view.Load()
+	r.healthMu.Lock()
+	now := r.cfg.Now()
+	for id, t := range r.tracker {
+		if now.Sub(t.seen) > 2*r.cfg.MemberTTL {
+			delete(r.tracker, id)
+		}
+	}
+	r.healthMu.Unlock()
+	return !r.desired(v.doc).equal(v.doc)
+}
+
+// readRing returns the document in the bucket and its revision (an empty
+// document and revision 0 if there is none).
+func (r *Router) readRing(ctx context.Context) (RingDocument, uint64, error) {
+	e, err := r.kv.Get(ctx, RingKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return newDocument(r.cfg.VirtualNodes), 0, nil
+	}
+	if err != nil {
+		return RingDocument{}, 0, fmt.Errorf("bus: kv get %q: %w", RingKey, err)
+	}
+	d, err := DecodeRingDocument(e.Value())
+	if err != nil {
+		r.stats.docRejected.Add(1)
+		return RingDocument{}, 0, fmt.Errorf("bus: ring document at revision %d: %w", e.Revision(), err)
+	}
+	return d, e.Revision(), nil
+}
+
+// flush makes the bucket's document match what this router knows, with
+// compare-and-set: on a conflict it re-reads the document and re-applies.
+func (r *Router) flush(ctx context.Context) error {
+	for attempt := 0; attempt < 50; attempt++ {
+		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := r.flushOnce(opCtx)
+		cancel()
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return err
+		}
+		r.stats.kvConflicts.Add(1)
+	}
+	return errors.New("bus: kv update: too many conflicts")
+}
+
+func (r *Router) flushOnce(ctx context.Context) error {
+	base, rev, err := r.readRing(ctx)
+	if err != nil {
+		return err
+	}
+	r.apply(base, rev)
+	want := r.desired(base)
+	if want.equal(base) {
+		return nil
+	}
+	data, err := want.Encode()
+	if err != nil {
+		return fmt.Errorf("bus: encode ring document: %w", err)
+	}
+	var newRev uint64
+	if rev == 0 {
+		newRev, err = r.kv.Create(ctx, RingKey, data)
+	} else {
+		newRev, err = r.kv.Update(ctx, RingKey, data, rev)
+	}
+	if err != nil {
+		return err
+	}
+	r.stats.kvWrites.Add(1)
+	r.apply(want, newRev)
+	r.log.Debug("ring written", "revision", newRev, "members", len(want.Nodes))
+	return nil
+}
+
+// apply makes doc at rev the ring that answers, unless a newer revision
+// already does. It keeps ResourceAware's node set in step: members that
+// have not reported count as neutral, and nodes that left the ring are
+// forgotten unless they are still reporting.
+func (r *Router) apply(doc RingDocument, rev uint64) {
+	r.viewMu.Lock()
+	defer r.viewMu.Unlock()
+	old := r.view.Load()
+	if rev < old.rev || (rev == old.rev && rev != 0) {
+		return
+	}
+	if old.snap.VirtualNodes() != doc.VNodes {
+		rg, err := doc.Ring()
+		if err != nil {
+			r.log.Error("ring document rejected", "revision", rev, "err", err)
+			return
+		}
+		r.ring = rg
+		if doc.VNodes != r.cfg.VirtualNodes && len(doc.Nodes) > 0 {
+			r.log.Warn("the bucket's ring uses its own vnodes; the configured value applies only to a new ring", "bucket_vnodes", doc.VNodes, "configured", r.cfg.VirtualNodes)
+		}
+	} else if err := r.ring.Set(doc.Members()); err != nil {
+		r.log.Error("ring document rejected", "revision", rev, "err", err)
+		return
+	}
+	r.view.Store(&view{doc: doc, rev: rev, snap: r.ring.Snapshot()})
+
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	now := r.cfg.Now()
+	ids := make([]string, len(doc.Nodes))
+	for i, n := range doc.Nodes {
+		ids[i] = n.ID
+	}
+	_ = r.balancer.Add(ids...)
+	for _, n := range old.doc.Nodes {
+		if _, still := doc.node(n.ID); still {
+			continue
+		}
+		if t := r.tracker[n.ID]; t == nil || t.left || now.Sub(t.seen) > r.cfg.MemberTTL {
+			r.balancer.Forget(n.ID)
+		}
+	}
+}
+
+// applyEntry applies a KV entry of the ring key.
+func (r *Router) applyEntry(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		r.apply(newDocument(r.cfg.VirtualNodes), e.Revision())
+		return
+	}
+	d, err := DecodeRingDocument(e.Value())
+	if err != nil {
+		r.stats.docRejected.Add(1)
+		r.log.Error("ring document in the bucket rejected; still answering from the last good ring", "revision", e.Revision(), "err", err)
+		return
+	}
+	r.apply(d, e.Revision())
+}
+
+// watch follows the ring key until ctx ends, re-creating the watcher if it
+// stops (the server restarted, the bucket was recreated).
+func (r *Router) watch(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		w, err := r.kv.Watch(ctx, RingKey)
+		if err == nil {
+			backoff = 50 * time.Millisecond
+			for e := range w.Updates() {
+				if e != nil {
+					r.applyEntry(e)
+				}
+			}
+			_ = w.Stop()
+		} else if ctx.Err() == nil {
+			r.log.Warn("ring watch failed; retrying", "err", err, "in", backoff)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// write is the KV writer: it coalesces membership changes, writes them with
+// compare-and-set, expires silent members and re-reads the ring now and
+// then in case the watch missed something.
+func (r *Router) write(ctx context.Context) {
+	sweepEvery := min(max(r.cfg.MemberTTL/4, 10*time.Millisecond), time.Second)
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
+	resync := time.NewTicker(r.cfg.Resync)
+	defer resync.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	backoff := 50 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.dirty:
+		case <-retry.C:
+		case <-sweep.C:
+			if !r.sweep() {
+				continue
+			}
+		case <-r.resyncNow:
+			r.resync(ctx)
+			continue
+		case <-resync.C:
+			r.resync(ctx)
+			continue
+		}
+		select { // let a burst of changes gather into one write
+		case <-ctx.Done():
+			return
+		case <-time.After(r.cfg.Coalesce):
+		}
+		select {
+		case <-r.dirty:
+		default:
+		}
+		if err := r.flush(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.stats.kvErrors.Add(1)
+			r.log.Warn("ring write failed; retrying", "err", err, "in", backoff)
+			retry.Reset(backoff)
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+	}
+}
+
+// resync re-reads the ring from the bucket and writes if it must.
+func (r *Router) resync(ctx context.Context) {
+	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	d, rev, err := r.readRing(opCtx)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Debug("ring resync failed", "err", err)
+		}
+		return
+	}
+	r.apply(d, rev)
+	if !r.desired(d).equal(d) {
+		r.wake()
+	}
+}

@@ -1,0 +1,114 @@
+package bus
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/natsroute/natsroute/ring"
+)
+
+// Ring document constants (see subjects.md, "The ring document").
+const (
+	DocumentFormat = 1          // the only format this version reads and writes
+	DocumentHash   = "xxhash64" // the only hash this version knows
+)
+
+// RingDocument is the ring membership as published in the KV bucket.
+type RingDocument struct {
+	Format int        `json:"format" msgpack:"format"`
+	Hash   string     `json:"hash" msgpack:"hash"`
+	VNodes int        `json:"vnodes" msgpack:"vnodes"`
+	Nodes  []RingNode `json:"nodes" msgpack:"nodes"`
+}
+
+// RingNode is one member of the ring document.
+type RingNode struct {
+	ID     string  `json:"id" msgpack:"id"`
+	Weight float64 `json:"weight" msgpack:"weight"`
+	Status string  `json:"status,omitempty" msgpack:"status,omitempty"` // "draining", or empty
+}
+
+// newDocument returns an empty document for vnodes points per unit weight.
+func newDocument(vnodes int) RingDocument {
+	return RingDocument{Format: DocumentFormat, Hash: DocumentHash, VNodes: vnodes, Nodes: []RingNode{}}
+}
+
+// DecodeRingDocument decodes and validates a ring document. A document of
+// an unknown format or hash is refused: routing on a ring built differently
+// from the router's would send keys to the wrong nodes.
+func DecodeRingDocument(data []byte) (RingDocument, error) {
+	var d RingDocument
+	if err := JSON.Unmarshal(data, &d); err != nil {
+		return d, fmt.Errorf("%w: %w", ErrInvalidDocument, err)
+	}
+	return d, d.Validate()
+}
+
+// Validate checks the format, hash, vnodes and every node.
+func (d RingDocument) Validate() error {
+	if d.Format != DocumentFormat {
+		return fmt.Errorf("%w: format %d is not supported (this version reads format %d)", ErrInvalidDocument, d.Format, DocumentFormat)
+	}
+	if d.Hash != DocumentHash {
+		return fmt.Errorf("%w: hash %q is not supported (this version uses %q)", ErrInvalidDocument, d.Hash, DocumentHash)
+	}
+	if d.VNodes < 1 || d.VNodes > ring.MaxVirtualNodes {
+		return fmt.Errorf("%w: vnodes %d is not in [1, %d]", ErrInvalidDocument, d.VNodes, ring.MaxVirtualNodes)
+	}
+	for i, n := range d.Nodes {
+		if err := ValidateNodeID(n.ID); err != nil {
+			return fmt.Errorf("%w: node %d: %w", ErrInvalidDocument, i, err)
+		}
+		if math.IsNaN(n.Weight) || n.Weight <= 0 || n.Weight > ring.MaxWeight {
+			return fmt.Errorf("%w: node %q has weight %v, want (0, %v]", ErrInvalidDocument, n.ID, n.Weight, ring.MaxWeight)
+		}
+		if n.Status != "" && n.Status != StatusDraining {
+			return fmt.Errorf("%w: node %q has status %q (only %q is stored)", ErrInvalidDocument, n.ID, n.Status, StatusDraining)
+		}
+		if i > 0 && d.Nodes[i-1].ID >= n.ID {
+			return fmt.Errorf("%w: nodes are not sorted by id with no duplicates at %q", ErrInvalidDocument, n.ID)
+		}
+	}
+	return nil
+}
+
+// Encode returns the document as JSON, nodes sorted by id.
+func (d RingDocument) Encode() ([]byte, error) {
+	d.Nodes = slices.Clone(d.Nodes)
+	slices.SortFunc(d.Nodes, func(a, b RingNode) int { return cmp.Compare(a.ID, b.ID) })
+	if d.Nodes == nil {
+		d.Nodes = []RingNode{}
+	}
+	return json.Marshal(d)
+}
+
+// Members returns the ring members the document describes.
+func (d RingDocument) Members() []ring.Member {
+	ms := make([]ring.Member, len(d.Nodes))
+	for i, n := range d.Nodes {
+		ms[i] = ring.Member{ID: n.ID, Weight: n.Weight, Draining: n.Status == StatusDraining}
+	}
+	return ms
+}
+
+// Ring builds the ring the document describes.
+func (d RingDocument) Ring() (*ring.Ring, error) {
+	return ring.New(ring.Config{VirtualNodes: d.VNodes}, d.Members()...)
+}
+
+// node returns the document's entry for id.
+func (d RingDocument) node(id string) (RingNode, bool) {
+	i, ok := slices.BinarySearchFunc(d.Nodes, id, func(n RingNode, id string) int { return cmp.Compare(n.ID, id) })
+	if !ok {
+		return RingNode{}, false
+	}
+	return d.Nodes[i], true
+}
+
+// equal reports whether two documents describe the same ring.
+func (d RingDocument) equal(o RingDocument) bool {
+	return d.Format == o.Format && d.Hash == o.Hash && d.VNodes == o.VNodes && slices.Equal(d.Nodes, o.Nodes)
+}

@@ -1,0 +1,211 @@
+package embedded_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/bus"
+)
+
+// docMembers renders a document like members() does.
+func docMembers(d bus.RingDocument) string {
+	ids := make([]string, len(d.Nodes))
+	for i, n := range d.Nodes {
+		ids[i] = n.ID
+		if n.Status != "" {
+			ids[i] += "(" + n.Status + ")"
+		}
+		if n.Weight != 1 {
+			ids[i] += fmt.Sprintf("*%v", n.Weight)
+		}
+	}
+	return strings.Join(ids, ",")
+}
+
+// kvWatch collects every ring document written to the bucket.
+type kvWatch struct {
+	mu   sync.Mutex
+	docs []string
+}
+
+func watchBucket(t *testing.T, js jetstream.JetStream) *kvWatch {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var kv jetstream.KeyValue
+	waitFor(t, 5*time.Second, "the bucket", func() bool {
+		var err error
+		kv, err = js.KeyValue(ctx, bus.DefaultBucket)
+		return err == nil
+	})
+	w, err := kv.Watch(ctx, bus.RingKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kw := &kvWatch{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			d, err := bus.DecodeRingDocument(e.Value())
+			if err != nil {
+				t.Errorf("watcher: %v", err)
+				continue
+			}
+			kw.mu.Lock()
+			kw.docs = append(kw.docs, docMembers(d))
+			kw.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return kw
+}
+
+func (w *kvWatch) saw(s string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Contains(w.docs, s)
+}
+
+func TestMembership(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := testConfig(t)
+	cfg.MemberTTL = 400 * time.Millisecond
+	r := startRouter(t, connect(t, s.ClientURL()), cfg)
+	js, _ := jetstream.New(nc)
+	w := watchBucket(t, js)
+
+	heavy := okHealth
+	heavy.Weight = 2.5
+	// Each step publishes reports and expects the router's ring, the KV
+	// document and a watcher all to show the membership.
+	steps := []struct {
+		name string
+		do   func()
+		want string
+	}{
+		{"join", func() {
+			health(t, nc, "a", okHealth)
+			health(t, nc, "b", okHealth)
+		}, "a,b"},
+		{"weight", func() {
+			h := okHealth
+			h.Weight = 2.5
+			health(t, nc, "b", h)
+			health(t, nc, "a", okHealth)
+		}, "a,b*2.5"},
+		{"draining", func() {
+			h := okHealth
+			h.Status = bus.StatusDraining
+			health(t, nc, "a", h)
+			health(t, nc, "b", heavy)
+			health(t, nc, "c", okHealth)
+		}, "a(draining),b*2.5,c"},
+		{"undrain", func() {
+			health(t, nc, "a", okHealth)
+			health(t, nc, "b", heavy)
+			health(t, nc, "c", okHealth)
+		}, "a,b*2.5,c"},
+		{"leave", func() {
+			h := okHealth
+			h.Status = bus.StatusLeaving
+			health(t, nc, "a", h)
+			health(t, nc, "b", heavy)
+			health(t, nc, "c", okHealth)
+		}, "b*2.5,c"},
+		{"ttl expiry", func() {
+			// keep c alive; b goes silent and must expire after the TTL.
+			deadline := time.Now().Add(2 * time.Second)
+			for time.Now().Before(deadline) && members(r) != "c" {
+				health(t, nc, "c", okHealth)
+				time.Sleep(50 * time.Millisecond)
+			}
+		}, "c"},
+	}
+	for _, st := range steps {
+		st.do()
+		waitFor(t, 5*time.Second, st.name+": router ring "+st.want, func() bool { return members(r) == st.want })
+		local, _ := localRing(t, nc)
+		var ids []string
+		for _, m := range local.Members() {
+			id := m.ID
+			if m.Draining {
+				id += "(draining)"
+			}
+			if m.Weight != 1 {
+				id += fmt.Sprintf("*%v", m.Weight)
+			}
+			ids = append(ids, id)
+		}
+		if got := strings.Join(ids, ","); got != st.want {
+			t.Fatalf("%s: ring rebuilt from the bucket has %s, want %s", st.name, got, st.want)
+		}
+		waitFor(t, 5*time.Second, st.name+": watcher sees "+st.want, func() bool { return w.saw(st.want) })
+		d, _ := r.Ring()
+		if got := docMembers(d); got != st.want {
+			t.Fatalf("%s: document %s, want %s", st.name, got, st.want)
+		}
+	}
+	st := r.Stats()
+	if st.KVWrites < uint64(len(steps)) || st.ReportsAccepted == 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestDrainingSkipsOnlyItsKeys(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	for i := range 6 {
+		health(t, nc, fmt.Sprintf("n%d", i), okHealth)
+	}
+	waitFor(t, 5*time.Second, "six members", func() bool { return len(strings.Split(members(r), ",")) == 6 })
+	keys := make([]string, 3000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key-%d", i)
+	}
+	before := batch(t, r, keys)
+	h := okHealth
+	h.Status = bus.StatusDraining
+	health(t, nc, "n2", h)
+	waitFor(t, 5*time.Second, "n2 draining", func() bool { return strings.Contains(members(r), "n2(draining)") })
+	after := batch(t, r, keys)
+	moved := 0
+	for i := range keys {
+		if after[i] == "n2" {
+			t.Fatalf("key %s still routed to draining n2", keys[i])
+		}
+		if before[i] != after[i] {
+			if before[i] != "n2" {
+				t.Fatalf("key %s moved %s -> %s though only n2 drains", keys[i], before[i], after[i])
+			}
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no key was on n2")
+	}
+}
+
+// batch answers keys through the router's ConsistentHash strategy.
+func batch(t testing.TB, r *bus.Router, keys []string) []string {
+	t.Helper()
+	rep, err := r.Strategies()[0].Select(context.Background(), bus.Request{Keys: keys, Count: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]string, len(rep.Results))
+	for i, res := range rep.Results {
+		out[i] = res.Node
+	}
+	return out
+}
