@@ -379,7 +379,7 @@ func DecodeHealth(node string, data []byte, h nats.Header) (Health, error) {
 		missing = append(missing, "avg_latency_ms")
 	}
 	if len(missing) > 0 {
-		return Health{}, fmt.Errorf("%w: missing %s", ErrInvalidReport, strings.Join(missing, ", "))
+		return Health{}, fmt.Errorf("%w: %w: missing %s", ErrInvalidReport, errMalformed, strings.Join(missing, ", "))
 	}
 	ms := *w.AvgLatencyMS
 	if !(ms >= 0 && ms <= float64(MaxLatency/time.Millisecond)) {

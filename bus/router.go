@@ -242,8 +242,12 @@ func (r *Router) stop() error {
 // moment (the endpoint subscriptions deliver what they had buffered), or
 // until DrainTimeout.
 func (r *Router) drain() {
-	_ = r.nc.Flush() // the server has processed the unsubscribes
 	deadline := time.Now().Add(r.cfg.DrainTimeout)
+	if r.nc.IsConnected() { // so the server has processed the unsubscribes
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		_ = r.nc.FlushWithContext(ctx)
+		cancel()
+	}
 	const quiet = 20 * time.Millisecond
 	for time.Now().Before(deadline) {
 		if r.inflight.Load() == 0 && time.Since(time.Unix(0, r.lastReq.Load())) > quiet {

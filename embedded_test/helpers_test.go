@@ -77,11 +77,7 @@ func startRouter(t testing.TB, nc *nats.Conn, cfg bus.Config) *bus.Router {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := r.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	startOrFail(t, r)
 	t.Cleanup(func() {
 		if err := r.Close(); err != nil {
 			t.Errorf("router close: %v", err)
@@ -160,4 +156,27 @@ func jsonReply(t testing.TB, nc *nats.Conn, body string) bus.Reply {
 		t.Fatalf("reply %q: %v", m.Data, err)
 	}
 	return r
+}
+
+func startOrFail(t testing.TB, r *bus.Router) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// answered retries a JSON request until a router answers it successfully.
+func answered(t testing.TB, nc *nats.Conn, body string, timeout time.Duration) bus.Reply {
+	t.Helper()
+	var rep bus.Reply
+	waitFor(t, timeout, "an answer to "+body, func() bool {
+		m, err := nc.Request(bus.SubjectRequest, []byte(body), 200*time.Millisecond)
+		if err != nil || m.Header.Get("Nats-Service-Error") != "" {
+			return false
+		}
+		return json.Unmarshal(m.Data, &rep) == nil
+	})
+	return rep
 }

@@ -1,0 +1,266 @@
+package bus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+func TestScanMsgpack(t *testing.T) {
+	values := []any{
+		map[string]any{"key": "user-42", "count": 3, "candidates": []string{"a", "b"}, "explain": true},
+		map[string]any{"f32": float32(1.5), "f64": math.Pi, "neg": -100000, "big": uint64(1 << 60), "nil": nil, "bin": []byte{1, 2, 3}},
+		[]any{int8(-1), int16(-300), int32(-70000), int64(-1 << 40), uint8(200), uint16(60000), uint32(1 << 20), strings.Repeat("x", 300), strings.Repeat("y", 70000)},
+		map[string]any{"nested": map[string]any{"a": []any{map[string]any{"b": []any{}}}}},
+		time.Unix(1700000000, 5), // ext type
+	}
+	for _, v := range values {
+		b, err := msgpack.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := scanMsgpack(b); err != nil {
+			t.Fatalf("valid %T rejected: %v", v, err)
+		}
+		for i := range len(b) {
+			if err := scanMsgpack(b[:i]); err == nil {
+				t.Fatalf("%T truncated to %d of %d bytes accepted", v, i, len(b))
+			}
+		}
+		if err := scanMsgpack(append(b, 0x01)); err == nil || !strings.Contains(err.Error(), "trailing") {
+			t.Fatalf("trailing byte: %v", err)
+		}
+	}
+	deep := bytes.Repeat([]byte{0x91}, maxDepth+1) // [[[...]]]
+	deep = append(deep, 0x01)
+	if err := scanMsgpack(deep); err == nil || !strings.Contains(err.Error(), "nested deeper") {
+		t.Fatalf("deep nesting: %v", err)
+	}
+	if err := scanMsgpack(deep[1:]); err != nil {
+		t.Fatalf("%d levels rejected: %v", maxDepth, err)
+	}
+	if err := scanMsgpack([]byte{0xc1}); err == nil {
+		t.Fatal("0xc1 accepted")
+	}
+	if err := scanMsgpack([]byte{0xdd, 0xff, 0xff, 0xff, 0xff}); err == nil {
+		t.Fatal("array of 2^32-1 elements in 5 bytes accepted")
+	}
+}
+
+func TestCheckJSONDepth(t *testing.T) {
+	ok := `{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"","b":[[1]]}`
+	if err := checkJSONDepth([]byte(ok)); err != nil {
+		t.Fatal(err)
+	}
+	deep := strings.Repeat("[", maxDepth+1) + strings.Repeat("]", maxDepth+1)
+	if err := checkJSONDepth([]byte(`{"x":` + deep + `}`)); err == nil {
+		t.Fatal("deep JSON accepted")
+	}
+}
+
+func TestDetectEncoding(t *testing.T) {
+	jsonHdr := map[string][]string{"Content-Type": {"application/json; charset=utf-8"}}
+	for _, c := range []struct {
+		data string
+		hdr  map[string][]string
+		want Encoding
+	}{
+		{`{"key":"a"}`, nil, JSON},
+		{"", nil, JSON},
+		{"\x81\xa3key\xa1a", nil, Msgpack},
+		{` {"key":"a"}`, jsonHdr, JSON},
+		{` {"key":"a"}`, nil, Msgpack},
+	} {
+		if got := DetectEncoding([]byte(c.data), c.hdr); got != c.want {
+			t.Errorf("DetectEncoding(%q) = %v, want %v", c.data, got, c.want)
+		}
+	}
+}
+
+func TestHealthRoundTrip(t *testing.T) {
+	h := Health{CPUUsage: 12.5, MemoryUsage: 40, ActiveConnections: 17, AvgLatency: 3500 * time.Microsecond, Weight: 2, Status: StatusDraining, Seq: 99}
+	for _, enc := range []Encoding{JSON, Msgpack} {
+		b, err := EncodeHealth("node-1", h, enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeHealth("node-1", b, nil)
+		if err != nil || got != h {
+			t.Fatalf("%v: round trip %+v, %v; want %+v", enc, got, err, h)
+		}
+		if _, err := DecodeHealth("node-2", b, nil); !errors.Is(err, ErrInvalidReport) || !strings.Contains(err.Error(), "subject names") {
+			t.Fatalf("%v: id mismatch: %v", enc, err)
+		}
+	}
+}
+
+func TestDecodeHealthRejects(t *testing.T) {
+	nan, _ := msgpack.Marshal(map[string]any{"cpu_usage": math.NaN(), "memory_usage": 1, "active_connections": 1, "avg_latency_ms": 1})
+	inf, _ := msgpack.Marshal(map[string]any{"cpu_usage": 1, "memory_usage": math.Inf(1), "active_connections": 1, "avg_latency_ms": 1})
+	for _, c := range []struct {
+		node, body string
+		reason     rejection
+		says       string
+	}{
+		{"a", `{"cpu_usage":1,"memory_usage":1,"active_connections":1}`, rejectMalformed, "missing avg_latency_ms"},
+		{"a", `{"cpu_usage":1,"memory_usage":1,"active_connections":1,"avg_latency_ms":1} x`, rejectMalformed, "invalid JSON"},
+		{"a", `{"cpu_usage":"high","memory_usage":1,"active_connections":1,"avg_latency_ms":1}`, rejectMalformed, "invalid JSON"},
+		{"a", `{"cpu_usage":101,"memory_usage":1,"active_connections":1,"avg_latency_ms":1}`, rejectInvalidValue, "cpu_usage 101"},
+		{"a", `{"cpu_usage":1,"memory_usage":-1,"active_connections":1,"avg_latency_ms":1}`, rejectInvalidValue, "memory_usage -1"},
+		{"a", `{"cpu_usage":1,"memory_usage":1,"active_connections":-5,"avg_latency_ms":1}`, rejectInvalidValue, "active_connections -5"},
+		{"a", `{"cpu_usage":1,"memory_usage":1,"active_connections":1e30,"avg_latency_ms":1}`, rejectMalformed, "invalid JSON"},
+		{"a", `{"cpu_usage":1,"memory_usage":1,"active_connections":1,"avg_latency_ms":1e300}`, rejectInvalidValue, "avg_latency_ms"},
+		{"a", `{"cpu_usage":1,"memory_usage":1,"active_connections":1,"avg_latency_ms":1,"weight":0}`, rejectInvalidValue, "weight 0"},
+		{"a", `{"cpu_usage":1,"memory_usage":1,"active_connections":1,"avg_latency_ms":1,"weight":5000}`, rejectInvalidValue, "weight 5000"},
+		{"a", `{"cpu_usage":1,"memory_usage":1,"active_connections":1,"avg_latency_ms":1,"status":"gone"}`, rejectInvalidValue, "status"},
+		{"a.b", `{}`, rejectInvalidID, "only [A-Za-z0-9_-]"},
+		{"", `{}`, rejectInvalidID, "1 to 64"},
+		{"a", string(nan), rejectInvalidValue, "NaN"},
+		{"a", string(inf), rejectInvalidValue, "+Inf"},
+		{"a", "", rejectMalformed, "empty body"},
+		{"a", "\xde\xff", rejectMalformed, "truncated"},
+	} {
+		_, err := DecodeHealth(c.node, []byte(c.body), nil)
+		if !errors.Is(err, ErrInvalidReport) && !errors.Is(err, ErrInvalidNodeID) {
+			t.Errorf("%q: %v, want an invalid report", c.body, err)
+			continue
+		}
+		if got := rejectReason(err); got != c.reason || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%q: reason %s, error %q; want %s mentioning %q", c.body, reasonNames[got], err, reasonNames[c.reason], c.says)
+		}
+	}
+}
+
+func TestRingDocument(t *testing.T) {
+	d := RingDocument{Format: 1, Hash: "xxhash64", VNodes: 150, Nodes: []RingNode{{ID: "b", Weight: 2, Status: StatusDraining}, {ID: "a", Weight: 1}}}
+	b, err := d.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1},{"id":"b","weight":2,"status":"draining"}]}`
+	if string(b) != want {
+		t.Fatalf("encoded\n%s\nwant\n%s", b, want)
+	}
+	got, err := DecodeRingDocument(b)
+	if err != nil || len(got.Nodes) != 2 || got.Nodes[1] != (RingNode{ID: "b", Weight: 2, Status: StatusDraining}) {
+		t.Fatalf("decoded %+v, %v", got, err)
+	}
+	for _, bad := range []string{
+		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[]}`,
+		`{"format":1,"hash":"md5","vnodes":150,"nodes":[]}`,
+		`{"format":1,"hash":"xxhash64","vnodes":0,"nodes":[]}`,
+		`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a.b","weight":1}]}`,
+		`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":-1}]}`,
+		`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"status":"leaving"}]}`,
+		`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"b","weight":1},{"id":"a","weight":1}]}`,
+		`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1},{"id":"a","weight":1}]}`,
+		`not json`,
+	} {
+		if _, err := DecodeRingDocument([]byte(bad)); !errors.Is(err, ErrInvalidDocument) {
+			t.Errorf("%s: %v, want ErrInvalidDocument", bad, err)
+		}
+	}
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	for _, s := range []string{`{"key":"user-42"}`, `{"keys":["a","b"],"count":2}`, `{"strategy":"ResourceAware","candidates":["a"]}`, `{"key":1}`, `[`} {
+		f.Add([]byte(s))
+	}
+	m, _ := msgpack.Marshal(&Request{Key: "k", Count: 3, Candidates: []string{"x"}, Explain: true})
+	f.Add(m)
+	r := &Router{cfg: DefaultConfig().withDefaults()}
+	r.ch, r.ra = consistentHash{r}, resourceAware{r: r}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		enc := DetectEncoding(data, nil)
+		var q Request
+		if err := enc.Unmarshal(data, &q); err != nil {
+			return
+		}
+		s, err := r.validate(&q)
+		if err != nil {
+			if !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("validate: %v is not a bad request", err)
+			}
+			return
+		}
+		if q.Count < 1 || q.Count > r.cfg.Limits.MaxCount || len(q.Key) > r.cfg.Limits.MaxKeyBytes || len(q.Candidates) > r.cfg.Limits.MaxCandidates {
+			t.Fatalf("accepted out of limits: %+v", q)
+		}
+		if s.Name() == StrategyConsistentHash && q.Key == "" && q.Keys == nil {
+			t.Fatal("ConsistentHash accepted without a key")
+		}
+		// What was accepted survives a round trip in both encodings.
+		for _, e := range []Encoding{JSON, Msgpack} {
+			b, err := e.Marshal(&q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var back Request
+			if err := e.Unmarshal(b, &back); err != nil {
+				t.Fatalf("%v round trip: %v", e, err)
+			}
+		}
+	})
+}
+
+func FuzzDecodeHealth(f *testing.F) {
+	f.Add("node-1", []byte(`{"cpu_usage":10,"memory_usage":20,"active_connections":5,"avg_latency_ms":3}`))
+	f.Add("node-1", []byte(`{"cpu_usage":10,"memory_usage":20,"active_connections":5,"avg_latency_ms":3,"weight":2,"status":"draining","seq":7,"node":"node-1"}`))
+	m, _ := EncodeHealth("n", Health{CPUUsage: 1, Weight: 3, Seq: 1}, Msgpack)
+	f.Add("n", m)
+	f.Fuzz(func(t *testing.T, node string, data []byte) {
+		h, err := DecodeHealth(node, data, nil)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidReport) && !errors.Is(err, ErrInvalidNodeID) {
+				t.Fatalf("error %v is neither an invalid report nor an invalid id", err)
+			}
+			return
+		}
+		if err := h.Validate(); err != nil || ValidateNodeID(node) != nil {
+			t.Fatalf("accepted an invalid report %+v: %v", h, err)
+		}
+		b, err := EncodeHealth(node, h, Msgpack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := DecodeHealth(node, b, nil)
+		if err != nil || back != h {
+			t.Fatalf("round trip %+v -> %+v, %v", h, back, err)
+		}
+	})
+}
+
+func FuzzDecodeRingDocument(f *testing.F) {
+	f.Add([]byte(`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1},{"id":"b","weight":2,"status":"draining"}]}`))
+	f.Add([]byte(`{"format":1,"hash":"xxhash64","vnodes":3,"nodes":[]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := DecodeRingDocument(data)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidDocument) {
+				t.Fatalf("error %v is not ErrInvalidDocument", err)
+			}
+			return
+		}
+		if _, err := d.Ring(); err != nil {
+			t.Fatalf("valid document %+v does not build a ring: %v", d, err)
+		}
+		b, err := d.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := DecodeRingDocument(b)
+		if err != nil || !back.equal(d) {
+			t.Fatalf("round trip changed the document: %v", err)
+		}
+		var raw map[string]any
+		if json.Unmarshal(b, &raw) != nil {
+			t.Fatal("encoded document is not JSON")
+		}
+	})
+}

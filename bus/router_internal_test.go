@@ -1,0 +1,71 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+	"github.com/natsroute/natsroute/ring"
+)
+
+// fakeRequest records what a handler answered.
+type fakeRequest struct {
+	data       []byte
+	respBody   []byte
+	errCode    string
+	errMessage string
+}
+
+func (f *fakeRequest) Respond(b []byte, _ ...micro.RespondOpt) error { f.respBody = b; return nil }
+func (f *fakeRequest) RespondJSON(v any, _ ...micro.RespondOpt) error {
+	f.respBody, _ = json.Marshal(v)
+	return nil
+}
+func (f *fakeRequest) Error(code, msg string, b []byte, _ ...micro.RespondOpt) error {
+	f.errCode, f.errMessage, f.respBody = code, msg, b
+	return nil
+}
+func (f *fakeRequest) Data() []byte           { return f.data }
+func (f *fakeRequest) Headers() micro.Headers { return nil }
+func (f *fakeRequest) Subject() string        { return SubjectRequest }
+func (f *fakeRequest) Reply() string          { return "_INBOX.x" }
+
+type panicking struct{ Strategy }
+
+func (panicking) Select(context.Context, Request) (Reply, error) { panic("boom") }
+
+// TestPanicBecomes500: a panicking strategy yields a 500 reply with a body,
+// and the next request is answered normally.
+func TestPanicBecomes500(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	var codes []int
+	cfg.OnRequest = func(_ string, code int, _ time.Duration) { codes = append(codes, code) }
+	r := &Router{cfg: cfg.withDefaults(), log: cfg.Logger, ctx: context.Background()}
+	rg, _ := ring.New(ring.Config{}, ring.Member{ID: "a"})
+	r.view.Store(&view{doc: newDocument(150), rev: 7, snap: rg.Snapshot()})
+	r.ch = panicking{consistentHash{r}}
+	r.ra = resourceAware{r: r}
+
+	req := &fakeRequest{data: []byte(`{"key":"k"}`)}
+	r.handleRoute(req)
+	var body errorBody
+	if err := json.Unmarshal(req.respBody, &body); err != nil || req.errCode != "500" || body.Code != 500 || body.Error != req.errMessage {
+		t.Fatalf("panic reply: code %q message %q body %q", req.errCode, req.errMessage, req.respBody)
+	}
+	r.ch = consistentHash{r}
+	req = &fakeRequest{data: []byte(`{"key":"k"}`)}
+	r.handleRoute(req)
+	var rep Reply
+	if err := json.Unmarshal(req.respBody, &rep); err != nil || req.errCode != "" || rep.Node != "a" || rep.Revision != 7 {
+		t.Fatalf("after the panic: %q %q", req.errCode, req.respBody)
+	}
+	if !slices.Equal(codes, []int{500, 200}) {
+		t.Fatalf("OnRequest saw codes %v, want [500 200]", codes)
+	}
+}
