@@ -426,3 +426,21 @@ func (r *Router) Ring() (RingDocument, uint64) {
 	v := r.view.Load()
 	return v.doc, v.rev
 }
+
+// Ready reports nil when the router is serving: started and not closed,
+// connected to NATS, and answering from a ring read from the bucket (an
+// empty ring counts).
+func (r *Router) Ready() error {
+	r.stateMu.Lock()
+	state := r.state
+	r.stateMu.Unlock()
+	switch {
+	case state == 0:
+		return errors.New("not started")
+	case state == 2:
+		return ErrClosed
+	case !r.nc.IsConnected():
+		return fmt.Errorf("not connected to NATS (%s)", r.nc.Status())
+	}
+	return nil
+}

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the router's Prometheus series, all prefixed natsroute_.
+type metrics struct {
+	latency *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "natsroute",
+		Name:      "request_duration_seconds",
+		Help:      "Time to answer a route.request, by strategy and code.",
+		Buckets:   []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3},
+	}, []string{"strategy", "code"})}
+}
+
+func (m *metrics) observe(strategy string, code int, took time.Duration) {
+	m.latency.WithLabelValues(strategy, codeLabel(code)).Observe(took.Seconds())
+}
+
+func codeLabel(code int) string {
+	switch code {
+	case 200:
+		return "200"
+	case 400:
+		return "400"
+	case 503:
+		return "503"
+	}
+	return "500"
+}
+
+// statsCollector exposes Router.Stats at scrape time.
+type statsCollector struct {
+	r                                                                      *bus.Router
+	requests, accepted, rejected, dropped, writes, conflicts, kvErrs, docs *prometheus.Desc
+	reconnects, membersDesc, eligibleDesc, knownDesc, revisionDesc         *prometheus.Desc
+}
+
+func newStatsCollector(r *bus.Router) *statsCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("natsroute_"+name, help, labels, nil)
+	}
+	return &statsCollector{
+		r:            r,
+		requests:     d("requests_total", "route.request answers by strategy and code.", "strategy", "code"),
+		accepted:     d("reports_accepted_total", "Health reports accepted."),
+		rejected:     d("reports_rejected_total", "Health reports rejected, by reason.", "reason"),
+		dropped:      d("reports_dropped_total", "Health reports lost because the router fell behind (slow consumer)."),
+		writes:       d("kv_writes_total", "Ring documents written to the KV bucket."),
+		conflicts:    d("kv_conflicts_total", "Compare-and-set conflicts on the ring document (re-read and re-applied)."),
+		kvErrs:       d("kv_errors_total", "Failed ring writes (retried)."),
+		docs:         d("documents_rejected_total", "Ring documents in the bucket that this router refused."),
+		reconnects:   d("reconnects_total", "Reconnections to NATS."),
+		membersDesc:  d("members", "Members of the ring."),
+		eligibleDesc: d("eligible_nodes", "Nodes ResourceAware would pick from now."),
+		knownDesc:    d("known_nodes", "Nodes ResourceAware knows (members and reporters)."),
+		revisionDesc: d("ring_revision", "KV revision of the ring the router answers from."),
+	}
+}
+
+func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.requests, c.accepted, c.rejected, c.dropped, c.writes, c.conflicts, c.kvErrs, c.docs, c.reconnects, c.membersDesc, c.eligibleDesc, c.knownDesc, c.revisionDesc} {
+		ch <- d
+	}
+}
+
+func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.r.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	for _, rq := range s.Requests {
+		counter(c.requests, rq.Count, rq.Strategy, codeLabel(rq.Code))
+	}
+	counter(c.accepted, s.ReportsAccepted)
+	for reason, n := range s.ReportsRejected {
+		counter(c.rejected, n, reason)
+	}
+	counter(c.dropped, s.HealthDropped)
+	counter(c.writes, s.KVWrites)
+	counter(c.conflicts, s.KVConflicts)
+	counter(c.kvErrs, s.KVErrors)
+	counter(c.docs, s.DocumentsRejected)
+	counter(c.reconnects, s.Reconnects)
+	gauge(c.membersDesc, float64(s.Members))
+	gauge(c.eligibleDesc, float64(s.Eligible))
+	gauge(c.knownDesc, float64(s.Known))
+	gauge(c.revisionDesc, float64(s.Revision))
+}
+
+type httpServer struct {
+	srv  *http.Server
+	done chan struct{}
+}
+
+// startHTTP serves /healthz, /readyz, /metrics and /status on addr.
+func startHTTP(addr string, nc *nats.Conn, r *bus.Router, m *metrics, log *slog.Logger) (*httpServer, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m.latency, newStatsCollector(r),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := r.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		doc, rev := r.Ring()
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(map[string]any{
+			"nats":     map[string]any{"connected": nc.IsConnected(), "url": nc.ConnectedUrlRedacted()},
+			"ready":    r.Ready() == nil,
+			"revision": rev,
+			"ring":     doc,
+			"nodes":    r.Nodes().Nodes,
+			"stats":    r.Stats(),
+		})
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	h := &httpServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		if err := h.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "err", err)
+		}
+	}()
+	return h, nil
+}
+
+func (h *httpServer) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = h.srv.Shutdown(ctx)
+	<-h.done
+}

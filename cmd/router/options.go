@@ -1,0 +1,292 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/resourceaware"
+)
+
+// setting is one configuration value: a flag, its environment variable and
+// the bus.Config field it sets (for error messages).
+type setting struct {
+	flag, env, field string
+}
+
+// connOptions are the NATS connection settings every subcommand takes. The
+// environment variables are the ones the nats CLI reads.
+type connOptions struct {
+	server, creds, nkey, user, password, token, tlsCert, tlsKey, tlsCA string
+	timeout                                                            time.Duration
+}
+
+// options are the settings of "router serve".
+type options struct {
+	conn           connOptions
+	listen         string
+	storeDir       string
+	embeddedConfig string
+	httpAddr       string
+	logFormat      string
+	logLevel       string
+	check          bool
+	listenSet      bool // --listen was given (flag or environment)
+	storeDirSet    bool // --store-dir was given
+	cfg            bus.Config
+	weights        resourceaware.Weights
+}
+
+// flagSet is a FlagSet that also reads each flag from its environment
+// variable and remembers which settings exist.
+type flagSet struct {
+	*flag.FlagSet
+	settings []setting
+}
+
+func newFlagSet(name string, out io.Writer) *flagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	return &flagSet{FlagSet: fs}
+}
+
+// env registers the environment variable (and bus.Config field) of a flag
+// already defined, and notes it in the usage text.
+func (fs *flagSet) env(flagName, env, field string) {
+	fs.settings = append(fs.settings, setting{flagName, env, field})
+	if f := fs.Lookup(flagName); f != nil {
+		f.Usage += " [$" + env + "]"
+	}
+}
+
+// parse applies the environment, then the arguments, so flags win.
+func (fs *flagSet) parse(args []string) error {
+	var errs []error
+	for _, s := range fs.settings {
+		if v, ok := os.LookupEnv(s.env); ok {
+			if err := fs.Set(s.flag, v); err != nil {
+				errs = append(errs, fmt.Errorf("$%s=%q: %v", s.env, v, err))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return fs.Parse(args)
+}
+
+// explain rewrites configuration errors to name the flag and variable of
+// the setting they are about.
+func (fs *flagSet) explain(err error) []string {
+	var all []error
+	var walk func(error)
+	walk = func(e error) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, x := range j.Unwrap() {
+				walk(x)
+			}
+			return
+		}
+		all = append(all, e)
+	}
+	walk(err)
+	var out []string
+	for _, e := range all {
+		msg := e.Error()
+		for _, s := range fs.settings {
+			if s.field != "" && strings.Contains(msg, s.field+" ") {
+				msg = fmt.Sprintf("--%s ($%s): %s", s.flag, s.env, msg)
+				break
+			}
+		}
+		out = append(out, msg)
+	}
+	return out
+}
+
+func (c *connOptions) register(fs *flagSet) {
+	fs.StringVar(&c.server, "server", "", "NATS server URL(s), comma separated; empty runs an embedded server (serve) or uses nats://127.0.0.1:4222")
+	fs.env("server", "NATS_URL", "")
+	fs.StringVar(&c.creds, "creds", "", "NATS credentials file")
+	fs.env("creds", "NATS_CREDS", "")
+	fs.StringVar(&c.nkey, "nkey", "", "NATS nkey seed file")
+	fs.env("nkey", "NATS_NKEY", "")
+	fs.StringVar(&c.user, "user", "", "NATS user name")
+	fs.env("user", "NATS_USER", "")
+	fs.StringVar(&c.password, "password", "", "NATS password")
+	fs.env("password", "NATS_PASSWORD", "")
+	fs.StringVar(&c.token, "token", "", "NATS token")
+	fs.env("token", "NATS_TOKEN", "")
+	fs.StringVar(&c.tlsCert, "tlscert", "", "TLS client certificate file")
+	fs.env("tlscert", "NATS_CERT", "")
+	fs.StringVar(&c.tlsKey, "tlskey", "", "TLS client key file")
+	fs.env("tlskey", "NATS_KEY", "")
+	fs.StringVar(&c.tlsCA, "tlsca", "", "TLS CA file to verify the server")
+	fs.env("tlsca", "NATS_CA", "")
+	fs.DurationVar(&c.timeout, "timeout", 2*time.Second, "timeout of a request or of connecting")
+	fs.env("timeout", "NATSROUTE_TIMEOUT", "")
+}
+
+func (c *connOptions) validate() []string {
+	var errs []string
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		errs = append(errs, "--tlscert and --tlskey go together")
+	}
+	if c.password != "" && c.user == "" {
+		errs = append(errs, "--password needs --user")
+	}
+	for _, f := range []struct{ flag, path string }{{"creds", c.creds}, {"nkey", c.nkey}, {"tlscert", c.tlsCert}, {"tlskey", c.tlsKey}, {"tlsca", c.tlsCA}} {
+		if f.path != "" {
+			if _, err := os.Stat(f.path); err != nil {
+				errs = append(errs, fmt.Sprintf("--%s: %v", f.flag, err))
+			}
+		}
+	}
+	if c.timeout <= 0 {
+		errs = append(errs, fmt.Sprintf("--timeout %v: want > 0", c.timeout))
+	}
+	return errs
+}
+
+// serveFlags defines the flags of "router serve".
+func serveFlags(o *options, out io.Writer) *flagSet {
+	fs := newFlagSet("router serve", out)
+	o.conn.register(fs)
+	o.cfg = bus.DefaultConfig()
+	o.weights = resourceaware.DefaultWeights()
+	c, b, l := &o.cfg, &o.cfg.Balancer, &o.cfg.Limits
+
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:4222", "address of the embedded NATS server")
+	fs.env("listen", "NATSROUTE_LISTEN", "")
+	fs.StringVar(&o.storeDir, "store-dir", "natsroute-data", "JetStream store directory of the embedded server")
+	fs.env("store-dir", "NATSROUTE_STORE_DIR", "")
+	fs.StringVar(&o.embeddedConfig, "embedded-config", "", "nats-server config file for the embedded server (accounts, users, permissions, TLS)")
+	fs.env("embedded-config", "NATSROUTE_EMBEDDED_CONFIG", "")
+	fs.StringVar(&o.httpAddr, "http", "127.0.0.1:8080", "HTTP address for /healthz, /readyz, /metrics and /status; empty disables")
+	fs.env("http", "NATSROUTE_HTTP", "")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.env("log-format", "NATSROUTE_LOG_FORMAT", "")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.env("log-level", "NATSROUTE_LOG_LEVEL", "")
+	fs.BoolVar(&o.check, "check", false, "validate the configuration, print every problem and exit (0 valid, 2 not)")
+
+	fs.StringVar(&c.Bucket, "bucket", c.Bucket, "JetStream KV bucket of the ring")
+	fs.env("bucket", "NATSROUTE_BUCKET", "Bucket")
+	fs.IntVar(&c.KVReplicas, "kv-replicas", c.KVReplicas, "replicas of the bucket when the router creates it (3 on a cluster)")
+	fs.env("kv-replicas", "NATSROUTE_KV_REPLICAS", "KVReplicas")
+	fs.StringVar(&c.QueueGroup, "queue-group", c.QueueGroup, "queue group shared by router replicas")
+	fs.env("queue-group", "NATSROUTE_QUEUE_GROUP", "QueueGroup")
+	fs.IntVar(&c.VirtualNodes, "vnodes", c.VirtualNodes, "ring points per unit weight (for a new ring)")
+	fs.env("vnodes", "NATSROUTE_VNODES", "VirtualNodes")
+	fs.DurationVar(&c.MemberTTL, "member-ttl", c.MemberTTL, "a member leaves the ring after this long without a report")
+	fs.env("member-ttl", "NATSROUTE_MEMBER_TTL", "MemberTTL")
+	fs.DurationVar(&c.Coalesce, "coalesce", c.Coalesce, "wait this long after a membership change to write a burst at once")
+	fs.env("coalesce", "NATSROUTE_COALESCE", "Coalesce")
+	fs.DurationVar(&c.Resync, "resync", c.Resync, "re-read the ring from the bucket this often")
+	fs.env("resync", "NATSROUTE_RESYNC", "Resync")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on shutdown, wait this long for in-flight requests")
+	fs.env("drain-timeout", "NATSROUTE_DRAIN_TIMEOUT", "DrainTimeout")
+
+	fs.DurationVar(&b.Staleness, "staleness", b.Staleness, "a report older than this counts as neutral (score 0.5)")
+	fs.env("staleness", "NATSROUTE_STALENESS", "Staleness")
+	fs.Float64Var(&b.CPUThresholdPercent, "cpu-threshold", b.CPUThresholdPercent, "exclude nodes above this CPU usage (percent)")
+	fs.env("cpu-threshold", "NATSROUTE_CPU_THRESHOLD", "CPUThresholdPercent")
+	fs.Float64Var(&b.MemoryThresholdPercent, "memory-threshold", b.MemoryThresholdPercent, "exclude nodes above this memory usage (percent)")
+	fs.env("memory-threshold", "NATSROUTE_MEMORY_THRESHOLD", "MemoryThresholdPercent")
+	fs.Int64Var(&b.MaxActiveConnections, "max-connections", b.MaxActiveConnections, "exclude nodes above this many active connections")
+	fs.env("max-connections", "NATSROUTE_MAX_CONNECTIONS", "MaxActiveConnections")
+	fs.DurationVar(&b.LatencyCeiling, "latency-ceiling", b.LatencyCeiling, "average latency at which the latency score reaches 0")
+	fs.env("latency-ceiling", "NATSROUTE_LATENCY_CEILING", "LatencyCeiling")
+	fs.Float64Var(&o.weights.CPU, "cpu-weight", o.weights.CPU, "score weight of free CPU")
+	fs.env("cpu-weight", "NATSROUTE_CPU_WEIGHT", "Weights.CPU")
+	fs.Float64Var(&o.weights.Memory, "memory-weight", o.weights.Memory, "score weight of free memory")
+	fs.env("memory-weight", "NATSROUTE_MEMORY_WEIGHT", "Weights.Memory")
+	fs.Float64Var(&o.weights.Connections, "connections-weight", o.weights.Connections, "score weight of spare connections")
+	fs.env("connections-weight", "NATSROUTE_CONNECTIONS_WEIGHT", "Weights.Connections")
+	fs.Float64Var(&o.weights.Latency, "latency-weight", o.weights.Latency, "score weight of low latency")
+	fs.env("latency-weight", "NATSROUTE_LATENCY_WEIGHT", "Weights.Latency")
+
+	fs.IntVar(&l.MaxKeyBytes, "max-key-bytes", l.MaxKeyBytes, "longest key in a request, in bytes")
+	fs.env("max-key-bytes", "NATSROUTE_MAX_KEY_BYTES", "MaxKeyBytes")
+	fs.IntVar(&l.MaxCandidates, "max-candidates", l.MaxCandidates, "most candidates in a request")
+	fs.env("max-candidates", "NATSROUTE_MAX_CANDIDATES", "MaxCandidates")
+	fs.IntVar(&l.MaxBatch, "max-batch", l.MaxBatch, "most keys in a batch request")
+	fs.env("max-batch", "NATSROUTE_MAX_BATCH", "MaxBatch")
+	fs.IntVar(&l.MaxCount, "max-count", l.MaxCount, "largest count in a request")
+	fs.env("max-count", "NATSROUTE_MAX_COUNT", "MaxCount")
+	return fs
+}
+
+// validate reports every problem with the serve options, naming flags.
+func (o *options) validate(fs *flagSet) []string {
+	o.cfg.Balancer.Weights = &o.weights
+	errs := o.conn.validate()
+	if err := o.cfg.Validate(); err != nil {
+		errs = append(errs, fs.explain(err)...)
+	}
+	// Zero means "default" inside bus.Config; on the command line a zero is
+	// a mistake worth naming (bus.Config.Validate reports negative values).
+	for _, p := range []struct {
+		flag string
+		bad  bool
+	}{
+		{"vnodes", o.cfg.VirtualNodes == 0}, {"kv-replicas", o.cfg.KVReplicas == 0},
+		{"member-ttl", o.cfg.MemberTTL == 0}, {"coalesce", o.cfg.Coalesce == 0},
+		{"resync", o.cfg.Resync == 0}, {"drain-timeout", o.cfg.DrainTimeout == 0},
+		{"staleness", o.cfg.Balancer.Staleness == 0}, {"latency-ceiling", o.cfg.Balancer.LatencyCeiling == 0},
+		{"cpu-threshold", o.cfg.Balancer.CPUThresholdPercent == 0}, {"memory-threshold", o.cfg.Balancer.MemoryThresholdPercent == 0},
+		{"max-connections", o.cfg.Balancer.MaxActiveConnections == 0},
+		{"max-key-bytes", o.cfg.Limits.MaxKeyBytes == 0}, {"max-candidates", o.cfg.Limits.MaxCandidates == 0},
+		{"max-batch", o.cfg.Limits.MaxBatch == 0}, {"max-count", o.cfg.Limits.MaxCount == 0},
+	} {
+		if p.bad {
+			errs = append(errs, fmt.Sprintf("--%s: 0 is not allowed; want > 0", p.flag))
+		}
+	}
+	if _, err := parseLevel(o.logLevel); err != nil {
+		errs = append(errs, "--log-level: "+err.Error())
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		errs = append(errs, fmt.Sprintf("--log-format %q: want text or json", o.logFormat))
+	}
+	if o.httpAddr != "" {
+		if _, _, err := net.SplitHostPort(o.httpAddr); err != nil {
+			errs = append(errs, fmt.Sprintf("--http %q: %v", o.httpAddr, err))
+		}
+	}
+	if o.conn.server == "" {
+		if _, _, err := net.SplitHostPort(o.listen); err != nil {
+			errs = append(errs, fmt.Sprintf("--listen %q: %v", o.listen, err))
+		}
+		if o.embeddedConfig != "" {
+			if _, err := os.Stat(o.embeddedConfig); err != nil {
+				errs = append(errs, fmt.Sprintf("--embedded-config: %v", err))
+			}
+		}
+	}
+	return errs
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("%q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(w io.Writer, format, level string) *slog.Logger {
+	lvl, _ := parseLevel(level)
+	ho := &slog.HandlerOptions{Level: lvl}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, ho))
+	}
+	return slog.New(slog.NewTextHandler(w, ho))
+}
