@@ -9,15 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/natsroute/natsroute/ring"
 )
-
-// view is the ring as last seen in the bucket: immutable, swapped atomically.
-type view struct {
-	doc  RingDocument
-	rev  uint64 // KV revision of doc; 0 before the key exists
-	snap *ring.Snapshot
-}
 
 // track is what this router knows of one node from its health reports.
 type track struct {
@@ -50,7 +42,7 @@ func (r *Router) observe(node string, h Health) error {
 		t.weight = 1
 	}
 	t.draining = h.Status == StatusDraining
-	n, member := r.view.Load().doc.node(node)
+	n, member := r.ring.current().doc.node(node)
 	if member == t.left || (member && (n.Weight != t.weight || (n.Status == StatusDraining) != t.draining)) {
 		r.wake()
 	}
@@ -100,7 +92,7 @@ func (r *Router) desired(base RingDocument) RingDocument {
 // sweep forgets tracker entries long past the TTL and reports whether the
 // ring document should change (a member expired).
 func (r *Router) sweep() bool {
-	v := r.view.Load()
+	v := r.ring.current()
 	r.healthMu.Lock()
 	now := r.cfg.Now()
 	for id, t := range r.tracker {
@@ -110,24 +102,6 @@ func (r *Router) sweep() bool {
 	}
 	r.healthMu.Unlock()
 	return !r.desired(v.doc).equal(v.doc)
-}
-
-// readRing returns the document in the bucket and its revision (an empty
-// document and revision 0 if there is none).
-func (r *Router) readRing(ctx context.Context) (RingDocument, uint64, error) {
-	e, err := r.kv.Get(ctx, RingKey)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return newDocument(r.cfg.VirtualNodes), 0, nil
-	}
-	if err != nil {
-		return RingDocument{}, 0, fmt.Errorf("bus: kv get %q: %w", RingKey, err)
-	}
-	d, err := DecodeRingDocument(e.Value())
-	if err != nil {
-		r.stats.docRejected.Add(1)
-		return RingDocument{}, 0, fmt.Errorf("bus: ring document at revision %d: %w", e.Revision(), err)
-	}
-	return d, e.Revision(), nil
 }
 
 // flush makes the bucket's document match what this router knows, with
@@ -146,11 +120,10 @@ func (r *Router) flush(ctx context.Context) error {
 }
 
 func (r *Router) flushOnce(ctx context.Context) error {
-	base, rev, err := r.readRing(ctx)
+	base, rev, err := r.ring.resync(ctx)
 	if err != nil {
 		return err
 	}
-	r.apply(base, rev)
 	want := r.desired(base)
 	if want.equal(base) {
 		return nil
@@ -161,101 +134,39 @@ func (r *Router) flushOnce(ctx context.Context) error {
 	}
 	var newRev uint64
 	if rev == 0 {
-		newRev, err = r.kv.Create(ctx, RingKey, data)
+		newRev, err = r.ring.bucket().Create(ctx, RingKey, data)
 	} else {
-		newRev, err = r.kv.Update(ctx, RingKey, data, rev)
+		newRev, err = r.ring.bucket().Update(ctx, RingKey, data, rev)
 	}
 	if err != nil {
 		return err
 	}
 	r.stats.kvWrites.Add(1)
-	r.apply(want, newRev)
+	r.ring.apply(want, newRev)
 	r.log.Debug("ring written", "revision", newRev, "members", len(want.Nodes))
 	return nil
 }
 
-// apply makes doc at rev the ring that answers, unless a newer revision
-// already does. It keeps ResourceAware's node set in step: members that
-// have not reported count as neutral, and nodes that left the ring are
-// forgotten unless they are still reporting.
-func (r *Router) apply(doc RingDocument, rev uint64) {
-	r.viewMu.Lock()
-	defer r.viewMu.Unlock()
-	old := r.view.Load()
-	if rev < old.rev || (rev == old.rev && rev != 0) {
-		return
-	}
-	if old.snap.VirtualNodes() != doc.VNodes {
-		rg, err := doc.Ring()
-		if err != nil {
-			r.log.Error("ring document rejected", "revision", rev, "err", err)
-			return
-		}
-		r.ring = rg
-		if doc.VNodes != r.cfg.VirtualNodes && len(doc.Nodes) > 0 {
-			r.log.Warn("the bucket's ring uses its own vnodes; the configured value applies only to a new ring", "bucket_vnodes", doc.VNodes, "configured", r.cfg.VirtualNodes)
-		}
-	} else if err := r.ring.Set(doc.Members()); err != nil {
-		r.log.Error("ring document rejected", "revision", rev, "err", err)
-		return
-	}
-	r.view.Store(&view{doc: doc, rev: rev, snap: r.ring.Snapshot()})
-
+// syncBalancer keeps ResourceAware's node set in step with the ring:
+// members that have not reported count as neutral, and nodes that left the
+// ring are forgotten unless they are still reporting. It runs under the
+// ring follower's lock, after each new view.
+func (r *Router) syncBalancer(old, cur *view) {
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
 	now := r.cfg.Now()
-	ids := make([]string, len(doc.Nodes))
-	for i, n := range doc.Nodes {
+	ids := make([]string, len(cur.doc.Nodes))
+	for i, n := range cur.doc.Nodes {
 		ids[i] = n.ID
 	}
 	_ = r.balancer.Add(ids...)
 	for _, n := range old.doc.Nodes {
-		if _, still := doc.node(n.ID); still {
+		if _, still := cur.doc.node(n.ID); still {
 			continue
 		}
 		if t := r.tracker[n.ID]; t == nil || t.left || now.Sub(t.seen) > r.cfg.MemberTTL {
 			r.balancer.Forget(n.ID)
 		}
-	}
-}
-
-// applyEntry applies a KV entry of the ring key.
-func (r *Router) applyEntry(e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
-		r.apply(newDocument(r.cfg.VirtualNodes), e.Revision())
-		return
-	}
-	d, err := DecodeRingDocument(e.Value())
-	if err != nil {
-		r.stats.docRejected.Add(1)
-		r.log.Error("ring document in the bucket rejected; still answering from the last good ring", "revision", e.Revision(), "err", err)
-		return
-	}
-	r.apply(d, e.Revision())
-}
-
-// watch follows the ring key until ctx ends, re-creating the watcher if it
-// stops (the server restarted, the bucket was recreated).
-func (r *Router) watch(ctx context.Context) {
-	backoff := 50 * time.Millisecond
-	for ctx.Err() == nil {
-		w, err := r.kv.Watch(ctx, RingKey)
-		if err == nil {
-			backoff = 50 * time.Millisecond
-			for e := range w.Updates() {
-				if e != nil {
-					r.applyEntry(e)
-				}
-			}
-			_ = w.Stop()
-		} else if ctx.Err() == nil {
-			r.log.Warn("ring watch failed; retrying", "err", err, "in", backoff)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 
@@ -315,14 +226,13 @@ func (r *Router) write(ctx context.Context) {
 func (r *Router) resync(ctx context.Context) {
 	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	d, rev, err := r.readRing(opCtx)
+	d, _, err := r.ring.resync(opCtx)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.log.Debug("ring resync failed", "err", err)
 		}
 		return
 	}
-	r.apply(d, rev)
 	if !r.desired(d).equal(d) {
 		r.wake()
 	}

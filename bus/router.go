@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/natsroute/natsroute/resourceaware"
-	"github.com/natsroute/natsroute/ring"
 )
 
 // Router serves route.request, route.ring and route.nodes, takes health
@@ -29,9 +28,7 @@ type Router struct {
 	ra       Strategy // ResourceAware
 	started  time.Time
 
-	viewMu sync.Mutex // serializes apply; guards ring
-	ring   *ring.Ring // mirrors the bucket's document
-	view   atomic.Pointer[view]
+	ring *ringFollower // the bucket's ring, which answers
 
 	healthMu sync.Mutex // guards tracker and the balancer's node set
 	tracker  map[string]*track
@@ -44,7 +41,6 @@ type Router struct {
 	lastReq  atomic.Int64 // unix nanos of the last request start
 
 	// Set by Start.
-	kv        jetstream.KeyValue
 	svc       micro.Service
 	healthSub *nats.Subscription
 	status    chan nats.Status
@@ -69,17 +65,18 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	rg, err := ring.New(ring.Config{VirtualNodes: cfg.VirtualNodes})
+	log := cfg.Logger.With("component", "router")
+	f, err := newRingFollower(cfg.VirtualNodes, log)
 	if err != nil {
 		return nil, err
 	}
 	r := &Router{
-		nc: nc, cfg: cfg, log: cfg.Logger.With("component", "router"),
-		balancer: b, ring: rg, tracker: map[string]*track{},
+		nc: nc, cfg: cfg, log: log, balancer: b, ring: f, tracker: map[string]*track{},
 		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
 	}
+	f.onApply = r.syncBalancer
+	f.onReject = func(uint64, error) { r.stats.docRejected.Add(1) }
 	r.ch, r.ra = consistentHash{r}, resourceAware{r, b}
-	r.view.Store(&view{doc: newDocument(cfg.VirtualNodes), snap: rg.Snapshot()})
 	return r, nil
 }
 
@@ -99,14 +96,15 @@ func (r *Router) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bus: jetstream: %w", err)
 	}
-	if r.kv, err = openBucket(ctx, js, r.cfg.Bucket, r.cfg.KVReplicas); err != nil {
-		return err
-	}
-	d, rev, err := r.readRing(ctx)
+	kv, err := openBucket(ctx, js, r.cfg.Bucket, r.cfg.KVReplicas)
 	if err != nil {
 		return err
 	}
-	r.apply(d, rev)
+	r.ring.setKV(kv)
+	d, rev, err := r.ring.resync(ctx)
+	if err != nil {
+		return err
+	}
 
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	ok := false
@@ -117,7 +115,7 @@ func (r *Router) Start(ctx context.Context) error {
 	}()
 	r.status = r.nc.StatusChanged(nats.CONNECTED)
 	r.wg.Go(r.followStatus)
-	r.wg.Go(func() { r.watch(r.ctx) })
+	r.wg.Go(func() { r.ring.watch(r.ctx) })
 	r.wg.Go(func() { r.write(r.ctx) })
 
 	if r.healthSub, err = r.nc.Subscribe(SubjectHealthAll, r.onHealth); err != nil {
@@ -400,7 +398,7 @@ type RingState struct {
 }
 
 func (r *Router) handleRing(req micro.Request) {
-	v := r.view.Load()
+	v := r.ring.current()
 	r.respond(req, RingState{Revision: v.rev, Ring: v.doc})
 }
 
@@ -419,11 +417,11 @@ func (r *Router) respond(req micro.Request, v any) {
 }
 
 // Revision returns the KV revision of the ring the router answers from.
-func (r *Router) Revision() uint64 { return r.view.Load().rev }
+func (r *Router) Revision() uint64 { return r.ring.current().rev }
 
 // Ring returns the ring document the router answers from and its revision.
 func (r *Router) Ring() (RingDocument, uint64) {
-	v := r.view.Load()
+	v := r.ring.current()
 	return v.doc, v.rev
 }
 

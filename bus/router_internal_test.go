@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
-	"github.com/natsroute/natsroute/ring"
 )
 
 // fakeRequest records what a handler answered.
@@ -46,9 +45,12 @@ func TestPanicBecomes500(t *testing.T) {
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	var codes []int
 	cfg.OnRequest = func(_ string, code int, _ time.Duration) { codes = append(codes, code) }
-	r := &Router{cfg: cfg.withDefaults(), log: cfg.Logger, ctx: context.Background()}
-	rg, _ := ring.New(ring.Config{}, ring.Member{ID: "a"})
-	r.view.Store(&view{doc: newDocument(150), rev: 7, snap: rg.Snapshot()})
+	f, err := newRingFollower(150, cfg.Logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.apply(RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "a", Weight: 1}}}, 7)
+	r := &Router{cfg: cfg.withDefaults(), log: cfg.Logger, ctx: context.Background(), ring: f}
 	r.ch = panicking{consistentHash{r}}
 	r.ra = resourceAware{r: r}
 

@@ -145,7 +145,7 @@ func (r *Router) Stats() Stats {
 		}
 	}
 	r.stateMu.Unlock()
-	v := r.view.Load()
+	v := r.ring.current()
 	s.Members, s.Revision = len(v.doc.Nodes), v.rev
 	for _, n := range r.balancer.Nodes() {
 		s.Known++
@@ -183,7 +183,7 @@ type NodesState struct {
 // Nodes returns every node the router knows: ring members and nodes that
 // report, sorted by id.
 func (r *Router) Nodes() NodesState {
-	v := r.view.Load()
+	v := r.ring.current()
 	out := NodesState{Revision: v.rev, Nodes: []NodeStatus{}}
 	for _, n := range r.balancer.Nodes() {
 		m, member := v.doc.node(n.ID)

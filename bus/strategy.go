@@ -32,7 +32,7 @@ func (consistentHash) Name() string { return StrategyConsistentHash }
 func (c consistentHash) Report(node string, h Health) error { return c.r.observe(node, h) }
 
 func (c consistentHash) Select(ctx context.Context, q Request) (Reply, error) {
-	v := c.r.view.Load()
+	v := c.r.ring.current()
 	reply := Reply{Strategy: StrategyConsistentHash, Revision: v.rev}
 	if q.Keys != nil {
 		reply.Results = make([]Result, len(q.Keys))
@@ -121,7 +121,7 @@ func (s resourceAware) Select(ctx context.Context, q Request) (Reply, error) {
 	if err := ctx.Err(); err != nil {
 		return Reply{}, fmt.Errorf("%w: %w", ErrInternal, err)
 	}
-	reply := Reply{Strategy: StrategyResourceAware, Revision: s.r.view.Load().rev}
+	reply := Reply{Strategy: StrategyResourceAware, Revision: s.r.ring.current().rev}
 	var err error
 	if q.Count == 1 {
 		reply.Node, err = s.b.Select(q.Candidates)

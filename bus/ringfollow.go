@@ -1,0 +1,191 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/ring"
+)
+
+// view is the ring as last seen in the bucket: immutable, swapped atomically.
+type view struct {
+	doc  RingDocument
+	rev  uint64 // KV revision of doc; 0 before the key exists
+	snap *ring.Snapshot
+}
+
+// ringFollower holds the ring of the bucket's document and follows the key:
+// the Router and the RingCache both answer from one.
+type ringFollower struct {
+	vnodes   int // of the empty document
+	log      *slog.Logger
+	onReject func(rev uint64, err error) // a document in the bucket was refused
+	onApply  func(old, cur *view)        // a new view was stored; called under mu
+
+	kvMu sync.Mutex // guards kv
+	kv   jetstream.KeyValue
+
+	mu      sync.Mutex    // serializes apply; guards ring and changed
+	ring    *ring.Ring    // reused across documents so unchanged members keep their points
+	changed chan struct{} // closed and replaced whenever the view changes
+	view    atomic.Pointer[view]
+}
+
+func newRingFollower(vnodes int, log *slog.Logger) (*ringFollower, error) {
+	rg, err := ring.New(ring.Config{VirtualNodes: vnodes})
+	if err != nil {
+		return nil, err
+	}
+	f := &ringFollower{vnodes: vnodes, log: log, ring: rg, changed: make(chan struct{})}
+	f.view.Store(&view{doc: newDocument(vnodes), snap: rg.Snapshot()})
+	return f, nil
+}
+
+func (f *ringFollower) current() *view { return f.view.Load() }
+
+func (f *ringFollower) setKV(kv jetstream.KeyValue) {
+	f.kvMu.Lock()
+	f.kv = kv
+	f.kvMu.Unlock()
+}
+
+func (f *ringFollower) bucket() jetstream.KeyValue {
+	f.kvMu.Lock()
+	defer f.kvMu.Unlock()
+	return f.kv
+}
+
+// apply makes doc at rev the ring that answers, unless the view is already
+// at that revision or newer. It reports whether the view changed.
+func (f *ringFollower) apply(doc RingDocument, rev uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := f.view.Load()
+	if rev < old.rev || (rev == old.rev && rev != 0) {
+		return false
+	}
+	var err error
+	if old.snap.VirtualNodes() != doc.VNodes {
+		var rg *ring.Ring
+		if rg, err = doc.Ring(); err == nil {
+			f.ring = rg
+		}
+	} else {
+		err = f.ring.Set(doc.Members())
+	}
+	if err != nil {
+		f.reject(rev, err)
+		return false
+	}
+	cur := &view{doc: doc, rev: rev, snap: f.ring.Snapshot()}
+	f.view.Store(cur)
+	close(f.changed)
+	f.changed = make(chan struct{})
+	if f.onApply != nil {
+		f.onApply(old, cur)
+	}
+	return true
+}
+
+func (f *ringFollower) reject(rev uint64, err error) {
+	f.log.Error("ring document refused; still answering from the last good ring", "revision", rev, "err", err)
+	if f.onReject != nil {
+		f.onReject(rev, err)
+	}
+}
+
+// read returns the document in the bucket and its revision (an empty
+// document and revision 0 if there is none).
+func (f *ringFollower) read(ctx context.Context) (RingDocument, uint64, error) {
+	kv := f.bucket()
+	if kv == nil {
+		return RingDocument{}, 0, jetstream.ErrBucketNotFound
+	}
+	e, err := kv.Get(ctx, RingKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return newDocument(f.vnodes), 0, nil
+	}
+	if err != nil {
+		return RingDocument{}, 0, fmt.Errorf("bus: kv get %q: %w", RingKey, err)
+	}
+	d, err := DecodeRingDocument(e.Value())
+	if err != nil {
+		f.reject(e.Revision(), err)
+		return RingDocument{}, 0, fmt.Errorf("bus: ring document at revision %d: %w", e.Revision(), err)
+	}
+	return d, e.Revision(), nil
+}
+
+// resync reads the document and applies it.
+func (f *ringFollower) resync(ctx context.Context) (RingDocument, uint64, error) {
+	d, rev, err := f.read(ctx)
+	if err == nil {
+		f.apply(d, rev)
+	}
+	return d, rev, err
+}
+
+func (f *ringFollower) applyEntry(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		f.apply(newDocument(f.vnodes), e.Revision())
+		return
+	}
+	d, err := DecodeRingDocument(e.Value())
+	if err != nil {
+		f.reject(e.Revision(), err)
+		return
+	}
+	f.apply(d, e.Revision())
+}
+
+// watch follows the ring key until ctx ends, re-creating the watcher when
+// it stops (the server restarted, the bucket was recreated).
+func (f *ringFollower) watch(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		var err error
+		if kv := f.bucket(); kv != nil {
+			var w jetstream.KeyWatcher
+			if w, err = kv.Watch(ctx, RingKey); err == nil {
+				backoff = 50 * time.Millisecond
+				for e := range w.Updates() {
+					if e != nil {
+						f.applyEntry(e)
+					}
+				}
+				_ = w.Stop()
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			f.log.Warn("ring watch failed; retrying", "err", err, "in", backoff)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// waitRevision blocks until the view's revision is at least rev.
+func (f *ringFollower) waitRevision(ctx context.Context, rev uint64) error {
+	for {
+		f.mu.Lock()
+		ch := f.changed
+		f.mu.Unlock()
+		if f.current().rev >= rev {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("natsroute: waiting for ring revision %d (at %d): %w", rev, f.current().rev, ctx.Err())
+		case <-ch:
+		}
+	}
+}
