@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/ring"
 )
@@ -31,6 +32,8 @@ type ringFollower struct {
 	kvMu sync.Mutex // guards kv
 	kv   jetstream.KeyValue
 
+	kick chan struct{} // restarts the watch (after a reconnect)
+
 	mu      sync.Mutex    // serializes apply; guards ring and changed
 	ring    *ring.Ring    // reused across documents so unchanged members keep their points
 	changed chan struct{} // closed and replaced whenever the view changes
@@ -42,7 +45,7 @@ func newRingFollower(vnodes int, log *slog.Logger) (*ringFollower, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &ringFollower{vnodes: vnodes, log: log, ring: rg, changed: make(chan struct{})}
+	f := &ringFollower{vnodes: vnodes, log: log, ring: rg, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 	f.view.Store(&view{doc: newDocument(vnodes), snap: rg.Snapshot()})
 	return f, nil
 }
@@ -145,20 +148,25 @@ func (f *ringFollower) applyEntry(e jetstream.KeyValueEntry) {
 }
 
 // watch follows the ring key until ctx ends, re-creating the watcher when
-// it stops (the server restarted, the bucket was recreated).
+// it stops (the server restarted, the bucket was recreated) or when kicked.
 func (f *ringFollower) watch(ctx context.Context) {
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		var err error
 		if kv := f.bucket(); kv != nil {
+			// Read first, with a short timeout: right after a reconnect
+			// JetStream may not answer yet, and creating a watch would
+			// wait out the JetStream context's whole default timeout.
+			attempt, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			_, _, err = f.resync(attempt)
+			cancel()
 			var w jetstream.KeyWatcher
-			if w, err = kv.Watch(ctx, RingKey); err == nil {
+			if err == nil {
+				w, err = kv.Watch(ctx, RingKey)
+			}
+			if err == nil {
 				backoff = 50 * time.Millisecond
-				for e := range w.Updates() {
-					if e != nil {
-						f.applyEntry(e)
-					}
-				}
+				f.follow(ctx, w)
 				_ = w.Stop()
 			}
 		}
@@ -170,6 +178,47 @@ func (f *ringFollower) watch(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// follow applies the watcher's entries until it stops, ctx ends or the
+// follower is kicked.
+func (f *ringFollower) follow(ctx context.Context, w jetstream.KeyWatcher) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.kick:
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e != nil {
+				f.applyEntry(e)
+			}
+		}
+	}
+}
+
+// followReconnects restarts the watch after each reconnect (a restarted
+// server has lost the watch's consumer) and calls hook, until ctx ends.
+func (f *ringFollower) followReconnects(ctx context.Context, nc *nats.Conn, hook func()) {
+	ch := nc.StatusChanged(nats.CONNECTED)
+	defer nc.RemoveStatusListener(ch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			select {
+			case f.kick <- struct{}{}:
+			default:
+			}
+			if hook != nil {
+				hook()
+			}
+		}
 	}
 }
 

@@ -43,7 +43,6 @@ type Router struct {
 	// Set by Start.
 	svc       micro.Service
 	healthSub *nats.Subscription
-	status    chan nats.Status
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -113,8 +112,7 @@ func (r *Router) Start(ctx context.Context) error {
 			r.stop()
 		}
 	}()
-	r.status = r.nc.StatusChanged(nats.CONNECTED)
-	r.wg.Go(r.followStatus)
+	r.wg.Go(func() { r.ring.followReconnects(r.ctx, r.nc, r.reconnected) })
 	r.wg.Go(func() { r.ring.watch(r.ctx) })
 	r.wg.Go(func() { r.write(r.ctx) })
 
@@ -186,15 +184,13 @@ func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, repl
 	}
 }
 
-// followStatus resyncs the ring after each reconnect.
-func (r *Router) followStatus() {
-	for range r.status {
-		r.stats.reconnects.Add(1)
-		r.log.Info("reconnected to NATS; re-reading the ring")
-		select {
-		case r.resyncNow <- struct{}{}:
-		default:
-		}
+// reconnected counts a reconnect and has the writer re-read the ring.
+func (r *Router) reconnected() {
+	r.stats.reconnects.Add(1)
+	r.log.Info("reconnected to NATS; re-reading the ring")
+	select {
+	case r.resyncNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -227,9 +223,6 @@ func (r *Router) stop() error {
 	}
 	if r.cancel != nil {
 		r.cancel()
-	}
-	if r.status != nil {
-		r.nc.RemoveStatusListener(r.status)
 	}
 	r.wg.Wait()
 	r.log.Info("router stopped")

@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 )
 
@@ -37,6 +38,12 @@ func TestRouterSurvivesServerRestart(t *testing.T) {
 	health(t, nc, "b", okHealth)
 	waitFor(t, 5*time.Second, "a,b", func() bool { return members(r) == "a,b" })
 	rev := r.Revision()
+	js, _ := jetstream.New(connect(t, s.ClientURL(), reconnecting()...))
+	cache, err := bus.WatchRing(ctxT(t), js, "", bus.WithRingCacheLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
 
 	s.Shutdown()
 	s.WaitForShutdown()
@@ -53,6 +60,13 @@ func TestRouterSurvivesServerRestart(t *testing.T) {
 	local, lrev := localRing(t, nc)
 	if lrev != r.Revision() || local.Len() != 3 {
 		t.Fatalf("bucket at %d with %d members, router at %d", lrev, local.Len(), r.Revision())
+	}
+	// The client's cache follows across the restart too.
+	if err := cache.WaitRevision(ctxT(t), lrev); err != nil {
+		t.Fatal(err)
+	}
+	if len(cache.Document().Nodes) != 3 {
+		t.Fatalf("cache has %d nodes after the restart", len(cache.Document().Nodes))
 	}
 	waitFor(t, 5*time.Second, "a reconnect to be counted", func() bool { return r.Stats().Reconnects >= 1 })
 

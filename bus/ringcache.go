@@ -1,0 +1,189 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/ring"
+)
+
+// RingCache keeps a local copy of the ring published in a KV bucket, so a
+// service can route by key with no round trip. It answers exactly as the
+// routers do for the same revision. It is safe for concurrent use; lookups
+// read an immutable snapshot and allocate nothing (with AppendN).
+type RingCache struct {
+	f      *ringFollower
+	js     jetstream.JetStream
+	bucket string
+
+	errMu   sync.Mutex // guards lastErr
+	lastErr error
+
+	cancel    context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// RingCacheOption configures WatchRing.
+type RingCacheOption func(*RingCache) error
+
+// WithRingCacheLogger sets where the cache logs refused documents and watch
+// failures (default slog.Default()).
+func WithRingCacheLogger(l *slog.Logger) RingCacheOption {
+	return func(c *RingCache) error {
+		if l == nil {
+			return errors.New("bus: WithRingCacheLogger(nil)")
+		}
+		c.f.log = l
+		return nil
+	}
+}
+
+// WatchRing loads the ring document from bucket ("" means natsroute) and
+// keeps it current from a KV watch until Close. If the bucket does not
+// exist yet, WatchRing returns an empty cache that fills in once a router
+// creates it. It survives NATS reconnects. A document of an unknown format
+// or hash is refused: the cache keeps its last good ring and Err says why.
+func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts ...RingCacheOption) (*RingCache, error) {
+	if js == nil {
+		return nil, errors.New("bus: WatchRing needs a JetStream context")
+	}
+	if bucket == "" {
+		bucket = DefaultBucket
+	}
+	if !bucketRE.MatchString(bucket) {
+		return nil, fmt.Errorf("bus: WatchRing: bucket %q is not a valid bucket name", bucket)
+	}
+	f, err := newRingFollower(ring.DefaultVirtualNodes, slog.Default())
+	if err != nil {
+		return nil, err
+	}
+	c := &RingCache{f: f, js: js, bucket: bucket, done: make(chan struct{})}
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
+	f.onReject = func(rev uint64, err error) {
+		c.errMu.Lock()
+		c.lastErr = fmt.Errorf("revision %d: %w", rev, err)
+		c.errMu.Unlock()
+	}
+	f.onApply = func(_, _ *view) {
+		c.errMu.Lock()
+		c.lastErr = nil
+		c.errMu.Unlock()
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	switch {
+	case err == nil:
+		f.setKV(kv)
+		if _, _, err := f.resync(ctx); err != nil && !errors.Is(err, ErrInvalidDocument) {
+			return nil, fmt.Errorf("bus: WatchRing: %w", err)
+		}
+	case !errors.Is(err, jetstream.ErrBucketNotFound):
+		return nil, fmt.Errorf("bus: WatchRing: bucket %q: %w", bucket, err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go c.run(runCtx)
+	return c, nil
+}
+
+// run waits for the bucket if needed, then follows the key, re-reading it
+// now and then in case the watch missed an update.
+func (c *RingCache) run(ctx context.Context) {
+	defer close(c.done)
+	for c.f.bucket() == nil {
+		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+		kv, err := c.js.KeyValue(attempt, c.bucket)
+		cancel()
+		if err == nil {
+			c.f.setKV(kv)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { c.f.watch(ctx) })
+	wg.Go(func() { c.f.followReconnects(ctx, c.js.Conn(), nil) })
+	t := time.NewTicker(DefaultResync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		case <-t.C:
+			attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, _, _ = c.f.resync(attempt)
+			cancel()
+		}
+	}
+}
+
+// Close stops following the bucket. It is safe to call more than once.
+func (c *RingCache) Close() error {
+	c.closeOnce.Do(func() {
+		c.cancel()
+		<-c.done
+	})
+	return nil
+}
+
+// Revision returns the KV revision of the cached ring (0 if none yet).
+func (c *RingCache) Revision() uint64 { return c.f.current().rev }
+
+// Document returns the cached ring document.
+func (c *RingCache) Document() RingDocument { return c.f.current().doc }
+
+// Snapshot returns the cached ring, to answer many lookups against one
+// revision.
+func (c *RingCache) Snapshot() *ring.Snapshot { return c.f.current().snap }
+
+// WaitRevision blocks until the cache holds revision rev or newer.
+func (c *RingCache) WaitRevision(ctx context.Context, rev uint64) error {
+	return c.f.waitRevision(ctx, rev)
+}
+
+// Err returns why the last document in the bucket was refused, or nil if
+// the cache holds the bucket's latest ring.
+func (c *RingCache) Err() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	return c.lastErr
+}
+
+// Get returns the node that owns key; ErrNoNodes if the ring is empty.
+func (c *RingCache) Get(key string) (string, error) {
+	n, err := c.f.current().snap.Get(key)
+	return n, cacheErr(err)
+}
+
+// GetN returns up to n distinct nodes for key, primary first.
+func (c *RingCache) GetN(key string, n int) ([]string, error) {
+	ns, err := c.f.current().snap.GetN(key, n)
+	return ns, cacheErr(err)
+}
+
+// GetFrom is GetN restricted to candidates.
+func (c *RingCache) GetFrom(key string, candidates []string, n int) ([]string, error) {
+	ns, err := c.f.current().snap.GetFrom(key, candidates, n)
+	return ns, cacheErr(err)
+}
+
+func cacheErr(err error) error {
+	if errors.Is(err, ring.ErrEmpty) {
+		return fmt.Errorf("%w: %w", ErrNoNodes, err)
+	}
+	return err
+}
