@@ -50,8 +50,9 @@ type Config struct {
 	// MemberTTL is how long a member stays on the ring without reporting
 	// (default 60 s).
 	MemberTTL time.Duration
-	// Coalesce is how long the KV writer waits after a membership change
-	// for more, so bursts become one write (default 5 ms).
+	// Coalesce is the shortest time between two ring writes: a lone change
+	// is written at once, and the rest of a burst gathers into the next
+	// write (default 5 ms).
 	Coalesce time.Duration
 	// Resync is how often the router re-reads the ring from the bucket in
 	// case its watch missed an update (default 5 s).

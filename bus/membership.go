@@ -35,6 +35,7 @@ func (r *Router) observe(node string, h Health) error {
 	} else if h.Seq != 0 && h.Seq < t.seq && !t.left {
 		return fmt.Errorf("%w: %w (%d < %d)", ErrInvalidReport, errStaleSeq, h.Seq, t.seq)
 	}
+	prev := *t
 	t.seen, t.seq = r.cfg.Now(), h.Seq
 	t.left = h.Status == StatusLeaving
 	t.weight = h.Weight
@@ -42,8 +43,12 @@ func (r *Router) observe(node string, h Health) error {
 		t.weight = 1
 	}
 	t.draining = h.Status == StatusDraining
+	// Wake the writer when this node's ring entry should change: compared
+	// with the last report (the view may not show a write in flight yet),
+	// and with the view (another replica may have written otherwise).
+	changed := prev.seen.IsZero() || prev.left != t.left || prev.weight != t.weight || prev.draining != t.draining
 	n, member := r.ring.current().doc.node(node)
-	if member == t.left || (member && (n.Weight != t.weight || (n.Status == StatusDraining) != t.draining)) {
+	if changed || member == t.left || (member && (n.Weight != t.weight || (n.Status == StatusDraining) != t.draining)) {
 		r.wake()
 	}
 	return nil
@@ -105,11 +110,13 @@ func (r *Router) sweep() bool {
 }
 
 // flush makes the bucket's document match what this router knows, with
-// compare-and-set: on a conflict it re-reads the document and re-applies.
+// compare-and-set on the revision it answers from (the watch keeps that
+// current, so this usually takes one round trip); on a conflict it re-reads
+// the document and re-applies.
 func (r *Router) flush(ctx context.Context) error {
 	for attempt := 0; attempt < 50; attempt++ {
 		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := r.flushOnce(opCtx)
+		err := r.flushOnce(opCtx, attempt > 0)
 		cancel()
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
 			return err
@@ -119,10 +126,17 @@ func (r *Router) flush(ctx context.Context) error {
 	return errors.New("bus: kv update: too many conflicts")
 }
 
-func (r *Router) flushOnce(ctx context.Context) error {
-	base, rev, err := r.ring.resync(ctx)
-	if err != nil {
-		return err
+func (r *Router) flushOnce(ctx context.Context, reread bool) error {
+	v := r.ring.current()
+	base, rev := v.doc, v.rev
+	if reread {
+		var err error
+		if base, rev, err = r.ring.resync(ctx); err != nil {
+			return err
+		}
+	}
+	if base.Nodes == nil {
+		base = newDocument(base.VNodes)
 	}
 	want := r.desired(base)
 	if want.equal(base) {
@@ -182,6 +196,7 @@ func (r *Router) write(ctx context.Context) {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	backoff := 50 * time.Millisecond
+	var lastFlush time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -199,15 +214,20 @@ func (r *Router) write(ctx context.Context) {
 			r.resync(ctx)
 			continue
 		}
-		select { // let a burst of changes gather into one write
-		case <-ctx.Done():
-			return
-		case <-time.After(r.cfg.Coalesce):
+		// At most one write per Coalesce window: a lone change is written
+		// at once, and the rest of a burst gathers into the next write.
+		if wait := time.Until(lastFlush.Add(r.cfg.Coalesce)); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
 		}
 		select {
 		case <-r.dirty:
 		default:
 		}
+		lastFlush = time.Now()
 		if err := r.flush(ctx); err != nil {
 			if ctx.Err() != nil {
 				return

@@ -95,7 +95,7 @@ func (r *Router) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bus: jetstream: %w", err)
 	}
-	kv, err := openBucket(ctx, js, r.cfg.Bucket, r.cfg.KVReplicas)
+	kv, err := openBucket(ctx, js, r.cfg.Bucket, r.cfg.KVReplicas, r.log)
 	if err != nil {
 		return err
 	}
@@ -143,7 +143,9 @@ func (r *Router) Start(ctx context.Context) error {
 			return fmt.Errorf("bus: endpoint %s: %w", ep.subject, err)
 		}
 	}
-	if err := r.nc.FlushWithContext(ctx); err != nil {
+	flushCtx, cancel := context.WithTimeout(ctx, 10*time.Second) // ctx may have no deadline
+	defer cancel()
+	if err := r.nc.FlushWithContext(flushCtx); err != nil {
 		return fmt.Errorf("bus: flush: %w", err)
 	}
 	ok = true
@@ -155,7 +157,7 @@ func (r *Router) Start(ctx context.Context) error {
 // openBucket binds to the bucket, creating it if it does not exist. It
 // retries with short per-attempt timeouts until ctx ends: JetStream may not
 // have a leader yet.
-func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
+func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, log *slog.Logger) (jetstream.KeyValue, error) {
 	var last error
 	for {
 		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -174,6 +176,9 @@ func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, repl
 		cancel()
 		if err == nil {
 			return kv, nil
+		}
+		if last == nil {
+			log.Warn("cannot open the ring bucket yet; retrying until the start-up deadline", "bucket", bucket, "err", err)
 		}
 		last = err
 		select {

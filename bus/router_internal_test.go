@@ -71,3 +71,43 @@ func TestPanicBecomes500(t *testing.T) {
 		t.Fatalf("OnRequest saw codes %v, want [500 200]", codes)
 	}
 }
+
+// TestLeaveDuringJoinWriteWakesWriter: a leave observed while the join's
+// write is in flight (the view does not show the node yet) must still wake
+// the writer. It used to wait for the next expiry sweep, a second later,
+// because the report was compared with the view only.
+func TestLeaveDuringJoinWriteWakesWriter(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	f, err := newRingFollower(150, cfg.Logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Router{cfg: cfg.withDefaults(), log: cfg.Logger, ring: f, tracker: map[string]*track{}, dirty: make(chan struct{}, 1)}
+	woke := func() bool {
+		select {
+		case <-r.dirty:
+			return true
+		default:
+			return false
+		}
+	}
+	h := Health{CPUUsage: 1}
+	if err := r.observe("x", h); err != nil || !woke() {
+		t.Fatalf("join: err %v, writer not woken", err)
+	}
+	// The writer now writes x; before its view shows x, x leaves.
+	h.Status = StatusLeaving
+	if err := r.observe("x", h); err != nil || !woke() {
+		t.Fatalf("leave during the join's write: err %v, writer not woken", err)
+	}
+	// A plain heartbeat of a member in the view wakes nobody.
+	f.apply(RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "y", Weight: 1}}}, 1)
+	h.Status = ""
+	if err := r.observe("y", h); err != nil || !woke() { // first report of y
+		t.Fatalf("first report: err %v", err)
+	}
+	if err := r.observe("y", h); err != nil || woke() {
+		t.Fatalf("heartbeat woke the writer (err %v)", err)
+	}
+}

@@ -1,6 +1,7 @@
 package embedded_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -107,4 +109,155 @@ func BenchmarkRequest(b *testing.B) {
 			env.do(b, bus.SubjectRequest, env.batch)
 		}
 	})
+}
+
+// BenchmarkPick compares a local RingCache lookup with a Client.Pick round
+// trip to the router, in one run, over the same 150-member ring.
+func BenchmarkPick(b *testing.B) {
+	env := newBenchEnv(b)
+	js, _ := jetstream.New(env.nc)
+	cache, err := bus.WatchRing(context.Background(), js, "", bus.WithRingCacheLogger(testLogger(b)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cache.Close()
+	client, err := bus.NewClient(env.nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("user-%d", i)
+	}
+	b.Run("via=ringcache", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := cache.Get(keys[i&1023]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("via=client", func(b *testing.B) {
+		b.ReportAllocs()
+		ctx := context.Background()
+		i := 0
+		for b.Loop() {
+			if _, err := client.Pick(ctx, keys[i&1023]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}
+
+// BenchmarkPropagation measures, over 200 membership changes (100 new
+// nodes joining and leaving again, on a ring of 50), the time from the
+// health report that changes the membership to three watching RingCaches
+// all having the change. Two paces: changes spaced wider than the router's
+// write window (bus.DefaultCoalesce, 5 ms), and back to back, where each
+// change may wait up to one window. As a baseline in the same run: a raw KV
+// put of a 2 KB value until a watcher sees it.
+func BenchmarkPropagation(b *testing.B) {
+	s := runServer(b)
+	r := startRouter(b, connect(b, s.ClientURL()), testConfig(b))
+	pub := connect(b, s.ClientURL())
+	for i := range 50 {
+		health(b, pub, fmt.Sprintf("base-%02d", i), okHealth)
+	}
+	waitFor(b, 10*time.Second, "50 members", func() bool { d, _ := r.Ring(); return len(d.Nodes) == 50 })
+	var caches []*bus.RingCache
+	for range 3 {
+		js, _ := jetstream.New(connect(b, s.ClientURL()))
+		c, err := bus.WatchRing(context.Background(), js, "", bus.WithRingCacheLogger(testLogger(b)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		caches = append(caches, c)
+	}
+	report := func(b *testing.B, lat []time.Duration) {
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	}
+	// change publishes one report and waits until every cache shows member
+	// (or its absence).
+	change := func(id string, h bus.Health, member bool) time.Duration {
+		t0 := time.Now()
+		health(b, pub, id, h)
+		for _, c := range caches {
+			for {
+				if _, ok := c.Snapshot().Member(id); ok == member {
+					break
+				}
+				_ = c.WaitRevision(context.Background(), c.Revision()+1)
+			}
+		}
+		return time.Since(t0)
+	}
+	n := 0 // node ids stay new across runs
+	all := caches
+	for _, pace := range []struct {
+		name string
+		gap  time.Duration
+	}{{"spaced", bus.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}} {
+		for _, nc := range []int{1, 3} {
+			b.Run(fmt.Sprintf("path=report-to-caches/pace=%s/caches=%d", pace.name, nc), func(b *testing.B) {
+				caches = all[:nc]
+				var lat []time.Duration
+				leaving := okHealth
+				leaving.Status = bus.StatusLeaving
+				for b.Loop() {
+					for range 100 {
+						id := fmt.Sprintf("p%d", n)
+						n++
+						time.Sleep(pace.gap)
+						lat = append(lat, change(id, okHealth, true))
+						time.Sleep(pace.gap)
+						lat = append(lat, change(id, leaving, false))
+					}
+				}
+				report(b, lat)
+			})
+		}
+	}
+	js, _ := jetstream.New(pub)
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "rawbench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, pace := range []struct {
+		name string
+		gap  time.Duration
+	}{{"spaced", bus.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}} {
+		b.Run("path=raw-kv-put-to-watch/pace="+pace.name, func(b *testing.B) {
+			ctx := context.Background()
+			w, err := kv.Watch(ctx, "k", jetstream.UpdatesOnly())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer w.Stop()
+			val := make([]byte, 2048)
+			var lat []time.Duration
+			for b.Loop() {
+				for range 200 {
+					time.Sleep(pace.gap)
+					t0 := time.Now()
+					rev, err := kv.Put(ctx, "k", val)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for e := range w.Updates() {
+						if e.Revision() >= rev {
+							break
+						}
+					}
+					lat = append(lat, time.Since(t0))
+				}
+			}
+			report(b, lat)
+		})
+	}
 }

@@ -334,8 +334,8 @@ func derive(old *Snapshot, next []Member) *Snapshot {
 			kept++
 		}
 	}
-	s.points = make([]point, 0, kept+len(added))
-	a := 0
+	s.points = make([]point, kept+len(added))
+	k, a := 0, 0
 	for _, p := range old.points {
 		o := remap[p.owner]
 		if o < 0 {
@@ -343,12 +343,13 @@ func derive(old *Snapshot, next []Member) *Snapshot {
 		}
 		p.owner = uint32(o)
 		for a < len(added) && (added[a].hash < p.hash || (added[a].hash == p.hash && added[a].owner < p.owner)) {
-			s.points = append(s.points, added[a])
-			a++
+			s.points[k] = added[a]
+			k, a = k+1, a+1
 		}
-		s.points = append(s.points, p)
+		s.points[k] = p
+		k++
 	}
-	s.points = append(s.points, added[a:]...)
+	copy(s.points[k:], added[a:])
 	s.buildTable()
 	return s
 }
@@ -361,12 +362,14 @@ func (s *Snapshot) buildTable() {
 	b := min(max(bits.Len(uint(len(s.points)))+1, 1), 17)
 	s.shift = uint(64 - b)
 	s.table = make([]uint32, 1<<b+1)
-	j := 0
-	for p := range s.table {
-		for j < len(s.points) && s.points[j].hash>>s.shift < uint64(p) {
-			j++
-		}
-		s.table[p] = uint32(j)
+	// Count the points of each slot, then sum: table[p] is the number of
+	// points below slot p, i.e. the index of the first point at or above
+	// it. Both passes run in order, since the points are sorted.
+	for _, p := range s.points {
+		s.table[p.hash>>s.shift+1]++
+	}
+	for i := 1; i < len(s.table); i++ {
+		s.table[i] += s.table[i-1]
 	}
 }
 
