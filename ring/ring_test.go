@@ -244,6 +244,23 @@ func TestWeights(t *testing.T) {
 	}
 	t.Logf("weight 2 / weight 1 key ratio: %.3f", ratio)
 
+	shares := r.Snapshot().Shares()
+	var sum, one, two float64
+	for id, f := range shares {
+		sum += f
+		if id[0] == 't' {
+			two += f
+		} else {
+			one += f
+		}
+	}
+	if math.Abs(sum-1) > 1e-9 || two/one < 1.8 || two/one > 2.2 {
+		t.Fatalf("shares sum to %v; weight-2 / weight-1 share %.3f, want 2 ±10%%", sum, two/one)
+	}
+	if got := mustNew(t, Config{VirtualNodes: 1}, Member{ID: "solo"}).Snapshot().Shares(); got["solo"] != 1 {
+		t.Fatalf("a lone member's share: %v", got)
+	}
+
 	tiny := mustNew(t, Config{}, Member{ID: "tiny", Weight: 1e-9}, Member{ID: "big"})
 	if m, _ := tiny.Snapshot().Member("tiny"); m.Weight != 1e-9 || tiny.Snapshot().Points() != 151 {
 		t.Fatalf("tiny weight: %d points, want 150+1", tiny.Snapshot().Points())

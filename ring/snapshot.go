@@ -130,6 +130,24 @@ func (s *Snapshot) Walk(key string, fn func(Member) bool) {
 	}
 }
 
+// Shares returns the fraction of the hash space each member owns (its
+// points' arcs), by member id; the fractions sum to 1. Draining is ignored.
+func (s *Snapshot) Shares() map[string]float64 {
+	out := make(map[string]float64, len(s.members))
+	if len(s.points) == 0 {
+		return out
+	}
+	prev := s.points[len(s.points)-1].hash // the arc of point 0 wraps around
+	for _, p := range s.points {
+		out[s.members[p.owner].ID] += float64(p.hash-prev) / (1 << 64) // unsigned wrap-around
+		prev = p.hash
+	}
+	if len(s.points) == 1 {
+		out[s.members[s.points[0].owner].ID] = 1
+	}
+	return out
+}
+
 // KeyHash returns the hash the ring uses for key (XXH64, seed 0).
 func (s *Snapshot) KeyHash(key string) uint64 { return s.hashKey(key) }
 

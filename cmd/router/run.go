@@ -30,6 +30,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "serve":
 		return serve(ctx, args, stdout, stderr)
+	case "select":
+		return selectCmd(ctx, args, stdout, stderr)
+	case "report":
+		return reportCmd(ctx, args, stdout, stderr)
+	case "status":
+		return statusCmd(ctx, args, stdout, stderr)
+	case "watch":
+		return watchCmd(ctx, args, stdout, stderr)
+	case "demo":
+		return demoCmd(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -87,8 +87,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	log.Info("natsroute is serving", "nats", nc.ConnectedUrlRedacted(), "http", o.httpAddr,
-		"try", fmt.Sprintf(`nats --server %s req route.request '{"key":"user-42"}'`, nc.ConnectedUrlRedacted()))
+	try := `nats req route.request '{"key":"user-42"}'`
+	if u := nc.ConnectedUrlRedacted(); u != nats.DefaultURL && u != "nats://localhost:4222" {
+		try = fmt.Sprintf(`nats --server %s req route.request '{"key":"user-42"}'`, u)
+	}
+	log.Info("natsroute is serving", "nats", nc.ConnectedUrlRedacted(), "http", o.httpAddr, "try", try)
 
 	<-ctx.Done()
 	log.Info("signal received: draining")

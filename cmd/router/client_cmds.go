@@ -1,0 +1,357 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/bus"
+)
+
+// clientCommand parses the connection flags plus a command's own, and
+// connects. It returns the exit code to use if it fails.
+func clientCommand(name string, args []string, stderr io.Writer, define func(fs *flagSet)) (*nats.Conn, *connOptions, int) {
+	var c connOptions
+	fs := newFlagSet("router "+name, stderr)
+	c.register(fs)
+	define(fs)
+	if err := fs.parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, nil, 0
+		}
+		fmt.Fprintln(stderr, "router:", err)
+		return nil, nil, 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "router %s: unexpected arguments %q\n", name, fs.Args())
+		return nil, nil, 2
+	}
+	if errs := c.validate(); len(errs) > 0 {
+		for _, e := range errs {
+			fmt.Fprintln(stderr, "router:", e)
+		}
+		return nil, nil, 2
+	}
+	nc, err := c.connect("natsroute-"+name, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError})))
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return nil, nil, 1
+	}
+	return nc, &c, -1
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// selectCmd: router select --key K [--strategy S] [--count N] [--candidates a,b] [--json]
+func selectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var key, keys, strategy, candidates string
+	var count int
+	var asJSON, explain bool
+	nc, conn, code := clientCommand("select", args, stderr, func(fs *flagSet) {
+		fs.StringVar(&key, "key", "", "routing key (ConsistentHash)")
+		fs.StringVar(&keys, "keys", "", "comma-separated keys: one answer each (ConsistentHash)")
+		fs.StringVar(&strategy, "strategy", "", "ConsistentHash or ResourceAware (default: ConsistentHash with a key, else ResourceAware)")
+		fs.IntVar(&count, "count", 1, "how many distinct nodes, primary first")
+		fs.StringVar(&candidates, "candidates", "", "comma-separated node ids to choose among")
+		fs.BoolVar(&asJSON, "json", false, "print the whole reply as JSON")
+		fs.BoolVar(&explain, "explain", false, "ask the router why (implies --json)")
+	})
+	if nc == nil {
+		return code
+	}
+	defer nc.Close()
+	client, err := bus.NewClient(nc, bus.WithTimeout(conn.timeout))
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 2
+	}
+	reply, err := client.Select(ctx, bus.Request{
+		Strategy: strategy, Key: key, Keys: splitList(keys), Count: count,
+		Candidates: splitList(candidates), Explain: explain,
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		if errors.Is(err, bus.ErrBadRequest) {
+			return 2
+		}
+		return 1
+	}
+	switch {
+	case asJSON || explain:
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(reply)
+	case reply.Results != nil:
+		for _, r := range reply.Results {
+			nodes := r.Nodes
+			if nodes == nil {
+				nodes = []string{r.Node}
+			}
+			fmt.Fprintf(stdout, "%s\t%s\n", r.Key, strings.Join(nodes, ","))
+		}
+	case len(reply.Nodes) > 0:
+		fmt.Fprintln(stdout, strings.Join(reply.Nodes, ","))
+	default:
+		fmt.Fprintln(stdout, reply.Node)
+	}
+	return 0
+}
+
+// reportCmd publishes a node's health once, or every --interval with this
+// machine's real CPU and memory usage until a signal (then "leaving").
+func reportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var node, status string
+	var cpu, memory, weight float64
+	var conns int64
+	var latency, interval time.Duration
+	var asJSON bool
+	nc, _, code := clientCommand("report", args, stderr, func(fs *flagSet) {
+		fs.StringVar(&node, "node", "", "node id, 1-64 characters of [A-Za-z0-9_-] (required)")
+		fs.Float64Var(&cpu, "cpu", 0, "CPU usage, percent (once)")
+		fs.Float64Var(&memory, "memory", 0, "memory usage, percent (once)")
+		fs.Int64Var(&conns, "connections", 0, "active connections (once)")
+		fs.DurationVar(&latency, "latency", 0, "average latency, e.g. 3ms (once)")
+		fs.Float64Var(&weight, "weight", 0, "ring weight and selection multiplier (default 1)")
+		fs.StringVar(&status, "status", "", "up, draining or leaving")
+		fs.DurationVar(&interval, "interval", 0, "report this machine's real metrics every interval until stopped")
+		fs.BoolVar(&asJSON, "json", false, "send JSON instead of msgpack")
+	})
+	if nc == nil {
+		return code
+	}
+	defer nc.Close()
+	if err := bus.ValidateNodeID(node); err != nil {
+		fmt.Fprintln(stderr, "router: --node:", err)
+		return 2
+	}
+	enc := bus.Msgpack
+	if asJSON {
+		enc = bus.JSON
+	}
+	if interval > 0 {
+		opts := []bus.ReporterOption{bus.WithReporterEncoding(enc), bus.WithReporterLogger(slog.New(slog.NewTextHandler(stderr, nil)))}
+		if weight != 0 {
+			opts = append(opts, bus.WithWeight(weight))
+		}
+		rep, err := bus.NewReporter(nc, node, bus.SystemHealth(nil), interval, opts...)
+		if err != nil {
+			fmt.Fprintln(stderr, "router:", err)
+			return 2
+		}
+		if status == bus.StatusDraining {
+			_ = rep.SetDraining(true)
+		}
+		fmt.Fprintf(stdout, "reporting %s every %v; Ctrl-C leaves the ring\n", node, interval)
+		<-ctx.Done()
+		if err := rep.Close(); err != nil {
+			fmt.Fprintln(stderr, "router:", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, node, "left the ring")
+		return 0
+	}
+	data, err := bus.EncodeHealth(node, bus.Health{
+		CPUUsage: cpu, MemoryUsage: memory, ActiveConnections: conns, AvgLatency: latency,
+		Weight: weight, Status: status, Seq: uint64(time.Now().UnixNano()),
+	}, enc)
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 2
+	}
+	if err := nc.Publish(bus.HealthSubject(node), data); err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 1
+	}
+	if err := nc.Flush(); err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "reported %s\n", node)
+	return 0
+}
+
+// statusCmd prints the nodes and the ring as routers see them.
+func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var asJSON bool
+	nc, conn, code := clientCommand("status", args, stderr, func(fs *flagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print JSON")
+	})
+	if nc == nil {
+		return code
+	}
+	defer nc.Close()
+	var nodes bus.NodesState
+	var rs bus.RingState
+	for _, q := range []struct {
+		subject string
+		into    any
+	}{{bus.SubjectNodes, &nodes}, {bus.SubjectRing, &rs}} {
+		m, err := nc.Request(q.subject, nil, conn.timeout)
+		if err != nil {
+			fmt.Fprintf(stderr, "router: %s: %v (is a router running?)\n", q.subject, err)
+			return 1
+		}
+		if err := json.Unmarshal(m.Data, q.into); err != nil {
+			fmt.Fprintf(stderr, "router: %s: %v\n", q.subject, err)
+			return 1
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(map[string]any{"nodes": nodes.Nodes, "ring": rs.Ring, "revision": rs.Revision})
+		return 0
+	}
+	printStatus(stdout, nodes, rs)
+	return 0
+}
+
+func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tMEMBER\tSTATUS\tWEIGHT\tREPORT AGE\tSCORE\tELIGIBLE\tCPU%\tMEM%\tCONNS\tLATENCY")
+	for _, n := range nodes.Nodes {
+		age := "never"
+		if n.ReportAgeMS >= 0 {
+			age = (time.Duration(n.ReportAgeMS) * time.Millisecond).String()
+			if n.Stale {
+				age += " (stale)"
+			}
+		}
+		elig := "yes"
+		if !n.Eligible {
+			elig = "no: " + n.Reason
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.3f\t%s\t%.1f\t%.1f\t%d\t%.1fms\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS)
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "\nring: revision %d, %d members, vnodes %d\n", rs.Revision, len(rs.Ring.Nodes), rs.Ring.VNodes)
+	if len(rs.Ring.Nodes) == 0 {
+		return
+	}
+	shares := map[string]float64{}
+	if rg, err := rs.Ring.Ring(); err == nil {
+		shares = rg.Snapshot().Shares()
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tWEIGHT\tSTATUS\tKEY SHARE")
+	for _, n := range rs.Ring.Nodes {
+		st := n.Status
+		if st == "" {
+			st = "up"
+		}
+		fmt.Fprintf(tw, "%s\t%g\t%s\t%.1f%%\n", n.ID, n.Weight, st, 100*shares[n.ID])
+	}
+	_ = tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// watchCmd prints each ring change as it happens, until a signal.
+func watchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var bucket string
+	nc, _, code := clientCommand("watch", args, stderr, func(fs *flagSet) {
+		fs.StringVar(&bucket, "bucket", bus.DefaultBucket, "KV bucket of the ring")
+		fs.env("bucket", "NATSROUTE_BUCKET", "")
+	})
+	if nc == nil {
+		return code
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 1
+	}
+	cache, err := bus.WatchRing(ctx, js, bucket, bus.WithRingCacheLogger(slog.New(slog.NewTextHandler(stderr, nil))))
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 1
+	}
+	defer cache.Close()
+	prev := map[string]bus.RingNode{}
+	fmt.Fprintf(stdout, "watching %s/%s (Ctrl-C stops)\n", bucket, bus.RingKey)
+	rev := cache.Revision()
+	printed := false
+	for {
+		if rev > 0 || printed {
+			doc := cache.Document()
+			fmt.Fprintf(stdout, "%s revision %d: %s\n", time.Now().Format("15:04:05.000"), rev, describeChange(prev, doc))
+			prev = map[string]bus.RingNode{}
+			for _, n := range doc.Nodes {
+				prev[n.ID] = n
+			}
+		}
+		printed = true
+		if err := cache.WaitRevision(ctx, rev+1); err != nil {
+			return 0 // interrupted
+		}
+		rev = cache.Revision()
+	}
+}
+
+// describeChange lists joins, leaves and changes between two memberships.
+func describeChange(prev map[string]bus.RingNode, doc bus.RingDocument) string {
+	var parts []string
+	seen := map[string]bool{}
+	for _, n := range doc.Nodes {
+		seen[n.ID] = true
+		old, ok := prev[n.ID]
+		switch {
+		case !ok:
+			parts = append(parts, "+"+label(n))
+		case old != n:
+			parts = append(parts, "~"+label(n))
+		}
+	}
+	var gone []string
+	for id := range prev {
+		if !seen[id] {
+			gone = append(gone, "-"+id)
+		}
+	}
+	slices.Sort(gone)
+	parts = append(parts, gone...)
+	ids := make([]string, len(doc.Nodes))
+	for i, n := range doc.Nodes {
+		ids[i] = label(n)
+	}
+	change := strings.Join(parts, " ")
+	if change == "" {
+		change = "(no change)"
+	}
+	return fmt.Sprintf("%s  members [%s]", change, strings.Join(ids, " "))
+}
+
+func label(n bus.RingNode) string {
+	s := n.ID
+	if n.Weight != 1 {
+		s += fmt.Sprintf("×%g", n.Weight)
+	}
+	if n.Status != "" {
+		s += "(" + n.Status + ")"
+	}
+	return s
+}
