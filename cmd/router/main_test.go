@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
 	"go.uber.org/goleak"
@@ -323,4 +325,71 @@ func TestDemo(t *testing.T) {
 	if lines < 20 {
 		t.Errorf("demo printed %d lines", lines)
 	}
+}
+
+// TestDockerFiles checks what can be checked without a Docker engine: the
+// NATS config of compose.yaml parses as a three-route JetStream cluster, and
+// the router arguments it uses pass --check.
+func TestDockerFiles(t *testing.T) {
+	t.Setenv("SERVER_NAME", "nats-1")
+	opts, err := server.ProcessConfigFile("../../docker/nats.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.ServerName != "nats-1" || !opts.JetStream || len(opts.Routes) != 3 || opts.Cluster.Name != "natsroute" {
+		t.Fatalf("docker/nats.conf: name %q jetstream %v routes %d cluster %q", opts.ServerName, opts.JetStream, len(opts.Routes), opts.Cluster.Name)
+	}
+	compose, err := os.ReadFile("../../docker/compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"serve", "--kv-replicas", "3", "--http", "0.0.0.0:8080"},
+		{"serve", "--listen", "0.0.0.0:4222", "--http", "0.0.0.0:8080", "--store-dir", "/home/nonroot/natsroute-data"},
+	} {
+		quoted := `"` + strings.Join(args, `", "`) + `"`
+		if args[2] == "3" && !strings.Contains(string(compose), quoted) {
+			t.Fatalf("compose.yaml no longer runs %s; keep this test in step", quoted)
+		}
+		env := []string{"NATS_URL=nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"}
+		if args[2] != "3" {
+			env = nil
+		}
+		if out, errOut, code := runCmd(t, env, append(args, "--check")...); code != 0 {
+			t.Fatalf("%v --check: %d %s %s", args, code, out, errOut)
+		}
+	}
+	for _, node := range []string{`"report", "--node", "node-a", "--interval", "5s"`, `"report", "--node", "node-b", "--interval", "5s", "--weight", "2"`} {
+		if !strings.Contains(string(compose), node) {
+			t.Fatalf("compose.yaml no longer runs %s", node)
+		}
+	}
+}
+
+// TestREADMEConfigTable: every serve flag is in README's configuration
+// table with its environment variable and default.
+func TestREADMEConfigTable(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o options
+	fs := serveFlags(&o, io.Discard)
+	env := map[string]string{}
+	for _, s := range fs.settings {
+		env[s.flag] = "`" + s.env + "`"
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		e, def := env[f.Name], f.DefValue
+		if e == "" {
+			e = "—"
+		}
+		if def == "" {
+			def = `""`
+		}
+		row := fmt.Sprintf("| `--%s` | %s | `%s` |", f.Name, e, def)
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README's configuration table lacks %s", row)
+		}
+	})
 }
