@@ -1,0 +1,194 @@
+package embedded_test
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/bus"
+)
+
+// recLogger records a server's warnings and errors, to print on failure
+// (the stock logger would os.Exit on a fatal error).
+type recLogger struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *recLogger) add(level, f string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, level+" "+fmt.Sprintf(f, v...))
+}
+func (l *recLogger) Noticef(string, ...any)    {}
+func (l *recLogger) Debugf(string, ...any)     {}
+func (l *recLogger) Tracef(string, ...any)     {}
+func (l *recLogger) Warnf(f string, v ...any)  { l.add("WARN", f, v...) }
+func (l *recLogger) Errorf(f string, v ...any) { l.add("ERROR", f, v...) }
+func (l *recLogger) Fatalf(f string, v ...any) { l.add("FATAL", f, v...) }
+func (l *recLogger) dump(t testing.TB, name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.lines {
+		t.Logf("%s: %s", name, s)
+	}
+}
+
+// startCluster runs three JetStream servers in one cluster on 127.0.0.1 and
+// waits until JetStream has a leader that sees every peer.
+func startCluster(t *testing.T) []*server.Server {
+	t.Helper()
+	ports := []int{freePort(t), freePort(t), freePort(t)}
+	var routes []string
+	for _, p := range ports {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+	}
+	var servers []*server.Server
+	for i, p := range ports {
+		opts := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "c", Host: "127.0.0.1", Port: p},
+			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
+		}
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log := &recLogger{}
+		s.SetLoggerV2(log, false, false, false)
+		t.Cleanup(func() {
+			if t.Failed() {
+				log.dump(t, opts.ServerName)
+			}
+		})
+		go s.Start()
+		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+		servers = append(servers, s)
+	}
+	for _, s := range servers {
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("cluster server did not start")
+		}
+	}
+	waitFor(t, 30*time.Second, "a JetStream leader seeing 3 peers, every server current", func() bool {
+		leader := false
+		for _, s := range servers {
+			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == 3 {
+				leader = true
+			}
+		}
+		if !leader {
+			return false
+		}
+		for _, s := range servers {
+			if !s.JetStreamIsCurrent() {
+				return false
+			}
+		}
+		return true
+	})
+	return servers
+}
+
+func clusterURLs(servers []*server.Server, first int) string {
+	urls := []string{servers[first].ClientURL()}
+	for i, s := range servers {
+		if i != first {
+			urls = append(urls, s.ClientURL())
+		}
+	}
+	return strings.Join(urls, ",")
+}
+
+// Fault 3: a three-node JetStream cluster with an R3 bucket; routers and
+// clients on different servers; the server leading the bucket's stream
+// goes down. Selections keep working, membership changes during and after
+// the failover reach the bucket, and every router and cache converges.
+func TestFaultClusterStreamLeaderLoss(t *testing.T) {
+	servers := startCluster(t)
+	cfg := testConfig(t)
+	cfg.KVReplicas = 3
+	conn := func(i int) *nats.Conn {
+		// Connect to server i first; the other URLs let it fail over.
+		return connect(t, clusterURLs(servers, i), append(reconnecting(), nats.DontRandomize())...)
+	}
+	rA := startRouter(t, conn(0), cfg)
+	rB := startRouter(t, conn(1), cfg)
+	clientConn := conn(2)
+	js, _ := jetstream.New(clientConn)
+	cache, err := bus.WatchRing(ctxT(t), js, "", bus.WithRingCacheLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+
+	stop := make(chan struct{})
+	base := []string{"n1", "n2", "n3"}
+	stopReports := keepReporting(t, conn(2), base, stop)
+	waitFor(t, 10*time.Second, "base members on both routers", func() bool { return members(rA) == "n1,n2,n3" && members(rB) == "n1,n2,n3" })
+	all := append(base, "during", "after")
+	client, _ := bus.NewClient(clientConn)
+	res, stopLoad := runLoad(t, client, all, stop)
+	waitFor(t, 5*time.Second, "load", func() bool { res.mu.Lock(); defer res.mu.Unlock(); return res.ok > 50 })
+
+	leader := -1
+	for i, s := range servers {
+		if s.JetStreamIsStreamLeader("$G", "KV_"+bus.DefaultBucket) {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no stream leader for the bucket")
+	}
+	t.Logf("shutting down n%d, the bucket's stream leader", leader+1)
+	servers[leader].Shutdown()
+	reporter := conn((leader + 1) % 3)
+	stopDuring := keepReporting(t, reporter, []string{"during"}, stop)
+	res.mu.Lock()
+	okBefore := res.ok
+	res.mu.Unlock()
+	waitFor(t, 20*time.Second, "'during' to reach the bucket", func() bool { return strings.Contains(members(rA), "during") })
+	stopAfter := keepReporting(t, reporter, []string{"after"}, stop)
+	want := "after,during,n1,n2,n3"
+	waitFor(t, 20*time.Second, "both routers and the cache to converge", func() bool {
+		if members(rA) != want || members(rB) != want || rA.Revision() != rB.Revision() {
+			return false
+		}
+		return cache.Revision() == rA.Revision() && len(cache.Document().Nodes) == 5
+	})
+	// The bucket itself holds the same document.
+	e, err := func() (jetstream.KeyValueEntry, error) {
+		kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
+		if err != nil {
+			return nil, err
+		}
+		return kv.Get(ctxT(t), bus.RingKey)
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := bus.DecodeRingDocument(e.Value())
+	if err != nil || len(doc.Nodes) != 5 || e.Revision() != rA.Revision() {
+		t.Fatalf("bucket: %d nodes at revision %d (routers at %d): %v", len(doc.Nodes), e.Revision(), rA.Revision(), err)
+	}
+	waitFor(t, 5*time.Second, "more successful requests after the failover", func() bool {
+		res.mu.Lock()
+		defer res.mu.Unlock()
+		return res.ok > okBefore+100
+	})
+	close(stop)
+	stopLoad()
+	stopReports()
+	stopDuring()
+	stopAfter()
+	if res.fails > 0 || len(res.foreign) > 0 {
+		t.Fatalf("%d requests failed; answers outside the membership: %v", res.fails, res.foreign)
+	}
+	t.Logf("%d requests ok, %d retried, 0 failed; ring revision %d", res.ok, res.retries, rA.Revision())
+}
