@@ -1,0 +1,207 @@
+package embedded_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	"github.com/natsroute/natsroute/bus"
+)
+
+// The permission sets of README's "Security" section, one per role.
+var rolePermissions = map[string]*server.Permissions{
+	"router": {
+		Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "$JS.FC.>", "$KV.natsroute.>", "_INBOX.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"health.*", "route.>", "$SRV.>", "_INBOX.>"}},
+		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+	},
+	"node-1": {
+		Publish:   &server.SubjectPermission{Allow: []string{"health.node-1"}},
+		Subscribe: &server.SubjectPermission{Deny: []string{">"}},
+	},
+	"client": {
+		Publish:   &server.SubjectPermission{Allow: []string{"route.request", "route.ring", "route.nodes"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	},
+	"cache": {
+		Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "$JS.FC.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	},
+	"stranger": { // may report as node-2 but not ask for routes
+		Publish:   &server.SubjectPermission{Allow: []string{"health.node-2"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	},
+}
+
+// securityCase sets up a server's authentication and returns the client
+// options of each role.
+type securityCase struct {
+	name  string
+	setup func(t *testing.T, o *server.Options) map[string][]nats.Option
+}
+
+func TestSecurity(t *testing.T) {
+	cases := []securityCase{
+		{"users", func(t *testing.T, o *server.Options) map[string][]nats.Option {
+			opts := map[string][]nats.Option{}
+			for role, p := range rolePermissions {
+				o.Users = append(o.Users, &server.User{Username: role, Password: role + "-secret", Permissions: p})
+				opts[role] = []nats.Option{nats.UserInfo(role, role+"-secret")}
+			}
+			return opts
+		}},
+		{"nkeys", func(t *testing.T, o *server.Options) map[string][]nats.Option {
+			opts := map[string][]nats.Option{}
+			for role, p := range rolePermissions {
+				kp, err := nkeys.CreateUser()
+				if err != nil {
+					t.Fatal(err)
+				}
+				pub, _ := kp.PublicKey()
+				o.Nkeys = append(o.Nkeys, &server.NkeyUser{Nkey: pub, Permissions: p})
+				opts[role] = []nats.Option{nats.Nkey(pub, kp.Sign)}
+			}
+			return opts
+		}},
+		{"tls client certificates", func(t *testing.T, o *server.Options) map[string][]nats.Option {
+			ca := newCA(t)
+			o.TLSConfig = &tls.Config{
+				Certificates: []tls.Certificate{ca.issue(t, "server", true)},
+				ClientCAs:    ca.pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12,
+			}
+			o.TLS, o.TLSVerify, o.TLSMap, o.TLSTimeout = true, true, true, 5
+			opts := map[string][]nats.Option{}
+			for role, p := range rolePermissions {
+				// With TLSMap the certificate's DNS name is the user name.
+				o.Users = append(o.Users, &server.User{Username: role, Permissions: p})
+				cert := ca.issue(t, role, false)
+				opts[role] = []nats.Option{nats.Secure(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.pool, MinVersion: tls.VersionTLS12})}
+			}
+			return opts
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var roles map[string][]nats.Option
+			s := runServer(t, func(o *server.Options) { roles = c.setup(t, o) })
+			as := func(role string) *nats.Conn { return connect(t, s.ClientURL(), roles[role]...) }
+
+			// The router runs with only the router role's permissions.
+			r := startRouter(t, as("router"), testConfig(t))
+			node := as("node-1")
+			health(t, node, "node-1", okHealth)
+			waitFor(t, 5*time.Second, "node-1 to join", func() bool { return members(r) == "node-1" })
+
+			// node-1 may not speak for node-2: the server refuses the publish
+			// (asynchronously), and the ring is untouched.
+			before := r.Stats().ReportsAccepted
+			health(t, node, "node-2", okHealth)
+			health(t, node, "node-1", okHealth) // a sentinel after it, same connection
+			waitFor(t, 5*time.Second, "the sentinel", func() bool { return r.Stats().ReportsAccepted > before })
+			if got := r.Stats().ReportsAccepted; got != before+1 || members(r) != "node-1" {
+				t.Fatalf("accepted %d reports (want 1 more), members %s", got-before, members(r))
+			}
+
+			// A client gets answers; so do the micro discovery subjects.
+			client, _ := bus.NewClient(as("client"))
+			if n, err := client.Pick(ctxT(t), "user-42"); err != nil || n != "node-1" {
+				t.Fatalf("client Pick: %q, %v", n, err)
+			}
+			// A RingCache reads the bucket with the cache role.
+			js, _ := jetstream.New(as("cache"))
+			cache, err := bus.WatchRing(ctxT(t), js, "", bus.WithRingCacheLogger(testLogger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cache.Close()
+			if n, err := cache.Get("user-42"); err != nil || n != "node-1" {
+				t.Fatalf("cache Get: %q, %v", n, err)
+			}
+			// A user without permission on route.request gets no answer.
+			stranger, _ := bus.NewClient(as("stranger"), bus.WithTimeout(300*time.Millisecond))
+			if n, err := stranger.Pick(context.Background(), "user-42"); err == nil || n != "" {
+				t.Fatalf("a user without permission got %q, %v", n, err)
+			} else if !errors.Is(err, bus.ErrTimeout) && !errors.Is(err, bus.ErrNoRouter) {
+				t.Logf("stranger's error: %v", err)
+			}
+			// Without credentials the server refuses the connection.
+			if nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(0)); err == nil {
+				nc.Close()
+				t.Fatal("connected without credentials")
+			}
+			// The router still writes the ring with its permissions.
+			h := okHealth
+			h.Status = bus.StatusDraining
+			health(t, node, "node-1", h)
+			waitFor(t, 5*time.Second, "node-1 to drain", func() bool { return members(r) == "node-1(draining)" })
+			if err := cache.WaitRevision(ctxT(t), r.Revision()); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// testCA issues certificates for 127.0.0.1 servers and named clients.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "natsroute test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+func (ca *testCA) issue(t *testing.T, name string, server bool) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, DNSNames: []string{name},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
