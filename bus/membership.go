@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"time"
 
@@ -54,6 +55,15 @@ func (r *Router) observe(node string, h Health) error {
 	return nil
 }
 
+// ingestBehind reports whether health reports are waiting to be processed.
+func (r *Router) ingestBehind() bool {
+	if r.healthSub == nil {
+		return false
+	}
+	n, _, err := r.healthSub.Pending()
+	return err == nil && n > 0
+}
+
 func (r *Router) wake() {
 	select {
 	case r.dirty <- struct{}{}:
@@ -65,10 +75,18 @@ func (r *Router) wake() {
 // within the member TTL are members with their reported weight and status;
 // nodes that said leaving, went silent for the TTL, or (for members it has
 // never heard from) stayed silent for the TTL since it started, are not.
+//
+// Silence is judged by this router's receive time, so while reports are
+// queued unprocessed (the router is behind, say starved of CPU) nothing
+// expires: the queued reports may be the ones that keep nodes alive.
 func (r *Router) desired(base RingDocument) RingDocument {
+	behind := r.ingestBehind()
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
 	now, ttl := r.cfg.Now(), r.cfg.MemberTTL
+	if behind {
+		ttl = time.Duration(math.MaxInt64) // expire nothing this round
+	}
 	nodes := make(map[string]RingNode, len(base.Nodes)+len(r.tracker))
 	for _, n := range base.Nodes {
 		if _, known := r.tracker[n.ID]; known || now.Sub(r.started) <= ttl {
@@ -98,14 +116,16 @@ func (r *Router) desired(base RingDocument) RingDocument {
 // ring document should change (a member expired).
 func (r *Router) sweep() bool {
 	v := r.ring.current()
-	r.healthMu.Lock()
-	now := r.cfg.Now()
-	for id, t := range r.tracker {
-		if now.Sub(t.seen) > 2*r.cfg.MemberTTL {
-			delete(r.tracker, id)
+	if !r.ingestBehind() {
+		r.healthMu.Lock()
+		now := r.cfg.Now()
+		for id, t := range r.tracker {
+			if now.Sub(t.seen) > 2*r.cfg.MemberTTL {
+				delete(r.tracker, id)
+			}
 		}
+		r.healthMu.Unlock()
 	}
-	r.healthMu.Unlock()
 	return !r.desired(v.doc).equal(v.doc)
 }
 

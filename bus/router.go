@@ -112,16 +112,15 @@ func (r *Router) Start(ctx context.Context) error {
 			r.stop()
 		}
 	}()
-	r.wg.Go(func() { r.ring.followReconnects(r.ctx, r.nc, r.reconnected) })
-	r.wg.Go(func() { r.ring.watch(r.ctx) })
-	r.wg.Go(func() { r.write(r.ctx) })
-
 	if r.healthSub, err = r.nc.Subscribe(SubjectHealthAll, r.onHealth); err != nil {
 		return fmt.Errorf("bus: subscribe %s: %w", SubjectHealthAll, err)
 	}
 	if err := r.healthSub.SetPendingLimits(DefaultHealthPending, 256<<20); err != nil {
 		return fmt.Errorf("bus: pending limits: %w", err)
 	}
+	r.wg.Go(func() { r.ring.followReconnects(r.ctx, r.nc, r.reconnected) })
+	r.wg.Go(func() { r.ring.watch(r.ctx) })
+	r.wg.Go(func() { r.write(r.ctx) })
 	r.svc, err = micro.AddService(r.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     ServiceVersion,

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -110,4 +112,73 @@ func TestLeaveDuringJoinWriteWakesWriter(t *testing.T) {
 	if err := r.observe("y", h); err != nil || woke() {
 		t.Fatalf("heartbeat woke the writer (err %v)", err)
 	}
+}
+
+// TestNoExpiryWhileBehind: while health reports wait unprocessed, silent
+// members are not expired (the queued reports may be theirs).
+func TestNoExpiryWhileBehind(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	defer func() { s.Shutdown(); s.WaitForShutdown() }()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server did not start")
+	}
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	cfg := DefaultConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	now := time.Unix(1000, 0)
+	cfg.Now = func() time.Time { return now }
+	cfg.MemberTTL = time.Second
+	f, _ := newRingFollower(150, cfg.Logger)
+	r := &Router{cfg: cfg.withDefaults(), log: cfg.Logger, ring: f, tracker: map[string]*track{}, dirty: make(chan struct{}, 1), started: now}
+	if err := r.observe("a", Health{}); err != nil {
+		t.Fatal(err)
+	}
+	base := RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "a", Weight: 1}}}
+	now = now.Add(2 * time.Second) // a has been silent for twice the TTL
+
+	release := make(chan struct{})
+	r.healthSub, err = nc.Subscribe("h.*", func(*nats.Msg) { <-release })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		_ = nc.Publish("h.x", nil)
+	}
+	_ = nc.Flush()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if n, _, _ := r.healthSub.Pending(); n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no report queued")
+		}
+	}
+	if got := r.desired(base); len(got.Nodes) != 1 {
+		t.Fatalf("expired a member while reports were queued: %+v", got.Nodes)
+	}
+	if r.sweep(); len(r.tracker) != 1 {
+		t.Fatal("the sweep forgot a node while reports were queued")
+	}
+	close(release)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if n, _, _ := r.healthSub.Pending(); n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("queue did not drain")
+		}
+	}
+	if got := r.desired(base); len(got.Nodes) != 0 {
+		t.Fatalf("once caught up, the silent member must expire: %+v", got.Nodes)
+	}
+	_ = r.healthSub.Unsubscribe()
 }

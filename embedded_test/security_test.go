@@ -11,6 +11,7 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,7 +98,15 @@ func TestSecurity(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var roles map[string][]nats.Option
 			s := runServer(t, func(o *server.Options) { roles = c.setup(t, o) })
-			as := func(role string) *nats.Conn { return connect(t, s.ClientURL(), roles[role]...) }
+			refused := make(chan error, 100) // permission violations the server reports back
+			as := func(role string) *nats.Conn {
+				return connect(t, s.ClientURL(), append(roles[role], nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+					select {
+					case refused <- err:
+					default:
+					}
+				}))...)
+			}
 
 			// The router runs with only the router role's permissions.
 			r := startRouter(t, as("router"), testConfig(t))
@@ -113,6 +122,14 @@ func TestSecurity(t *testing.T) {
 			waitFor(t, 5*time.Second, "the sentinel", func() bool { return r.Stats().ReportsAccepted > before })
 			if got := r.Stats().ReportsAccepted; got != before+1 || members(r) != "node-1" {
 				t.Fatalf("accepted %d reports (want 1 more), members %s", got-before, members(r))
+			}
+			select {
+			case err := <-refused:
+				if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), `"health.node-2"`) {
+					t.Fatalf("node-1's connection was told %v, want a permissions violation on health.node-2", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the server did not refuse node-1's report for node-2")
 			}
 
 			// A client gets answers; so do the micro discovery subjects.
