@@ -3,11 +3,9 @@ package embedded_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -111,20 +109,10 @@ func health(t testing.TB, nc *nats.Conn, node string, h bus.Health) {
 
 var okHealth = bus.Health{CPUUsage: 10, MemoryUsage: 20, ActiveConnections: 5, AvgLatency: 3 * time.Millisecond}
 
-// members returns the ids in the router's ring document.
+// members renders the router's ring document, as docMembers does.
 func members(r *bus.Router) string {
 	d, _ := r.Ring()
-	ids := make([]string, len(d.Nodes))
-	for i, n := range d.Nodes {
-		ids[i] = n.ID
-		if n.Status != "" {
-			ids[i] += "(" + n.Status + ")"
-		}
-		if n.Weight != 1 {
-			ids[i] += fmt.Sprintf("*%v", n.Weight)
-		}
-	}
-	return strings.Join(ids, ",")
+	return docMembers(d)
 }
 
 // req sends raw bytes to a subject and returns the reply.

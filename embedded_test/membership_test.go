@@ -135,18 +135,15 @@ func TestMembership(t *testing.T) {
 		st.do()
 		waitFor(t, 5*time.Second, st.name+": router ring "+st.want, func() bool { return members(r) == st.want })
 		local, _ := localRing(t, nc)
-		var ids []string
+		rebuilt := bus.RingDocument{}
 		for _, m := range local.Members() {
-			id := m.ID
+			n := bus.RingNode{ID: m.ID, Weight: m.Weight}
 			if m.Draining {
-				id += "(draining)"
+				n.Status = bus.StatusDraining
 			}
-			if m.Weight != 1 {
-				id += fmt.Sprintf("*%v", m.Weight)
-			}
-			ids = append(ids, id)
+			rebuilt.Nodes = append(rebuilt.Nodes, n)
 		}
-		if got := strings.Join(ids, ","); got != st.want {
+		if got := docMembers(rebuilt); got != st.want {
 			t.Fatalf("%s: ring rebuilt from the bucket has %s, want %s", st.name, got, st.want)
 		}
 		waitFor(t, 5*time.Second, st.name+": watcher sees "+st.want, func() bool { return w.saw(st.want) })
