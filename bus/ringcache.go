@@ -146,6 +146,12 @@ func (c *RingCache) Revision() uint64 { return c.f.current().rev }
 // Document returns the cached ring document.
 func (c *RingCache) Document() RingDocument { return c.f.current().doc }
 
+// Ring returns the cached ring document and its revision, read together.
+func (c *RingCache) Ring() (RingDocument, uint64) {
+	v := c.f.current()
+	return v.doc, v.rev
+}
+
 // Snapshot returns the cached ring, to answer many lookups against one
 // revision.
 func (c *RingCache) Snapshot() *ring.Snapshot { return c.f.current().snap }

@@ -189,10 +189,11 @@ func BenchmarkPropagation(b *testing.B) {
 		health(b, pub, id, h)
 		for _, c := range caches {
 			for {
+				rev := c.Revision() // before looking, so a change in between is not missed
 				if _, ok := c.Snapshot().Member(id); ok == member {
 					break
 				}
-				_ = c.WaitRevision(context.Background(), c.Revision()+1)
+				_ = c.WaitRevision(context.Background(), rev+1)
 			}
 		}
 		return time.Since(t0)

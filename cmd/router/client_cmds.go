@@ -293,22 +293,18 @@ func watchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	defer cache.Close()
 	prev := map[string]bus.RingNode{}
 	fmt.Fprintf(stdout, "watching %s/%s (Ctrl-C stops)\n", bucket, bus.RingKey)
-	rev := cache.Revision()
-	printed := false
-	for {
+	for printed := false; ; printed = true {
+		doc, rev := cache.Ring()
 		if rev > 0 || printed {
-			doc := cache.Document()
 			fmt.Fprintf(stdout, "%s revision %d: %s\n", time.Now().Format("15:04:05.000"), rev, describeChange(prev, doc))
 			prev = map[string]bus.RingNode{}
 			for _, n := range doc.Nodes {
 				prev[n.ID] = n
 			}
 		}
-		printed = true
 		if err := cache.WaitRevision(ctx, rev+1); err != nil {
 			return 0 // interrupted
 		}
-		rev = cache.Revision()
 	}
 }
 
