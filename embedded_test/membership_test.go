@@ -206,3 +206,25 @@ func batch(t testing.TB, r *bus.Router, keys []string) []string {
 	}
 	return out
 }
+
+// TestBurstCoalesces: 100 nodes joining within a few milliseconds become a
+// few ring writes, not 100.
+func TestBurstCoalesces(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	t0 := time.Now()
+	for i := range 100 {
+		health(t, nc, fmt.Sprintf("b%03d", i), okHealth)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Since(t0)
+	waitFor(t, 10*time.Second, "100 members", func() bool { d, _ := r.Ring(); return len(d.Nodes) == 100 })
+	writes := r.Stats().KVWrites
+	t.Logf("100 joins sent in %v became %d ring writes", sent, writes)
+	if writes > 10 {
+		t.Fatalf("100 joins became %d writes, want a few", writes)
+	}
+}
