@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -119,4 +120,45 @@ func readGolden(t *testing.T, path string) [][3]string {
 		t.Fatal(err)
 	}
 	return rows
+}
+
+// TestSubjectsMDVectors checks the golden vector tables in subjects.md
+// against the ring, so the user-facing contract cannot drift from the code.
+func TestSubjectsMDVectors(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "subjects.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rings := map[string]*Ring{}
+	for _, set := range goldenSets {
+		rings[set.name] = mustNew(t, Config{VirtualNodes: set.vnodes}, set.members...)
+	}
+	row := regexp.MustCompile("^\\| `([^`]*)`(?: \\(empty\\))? \\| (\\S+) \\| (.+) \\|$")
+	name := regexp.MustCompile("^Membership `([^`]+)`")
+	var current *Ring
+	checked := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		if m := name.FindStringSubmatch(line); m != nil {
+			current = rings[m[1]]
+			if current == nil {
+				t.Fatalf("subjects.md names membership %q, which has no golden set", m[1])
+			}
+			continue
+		}
+		m := row.FindStringSubmatch(line)
+		if m == nil || current == nil {
+			continue
+		}
+		key, owner, top3 := m[1], m[2], strings.ReplaceAll(m[3], " ", "")
+		if got, _ := current.Get(key); got != owner {
+			t.Errorf("subjects.md: Get(%q) = %s, the ring says %s", key, owner, got)
+		}
+		if got, _ := current.GetN(key, 3); strings.Join(got, ",") != top3 {
+			t.Errorf("subjects.md: GetN(%q, 3) = %s, the ring says %v", key, top3, got)
+		}
+		checked++
+	}
+	if checked < 10 {
+		t.Fatalf("checked only %d vectors in subjects.md", checked)
+	}
 }
