@@ -3,6 +3,7 @@ package embedded_test
 import (
 	"context"
 	"encoding/json"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -227,4 +228,69 @@ func TestContract(t *testing.T) {
 			t.Fatalf("micro info: %s", m.Data)
 		}
 	})
+}
+
+// TestEncodingsAgree: every request field gives the same reply in JSON and
+// in msgpack, and route.ring and route.nodes answer in the request's
+// encoding.
+func TestEncodingsAgree(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	for _, id := range []string{"a", "b", "c", "d"} {
+		health(t, nc, id, okHealth)
+	}
+	drain := okHealth
+	drain.Status = bus.StatusDraining
+	health(t, nc, "d", drain)
+	waitFor(t, 5*time.Second, "members", func() bool { return members(r) == "a,b,c,d(draining)" })
+	for _, q := range []bus.Request{
+		{Key: "user-42"},
+		{Strategy: bus.StrategyConsistentHash, Key: "user-42", Count: 3, Explain: true},
+		{Key: "order-9", Candidates: []string{"b", "d", "zz"}, Count: 2},
+		{Keys: []string{"k1", "k2", "k3"}, Count: 2},
+		{Strategy: bus.StrategyResourceAware, Candidates: []string{"c"}, Explain: true},
+		{Strategy: bus.StrategyResourceAware, Candidates: []string{"a", "b"}, Count: 2, Explain: true},
+		{Strategy: "Bogus"},
+		{Key: "x", Count: 99},
+	} {
+		var replies [2]bus.Reply
+		var codes [2]string
+		for i, enc := range []bus.Encoding{bus.JSON, bus.Msgpack} {
+			body, err := enc.Marshal(&q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := req(t, nc, bus.SubjectRequest, body, nil)
+			codes[i], _ = errorReply(t, m)
+			if got := bus.DetectEncoding(m.Data, m.Header); got != enc {
+				t.Fatalf("%+v: %v request answered in %v", q, enc, got)
+			}
+			if codes[i] == "" {
+				if err := enc.Unmarshal(m.Data, &replies[i]); err != nil {
+					t.Fatalf("%+v: %v reply: %v", q, enc, err)
+				}
+			}
+		}
+		if codes[0] != codes[1] {
+			t.Fatalf("%+v: JSON code %q, msgpack code %q", q, codes[0], codes[1])
+		}
+		if q.Strategy == bus.StrategyResourceAware && len(q.Candidates) > 1 {
+			// Random picks: compare the shape, not the nodes.
+			if len(replies[0].Nodes) != 2 || len(replies[1].Nodes) != 2 || len(replies[0].Explanation.Nodes) != 2 || len(replies[1].Explanation.Nodes) != 2 {
+				t.Fatalf("%+v: replies %+v / %+v", q, replies[0], replies[1])
+			}
+			continue
+		}
+		if !reflect.DeepEqual(replies[0], replies[1]) {
+			t.Fatalf("%+v:\nJSON    %+v\nmsgpack %+v", q, replies[0], replies[1])
+		}
+	}
+	for _, subject := range []string{bus.SubjectRing, bus.SubjectNodes} {
+		m := req(t, nc, subject, []byte{0x80}, nil) // an empty msgpack map
+		var v map[string]any
+		if bus.DetectEncoding(m.Data, m.Header) != bus.Msgpack || msgpack.Unmarshal(m.Data, &v) != nil || v["revision"] == nil {
+			t.Fatalf("%s in msgpack: %q", subject, m.Data)
+		}
+	}
 }
