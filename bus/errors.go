@@ -20,8 +20,7 @@ var (
 	ErrInvalidReport = errors.New("natsroute: invalid health report")
 	// ErrInvalidDocument is wrapped by errors about ring documents.
 	ErrInvalidDocument = errors.New("natsroute: invalid ring document")
-	// ErrClosed is returned by a Router, Client, Reporter or RingCache used
-	// after Close.
+	// ErrClosed is what Router.Ready reports after Close.
 	ErrClosed = errors.New("natsroute: closed")
 )
 

@@ -343,20 +343,21 @@ func TestDockerFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, args := range [][]string{
-		{"serve", "--kv-replicas", "3", "--http", "0.0.0.0:8080"},
-		{"serve", "--listen", "0.0.0.0:4222", "--http", "0.0.0.0:8080", "--store-dir", "/home/nonroot/natsroute-data"},
+	for _, c := range []struct {
+		args   []string
+		env    []string
+		inFile []byte // the file that must still run these arguments
+		file   string
+	}{
+		{[]string{"serve", "--kv-replicas", "3", "--http", "0.0.0.0:8080"}, []string{"NATS_URL=nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"}, compose, "compose.yaml"},
+		{[]string{"serve", "--listen", "0.0.0.0:4222", "--http", "0.0.0.0:8080", "--store-dir", "/home/nonroot/natsroute-data"}, nil, dockerfile(t), "Dockerfile"},
 	} {
-		quoted := `"` + strings.Join(args, `", "`) + `"`
-		if args[2] == "3" && !strings.Contains(string(compose), quoted) {
-			t.Fatalf("compose.yaml no longer runs %s; keep this test in step", quoted)
+		quoted := `"` + strings.Join(c.args, `", "`) + `"`
+		if !strings.Contains(string(c.inFile), quoted) {
+			t.Fatalf("%s no longer runs %s; keep this test in step", c.file, quoted)
 		}
-		env := []string{"NATS_URL=nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"}
-		if args[2] != "3" {
-			env = nil
-		}
-		if out, errOut, code := runCmd(t, env, append(args, "--check")...); code != 0 {
-			t.Fatalf("%v --check: %d %s %s", args, code, out, errOut)
+		if out, errOut, code := runCmd(t, c.env, append(c.args, "--check")...); code != 0 {
+			t.Fatalf("%v --check: %d %s %s", c.args, code, out, errOut)
 		}
 	}
 	for _, node := range []string{`"report", "--node", "node-a", "--interval", "5s"`, `"report", "--node", "node-b", "--interval", "5s", "--weight", "2"`} {
@@ -364,6 +365,15 @@ func TestDockerFiles(t *testing.T) {
 			t.Fatalf("compose.yaml no longer runs %s", node)
 		}
 	}
+}
+
+func dockerfile(t *testing.T) []byte {
+	t.Helper()
+	b, err := os.ReadFile("../../docker/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // TestREADMEConfigTable: every serve flag is in README's configuration
