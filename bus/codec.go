@@ -29,17 +29,6 @@ func (e Encoding) String() string {
 	return "msgpack"
 }
 
-// ParseEncoding parses "msgpack" or "json".
-func ParseEncoding(s string) (Encoding, error) {
-	switch strings.ToLower(s) {
-	case "msgpack":
-		return Msgpack, nil
-	case "json":
-		return JSON, nil
-	}
-	return Msgpack, fmt.Errorf("natsroute: unknown encoding %q (want msgpack or json)", s)
-}
-
 // maxDepth bounds the nesting of containers in a decoded body.
 const maxDepth = 32
 

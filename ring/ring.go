@@ -29,16 +29,6 @@ func New(cfg Config, members ...Member) (*Ring, error) {
 	return r, nil
 }
 
-// Build returns a standalone Snapshot of members, for callers that rebuild
-// whole memberships (for example from a published ring document).
-func Build(cfg Config, members ...Member) (*Snapshot, error) {
-	r, err := New(cfg, members...)
-	if err != nil {
-		return nil, err
-	}
-	return r.Snapshot(), nil
-}
-
 // Snapshot returns the current immutable ring.
 func (r *Ring) Snapshot() *Snapshot { return r.snap.Load() }
 
