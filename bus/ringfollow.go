@@ -167,7 +167,12 @@ func (f *ringFollower) watch(ctx context.Context) {
 			if err == nil {
 				backoff = 50 * time.Millisecond
 				f.follow(ctx, w)
-				_ = w.Stop()
+				// On shutdown nats.go unsubscribes the watch itself (it holds
+				// ctx); stopping it here too would wait out a 5 s JetStream
+				// timeout to delete the consumer when the server is gone.
+				if ctx.Err() == nil {
+					_ = w.Stop()
+				}
 			}
 		}
 		if err != nil && ctx.Err() == nil {
