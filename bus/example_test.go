@@ -102,9 +102,10 @@ func ExampleRingCache() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("user-42 lives on", owner, "at ring revision", cache.Revision())
+	doc, rev := cache.Ring() // the document and the KV revision it came from
+	fmt.Println("user-42 lives on", owner, "of", len(doc.Nodes), "members; revision > 0:", rev > 0)
 	// Output:
-	// user-42 lives on c at ring revision 1
+	// user-42 lives on c of 3 members; revision > 0: true
 }
 
 // exampleRouter starts an embedded NATS with JetStream and a router, with
