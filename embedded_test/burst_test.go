@@ -81,7 +81,7 @@ func TestFaultReportBurst(t *testing.T) {
 	tick.Stop()
 	elapsed := time.Since(start)
 	_ = pub.Flush()
-	waitFor(t, 60*time.Second, "every report to be handled", func() bool {
+	waitFor(t, 2*time.Minute, "every report to be handled", func() bool {
 		st := r.Stats()
 		return st.ReportsAccepted >= uint64(sent) || st.HealthDropped > 0
 	})
