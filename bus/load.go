@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -65,8 +66,11 @@ func (l *Load) AvgLatency() time.Duration {
 func SystemHealth(load *Load) HealthSource {
 	return HealthFunc(func(ctx context.Context) (Health, error) {
 		pct, err := cpu.PercentWithContext(ctx, 0, false)
-		if err != nil || len(pct) == 0 {
-			return Health{}, fmt.Errorf("cpu usage: %v", err)
+		if err != nil {
+			return Health{}, fmt.Errorf("cpu usage: %w", err)
+		}
+		if len(pct) == 0 {
+			return Health{}, errors.New("cpu usage: no reading")
 		}
 		vm, err := mem.VirtualMemoryWithContext(ctx)
 		if err != nil {

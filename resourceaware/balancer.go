@@ -318,9 +318,9 @@ func (b *Balancer) Nodes() []NodeState {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.cfg.Now()
-	out := make([]NodeState, 0, len(b.nodes))
-	for _, id := range slices.Sorted(maps.Keys(b.nodes)) {
-		n := b.nodes[id]
+	out := make([]NodeState, 0, len(b.byPos))
+	for _, n := range b.byPos { // sorted by id
+		id := n.id
 		w, c, o, fresh := b.assess(n, now)
 		why := b.cfg.describe(o, n.report)
 		if c == classDraining {

@@ -14,8 +14,9 @@ const (
 // pickSet is what one selection draws from: the nodes of the lowest class
 // present and their cumulative selection weights.
 type pickSet struct {
-	idx []int32   // node positions (in the snapshot, or in a candidate list)
-	cum []float64 // cum[i] = sum of the weights of idx[0..i]; nil means uniform
+	idx      []int32   // node positions (in the snapshot, or in a candidate list)
+	cum      []float64 // cum[i] = sum of the weights of idx[0..i]; nil means uniform
+	positive int       // nodes a weighted draw can hit (all of them when uniform)
 }
 
 // buildPickSet fills ps from n nodes whose weight and class weightOf gives,
@@ -28,19 +29,22 @@ func buildPickSet(n int, weightOf func(int) (float64, class), idx []int32, cum [
 		}
 	}
 	idx, cum = idx[:0], cum[:0]
-	total := 0.0
+	total, positive := 0.0, 0
 	for i := range n {
 		w, c := weightOf(i)
 		if c != lowest {
 			continue
 		}
+		if total+w > total {
+			positive++
+		}
 		total += w
 		idx, cum = append(idx, int32(i)), append(cum, total)
 	}
 	if total == 0 { // every score is zero: uniform
-		cum = nil
+		cum, positive = nil, len(idx)
 	}
-	return pickSet{idx: idx, cum: cum}
+	return pickSet{idx: idx, cum: cum, positive: positive}
 }
 
 // draw returns a position in ps.idx, chosen with probability proportional
@@ -75,18 +79,9 @@ func (ps *pickSet) draw(u uint64) int {
 func (ps *pickSet) drawN(n int, rnd func() uint64) []int {
 	want := min(n, len(ps.idx))
 	out := make([]int, 0, want)
-	positive := len(ps.idx)
-	if ps.cum != nil {
-		positive = 0
-		for i := range ps.cum {
-			if ps.weight(i) > 0 {
-				positive++
-			}
-		}
-	}
 	// Weighted draws while weighted nodes remain, then uniform among the rest.
 	for len(out) < want {
-		if len(out) < positive {
+		if len(out) < ps.positive {
 			for try := 0; ; try++ {
 				if try == 32 {
 					out = append(out, ps.drawExcluding(out, rnd(), false))
