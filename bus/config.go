@@ -50,9 +50,11 @@ type Config struct {
 	// MemberTTL is how long a member stays on the ring without reporting
 	// (default 60 s).
 	MemberTTL time.Duration
-	// Coalesce is the shortest time between two ring writes: a lone change
-	// is written at once, and the rest of a burst gathers into the next
-	// write (default 5 ms).
+	// Coalesce is the ring write window: a lone change is written at once,
+	// and the rest of a burst waits at most Coalesce and gathers into the
+	// next write (default 5 ms). Writes are at least Coalesce less 1 ms
+	// apart: the writer rounds its sleep down to whole milliseconds, since
+	// Go's timers fire up to 1 ms late in an idle process.
 	Coalesce time.Duration
 	// Resync is how often the router re-reads the ring from the bucket in
 	// case its watch missed an update (default 5 s).

@@ -182,3 +182,23 @@ func TestNoExpiryWhileBehind(t *testing.T) {
 	}
 	_ = r.healthSub.Unsubscribe()
 }
+
+// TestWindowWait pins how the writer sleeps out the rest of a window: waits
+// of a millisecond or more round down to whole milliseconds (Go's idle
+// timers fire up to 1 ms late otherwise), shorter ones are kept.
+func TestWindowWait(t *testing.T) {
+	for _, c := range []struct{ in, want time.Duration }{
+		{-time.Millisecond, -time.Millisecond},
+		{0, 0},
+		{300 * time.Microsecond, 300 * time.Microsecond},
+		{999 * time.Microsecond, 999 * time.Microsecond},
+		{time.Millisecond, time.Millisecond},
+		{4300 * time.Microsecond, 4 * time.Millisecond},
+		{4999 * time.Microsecond, 4 * time.Millisecond},
+		{5 * time.Millisecond, 5 * time.Millisecond},
+	} {
+		if got := windowWait(c.in); got != c.want {
+			t.Errorf("windowWait(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}

@@ -187,7 +187,7 @@ func serveFlags(o *options, out io.Writer) *flagSet {
 	fs.env("vnodes", "NATSROUTE_VNODES", "VirtualNodes")
 	fs.DurationVar(&c.MemberTTL, "member-ttl", c.MemberTTL, "a member leaves the ring after this long without a report")
 	fs.env("member-ttl", "NATSROUTE_MEMBER_TTL", "MemberTTL")
-	fs.DurationVar(&c.Coalesce, "coalesce", c.Coalesce, "shortest time between two ring writes; a lone change is written at once, a burst gathers into the next write")
+	fs.DurationVar(&c.Coalesce, "coalesce", c.Coalesce, "ring write window: a lone change is written at once, a burst waits at most this long and gathers into one write")
 	fs.env("coalesce", "NATSROUTE_COALESCE", "Coalesce")
 	fs.DurationVar(&c.Resync, "resync", c.Resync, "re-read the ring from the bucket this often")
 	fs.env("resync", "NATSROUTE_RESYNC", "Resync")
