@@ -135,6 +135,9 @@ func (f *ringFollower) resync(ctx context.Context) (RingDocument, uint64, error)
 }
 
 func (f *ringFollower) applyEntry(e jetstream.KeyValueEntry) {
+	if e.Revision() <= f.current().rev {
+		return // already applied: a router's own write, or a resync got there first
+	}
 	if e.Operation() != jetstream.KeyValuePut {
 		f.apply(newDocument(f.vnodes), e.Revision())
 		return

@@ -1,0 +1,43 @@
+package bus
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+)
+
+// BenchmarkApply measures what a RingCache does per watched revision on a
+// 51-member ring: decode the document and rebuild the ring with one member
+// joined or left.
+func BenchmarkApply(b *testing.B) {
+	docs := make([][]byte, 2)
+	for k := range docs {
+		d := newDocument(150)
+		for i := range 50 + k {
+			d.Nodes = append(d.Nodes, RingNode{ID: fmt.Sprintf("node-%02d", i), Weight: 1})
+		}
+		docs[k], _ = d.Encode()
+	}
+	f, err := newRingFollower(150, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("decode", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := DecodeRingDocument(docs[1]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	rev := uint64(0)
+	b.Run("decode+apply", func(b *testing.B) {
+		for b.Loop() {
+			rev++
+			d, _ := DecodeRingDocument(docs[rev%2])
+			if !f.apply(d, rev) {
+				b.Fatal("not applied")
+			}
+		}
+	})
+}
