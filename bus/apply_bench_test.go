@@ -12,12 +12,15 @@ import (
 // joined or left.
 func BenchmarkApply(b *testing.B) {
 	docs := make([][]byte, 2)
+	var err error
 	for k := range docs {
 		d := newDocument(150)
 		for i := range 50 + k {
 			d.Nodes = append(d.Nodes, RingNode{ID: fmt.Sprintf("node-%02d", i), Weight: 1})
 		}
-		docs[k], _ = d.Encode()
+		if docs[k], err = d.Encode(); err != nil {
+			b.Fatal(err)
+		}
 	}
 	f, err := newRingFollower(150, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -34,7 +37,10 @@ func BenchmarkApply(b *testing.B) {
 	b.Run("decode+apply", func(b *testing.B) {
 		for b.Loop() {
 			rev++
-			d, _ := DecodeRingDocument(docs[rev%2])
+			d, err := DecodeRingDocument(docs[rev%2])
+			if err != nil {
+				b.Fatal(err)
+			}
 			if !f.apply(d, rev) {
 				b.Fatal("not applied")
 			}
