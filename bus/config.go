@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -156,32 +157,18 @@ func (c Config) Validate() error {
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	def := func(v *int, dv int) {
-		if *v == 0 {
-			*v = dv
-		}
-	}
-	defDur := func(v *time.Duration, dv time.Duration) {
-		if *v == 0 {
-			*v = dv
-		}
-	}
-	if c.Bucket == "" {
-		c.Bucket = d.Bucket
-	}
-	if c.QueueGroup == "" {
-		c.QueueGroup = d.QueueGroup
-	}
-	def(&c.KVReplicas, d.KVReplicas)
-	def(&c.VirtualNodes, d.VirtualNodes)
-	defDur(&c.MemberTTL, d.MemberTTL)
-	defDur(&c.Coalesce, d.Coalesce)
-	defDur(&c.Resync, d.Resync)
-	defDur(&c.DrainTimeout, d.DrainTimeout)
-	def(&c.Limits.MaxKeyBytes, d.Limits.MaxKeyBytes)
-	def(&c.Limits.MaxCandidates, d.Limits.MaxCandidates)
-	def(&c.Limits.MaxBatch, d.Limits.MaxBatch)
-	def(&c.Limits.MaxCount, d.Limits.MaxCount)
+	c.Bucket = cmp.Or(c.Bucket, d.Bucket)
+	c.QueueGroup = cmp.Or(c.QueueGroup, d.QueueGroup)
+	c.KVReplicas = cmp.Or(c.KVReplicas, d.KVReplicas)
+	c.VirtualNodes = cmp.Or(c.VirtualNodes, d.VirtualNodes)
+	c.MemberTTL = cmp.Or(c.MemberTTL, d.MemberTTL)
+	c.Coalesce = cmp.Or(c.Coalesce, d.Coalesce)
+	c.Resync = cmp.Or(c.Resync, d.Resync)
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, d.DrainTimeout)
+	c.Limits.MaxKeyBytes = cmp.Or(c.Limits.MaxKeyBytes, d.Limits.MaxKeyBytes)
+	c.Limits.MaxCandidates = cmp.Or(c.Limits.MaxCandidates, d.Limits.MaxCandidates)
+	c.Limits.MaxBatch = cmp.Or(c.Limits.MaxBatch, d.Limits.MaxBatch)
+	c.Limits.MaxCount = cmp.Or(c.Limits.MaxCount, d.Limits.MaxCount)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -1,6 +1,7 @@
 package resourceaware
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -119,24 +120,12 @@ func (c Config) Validate() error {
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	if c.CPUThresholdPercent == 0 {
-		c.CPUThresholdPercent = d.CPUThresholdPercent
-	}
-	if c.MemoryThresholdPercent == 0 {
-		c.MemoryThresholdPercent = d.MemoryThresholdPercent
-	}
-	if c.MaxActiveConnections == 0 {
-		c.MaxActiveConnections = d.MaxActiveConnections
-	}
-	if c.LatencyCeiling == 0 {
-		c.LatencyCeiling = d.LatencyCeiling
-	}
-	if c.Staleness == 0 {
-		c.Staleness = d.Staleness
-	}
-	if c.NeutralScore == 0 {
-		c.NeutralScore = d.NeutralScore
-	}
+	c.CPUThresholdPercent = cmp.Or(c.CPUThresholdPercent, d.CPUThresholdPercent)
+	c.MemoryThresholdPercent = cmp.Or(c.MemoryThresholdPercent, d.MemoryThresholdPercent)
+	c.MaxActiveConnections = cmp.Or(c.MaxActiveConnections, d.MaxActiveConnections)
+	c.LatencyCeiling = cmp.Or(c.LatencyCeiling, d.LatencyCeiling)
+	c.Staleness = cmp.Or(c.Staleness, d.Staleness)
+	c.NeutralScore = cmp.Or(c.NeutralScore, d.NeutralScore)
 	if c.Weights == nil {
 		c.Weights = d.Weights
 	} else {
