@@ -49,6 +49,8 @@ func WithRingCacheLogger(l *slog.Logger) RingCacheOption {
 // exist yet, WatchRing returns an empty cache that fills in once a router
 // creates it. It survives NATS reconnects. A document of an unknown format
 // or hash is refused: the cache keeps its last good ring and Err says why.
+// While JetStream is still forming or failing over (timeouts, no
+// responders), WatchRing retries until ctx ends; other errors return at once.
 func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts ...RingCacheOption) (*RingCache, error) {
 	if js == nil {
 		return nil, errors.New("bus: WatchRing needs a JetStream context")
@@ -79,15 +81,19 @@ func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts 
 		c.lastErr = nil
 		c.errMu.Unlock()
 	}
-	kv, err := js.KeyValue(ctx, bucket)
-	switch {
-	case err == nil:
-		f.setKV(kv)
-		if _, _, err := f.resync(ctx); err != nil && !errors.Is(err, ErrInvalidDocument) {
-			return nil, fmt.Errorf("bus: WatchRing: %w", err)
+	// A refused document leaves the cache empty with Err set; a missing
+	// bucket leaves it empty until a router creates it.
+	err = retryStartup(ctx, f.log, fmt.Sprintf("WatchRing: bucket %q", bucket), transient, func(ctx context.Context) error {
+		kv, err := js.KeyValue(ctx, bucket)
+		if err != nil {
+			return err
 		}
-	case !errors.Is(err, jetstream.ErrBucketNotFound):
-		return nil, fmt.Errorf("bus: WatchRing: bucket %q: %w", bucket, err)
+		f.setKV(kv)
+		_, _, err = f.resync(ctx)
+		return err
+	})
+	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, ErrInvalidDocument) {
+		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel

@@ -115,12 +115,12 @@ func (f *ringFollower) read(ctx context.Context) (RingDocument, uint64, error) {
 		return newDocument(f.vnodes), 0, nil
 	}
 	if err != nil {
-		return RingDocument{}, 0, fmt.Errorf("bus: kv get %q: %w", RingKey, err)
+		return RingDocument{}, 0, fmt.Errorf("kv get %q: %w", RingKey, err)
 	}
 	d, err := DecodeRingDocument(e.Value())
 	if err != nil {
 		f.reject(e.Revision(), err)
-		return RingDocument{}, 0, fmt.Errorf("bus: ring document at revision %d: %w", e.Revision(), err)
+		return RingDocument{}, 0, fmt.Errorf("ring document at revision %d: %w", e.Revision(), err)
 	}
 	return d, e.Revision(), nil
 }

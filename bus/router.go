@@ -83,7 +83,9 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 func (r *Router) Strategies() []Strategy { return []Strategy{r.ch, r.ra} }
 
 // Start opens (or creates) the bucket, loads the ring from it, and begins
-// serving. ctx bounds start-up only; the router runs until Close.
+// serving. ctx bounds start-up only; the router runs until Close. Until ctx
+// ends, Start waits for a JetStream that has no leader yet or does not
+// answer for the bucket yet.
 func (r *Router) Start(ctx context.Context) error {
 	r.stateMu.Lock()
 	defer r.stateMu.Unlock()
@@ -100,8 +102,12 @@ func (r *Router) Start(ctx context.Context) error {
 		return err
 	}
 	r.ring.setKV(kv)
-	d, rev, err := r.ring.resync(ctx)
-	if err != nil {
+	var d RingDocument
+	var rev uint64
+	if err := retryStartup(ctx, r.log, "load the ring", notInvalid, func(ctx context.Context) (err error) {
+		d, rev, err = r.ring.resync(ctx)
+		return err
+	}); err != nil {
 		return err
 	}
 
@@ -151,41 +157,6 @@ func (r *Router) Start(ctx context.Context) error {
 	r.state = 1
 	r.log.Info("router started", "bucket", r.cfg.Bucket, "revision", rev, "members", len(d.Nodes), "queue_group", r.cfg.QueueGroup)
 	return nil
-}
-
-// openBucket binds to the bucket, creating it if it does not exist. It
-// retries with short per-attempt timeouts until ctx ends: JetStream may not
-// have a leader yet.
-func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, log *slog.Logger) (jetstream.KeyValue, error) {
-	var last error
-	for {
-		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
-		kv, err := js.KeyValue(attempt, bucket)
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			kv, err = js.CreateKeyValue(attempt, jetstream.KeyValueConfig{
-				Bucket:      bucket,
-				Description: "natsroute ring membership",
-				History:     1,
-				Replicas:    replicas,
-			})
-			if errors.Is(err, jetstream.ErrBucketExists) {
-				kv, err = js.KeyValue(attempt, bucket)
-			}
-		}
-		cancel()
-		if err == nil {
-			return kv, nil
-		}
-		if last == nil {
-			log.Warn("cannot open the ring bucket yet; retrying until the start-up deadline", "bucket", bucket, "err", err)
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("bus: open bucket %q: %w (last error: %v)", bucket, ctx.Err(), last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // reconnected counts a reconnect and has the writer re-read the ring.

@@ -1,6 +1,7 @@
 package embedded_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -43,6 +44,31 @@ func (l *recLogger) dump(t testing.TB, name string) {
 // waits until JetStream has a leader that sees every peer.
 func startCluster(t *testing.T) []*server.Server {
 	t.Helper()
+	servers := startClusterServers(t)
+	waitFor(t, 30*time.Second, "a JetStream leader seeing 3 peers, every server current", func() bool {
+		leader := false
+		for _, s := range servers {
+			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == 3 {
+				leader = true
+			}
+		}
+		if !leader {
+			return false
+		}
+		for _, s := range servers {
+			if !s.JetStreamIsCurrent() {
+				return false
+			}
+		}
+		return true
+	})
+	return servers
+}
+
+// startClusterServers runs three JetStream servers in one cluster on
+// 127.0.0.1 and returns once they take connections, JetStream formed or not.
+func startClusterServers(t *testing.T) []*server.Server {
+	t.Helper()
 	ports := []int{freePort(t), freePort(t), freePort(t)}
 	var routes []string
 	for _, p := range ports {
@@ -76,23 +102,6 @@ func startCluster(t *testing.T) []*server.Server {
 			t.Fatal("cluster server did not start")
 		}
 	}
-	waitFor(t, 30*time.Second, "a JetStream leader seeing 3 peers, every server current", func() bool {
-		leader := false
-		for _, s := range servers {
-			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == 3 {
-				leader = true
-			}
-		}
-		if !leader {
-			return false
-		}
-		for _, s := range servers {
-			if !s.JetStreamIsCurrent() {
-				return false
-			}
-		}
-		return true
-	})
 	return servers
 }
 
@@ -162,17 +171,18 @@ func TestFaultClusterStreamLeaderLoss(t *testing.T) {
 		}
 		return cache.Revision() == rA.Revision() && len(cache.Document().Nodes) == 5
 	})
-	// The bucket itself holds the same document.
-	e, err := func() (jetstream.KeyValueEntry, error) {
-		kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
-		if err != nil {
-			return nil, err
+	// The bucket itself holds the same document. Right after a failover a
+	// direct get may meet no responders for a moment (the new replicas
+	// subscribe once current), so the read is retried; what it reads is not.
+	var e jetstream.KeyValueEntry
+	var getErr error
+	waitFor(t, 10*time.Second, "the bucket to answer a get", func() bool {
+		e, getErr = bucketGet(t, js)
+		if getErr != nil {
+			t.Logf("bucket get: %v", getErr)
 		}
-		return kv.Get(ctxT(t), bus.RingKey)
-	}()
-	if err != nil {
-		t.Fatal(err)
-	}
+		return getErr == nil
+	})
 	doc, err := bus.DecodeRingDocument(e.Value())
 	if err != nil || len(doc.Nodes) != 5 || e.Revision() != rA.Revision() {
 		t.Fatalf("bucket: %d nodes at revision %d (routers at %d): %v", len(doc.Nodes), e.Revision(), rA.Revision(), err)
@@ -191,4 +201,83 @@ func TestFaultClusterStreamLeaderLoss(t *testing.T) {
 		t.Fatalf("%d requests failed; answers outside the membership: %v", res.fails, res.foreign)
 	}
 	t.Logf("%d requests ok, %d retried, 0 failed; ring revision %d", res.ok, res.retries, rA.Revision())
+}
+
+func bucketGet(t *testing.T, js jetstream.JetStream) (jetstream.KeyValueEntry, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
+	if err != nil {
+		return nil, err
+	}
+	return kv.Get(ctx, bus.RingKey)
+}
+
+// Routers and a cache started while the cluster is still forming (no
+// JetStream leader yet, then an R3 bucket whose direct-get responders are
+// not subscribed yet) wait for it instead of failing, and then agree.
+func TestClusterStartWhileForming(t *testing.T) {
+	servers := startClusterServers(t)
+	cfg := testConfig(t)
+	cfg.KVReplicas = 3
+	conn := func(i int) *nats.Conn {
+		return connect(t, clusterURLs(servers, i), append(reconnecting(), nats.DontRandomize())...)
+	}
+	routers := make([]*bus.Router, 3)
+	var wg sync.WaitGroup
+	for i := range routers {
+		wg.Go(func() {
+			r, err := bus.NewRouter(conn(i), cfg)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := r.Start(ctx); err != nil {
+				t.Errorf("router %d: %v", i, err)
+				return
+			}
+			t.Cleanup(func() { r.Close() })
+			routers[i] = r
+		})
+	}
+	var cache *bus.RingCache
+	wg.Go(func() {
+		js, _ := jetstream.New(conn(2))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := bus.WatchRing(ctx, js, "", bus.WithRingCacheLogger(testLogger(t)))
+		if err != nil {
+			t.Errorf("cache: %v", err)
+			return
+		}
+		t.Cleanup(func() { c.Close() })
+		cache = c
+	})
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	stop := make(chan struct{})
+	stopReports := keepReporting(t, conn(1), []string{"n1", "n2", "n3"}, stop)
+	defer func() { close(stop); stopReports() }()
+	waitFor(t, 20*time.Second, "every router and the cache at one revision with 3 members", func() bool {
+		for _, r := range routers {
+			if members(r) != "n1,n2,n3" || r.Revision() != routers[0].Revision() {
+				return false
+			}
+		}
+		return cache.Revision() == routers[0].Revision()
+	})
+	client, _ := bus.NewClient(conn(0))
+	for _, k := range []string{"a", "user-42", "tenant/7"} {
+		want, err := client.Pick(ctxT(t), k)
+		if err != nil {
+			t.Fatalf("Pick %q: %v", k, err)
+		}
+		if got, err := cache.Get(k); err != nil || got != want {
+			t.Fatalf("key %q: cache %q (%v), router %q", k, got, err, want)
+		}
+	}
 }

@@ -1,0 +1,89 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// jsAttempt bounds one JetStream call made while starting.
+const jsAttempt = 2 * time.Second
+
+// retryStartup calls op, each time with a deadline of jsAttempt, until it
+// succeeds, fails with an error retry does not accept, or ctx ends; what
+// names the step in the error. Right
+// after a cluster forms or a replicated bucket is created, JetStream answers
+// for a moment with timeouts and "no responders" (no leader yet; the new
+// stream's direct-get responders not subscribed yet): start-up waits those
+// out instead of failing. The first failure is logged.
+func retryStartup(ctx context.Context, log *slog.Logger, what string, retry func(error) bool, op func(context.Context) error) error {
+	var last error
+	for {
+		attempt, cancel := context.WithTimeout(ctx, jsAttempt)
+		err := op(attempt)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if !retry(err) {
+			return fmt.Errorf("bus: %s: %w", what, err)
+		}
+		if last == nil {
+			log.Warn("JetStream not answering yet; retrying until the start-up deadline", "step", what, "err", err)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bus: %s: %w (last error: %v)", what, ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// transient reports whether err is one JetStream gives while it is still
+// forming or failing over, as opposed to a refusal that will not change by
+// itself (JetStream not enabled, a bad document, a closed connection).
+func transient(err error) bool {
+	var jsErr jetstream.JetStreamError
+	if errors.As(err, &jsErr) && jsErr.APIError() != nil {
+		api := jsErr.APIError()
+		return api.Code == 503 &&
+			api.ErrorCode != jetstream.JSErrCodeJetStreamNotEnabled &&
+			api.ErrorCode != jetstream.JSErrCodeJetStreamNotEnabledForAccount
+	}
+	return errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, nats.ErrConnectionReconnecting)
+}
+
+// openBucket binds to the bucket, creating it if it does not exist. It
+// retries every error until ctx ends: JetStream may not have a leader yet.
+func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, log *slog.Logger) (jetstream.KeyValue, error) {
+	var kv jetstream.KeyValue
+	err := retryStartup(ctx, log, fmt.Sprintf("open bucket %q", bucket), func(error) bool { return true }, func(ctx context.Context) error {
+		var err error
+		kv, err = js.KeyValue(ctx, bucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:      bucket,
+				Description: "natsroute ring membership",
+				History:     1,
+				Replicas:    replicas,
+			})
+			if errors.Is(err, jetstream.ErrBucketExists) {
+				kv, err = js.KeyValue(ctx, bucket)
+			}
+		}
+		return err
+	})
+	return kv, err
+}
+
+// notInvalid retries everything but a document that was refused.
+func notInvalid(err error) bool { return !errors.Is(err, ErrInvalidDocument) }
