@@ -45,7 +45,14 @@ func TestSoak(t *testing.T) {
 	}
 	stop := make(chan struct{})
 	stopReports := keepReporting(t, pub, stable, stop)
-	waitFor(t, 10*time.Second, "30 members", func() bool { d, _ := r1.Ring(); return len(d.Nodes) == 30 })
+	// Both replicas answer the queue group: load starts once each of them
+	// (and the cache) has the 30 members, not just the one that wrote them.
+	waitFor(t, 10*time.Second, "30 members on both routers and the cache", func() bool {
+		d1, rev1 := r1.Ring()
+		d2, rev2 := r2.Ring()
+		return len(d1.Nodes) == 30 && len(d2.Nodes) == 30 && rev1 == rev2 && cache.Revision() == rev1
+	})
+	loadStart := time.Now()
 
 	var requests, failures, churn atomic.Int64
 	var wg sync.WaitGroup
@@ -72,7 +79,7 @@ func TestSoak(t *testing.T) {
 				requests.Add(1)
 				if err != nil {
 					failures.Add(1)
-					t.Errorf("request failed: %v", err)
+					t.Errorf("request failed %v into the load: %v", time.Since(loadStart).Round(time.Millisecond), err)
 				}
 				_, _ = cache.Get("local")
 			}
