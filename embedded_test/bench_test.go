@@ -157,8 +157,10 @@ func BenchmarkPick(b *testing.B) {
 // health report that changes the membership to three watching RingCaches
 // all having the change. Two paces: changes spaced wider than the router's
 // write window (bus.DefaultCoalesce, 5 ms), and back to back, where each
-// change may wait up to one window. As a baseline in the same run: a raw KV
-// put of a 2 KB value until a watcher sees it.
+// change may wait up to one window. Then the same with the caches in a
+// process of their own (the test binary re-run as a cache process), as an
+// application holds them. As a baseline in the same run: a raw KV put of a
+// 2 KB value until a watcher sees it.
 func BenchmarkPropagation(b *testing.B) {
 	s := runServer(b)
 	r := startRouter(b, connect(b, s.ClientURL()), testConfig(b))
@@ -218,6 +220,36 @@ func BenchmarkPropagation(b *testing.B) {
 						lat = append(lat, change(id, okHealth, true))
 						time.Sleep(pace.gap)
 						lat = append(lat, change(id, leaving, false))
+					}
+				}
+				report(b, lat)
+			})
+		}
+	}
+	// The same changes with the caches in a process of their own, as in an
+	// application: the server and router's process no longer carries the
+	// caches' garbage, nor they its.
+	for _, c := range all {
+		c.Close()
+	}
+	proc := startCacheProc(b, s.ClientURL())
+	for _, pace := range []struct {
+		name string
+		gap  time.Duration
+	}{{"spaced", bus.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}} {
+		for _, nc := range []int{1, cacheProcCaches} {
+			b.Run(fmt.Sprintf("path=report-to-caches-in-own-process/pace=%s/caches=%d", pace.name, nc), func(b *testing.B) {
+				var lat []time.Duration
+				leaving := okHealth
+				leaving.Status = bus.StatusLeaving
+				for b.Loop() {
+					for range 100 {
+						id := fmt.Sprintf("p%d", n)
+						n++
+						time.Sleep(pace.gap)
+						lat = append(lat, proc.change(b, id, true, nc, func() { health(b, pub, id, okHealth) }))
+						time.Sleep(pace.gap)
+						lat = append(lat, proc.change(b, id, false, nc, func() { health(b, pub, id, leaving) }))
 					}
 				}
 				report(b, lat)
