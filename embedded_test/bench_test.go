@@ -184,87 +184,58 @@ func BenchmarkPropagation(b *testing.B) {
 		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 	}
-	// change publishes one report and waits until every cache shows member
-	// (or its absence).
-	change := func(id string, h bus.Health, member bool) time.Duration {
-		t0 := time.Now()
-		health(b, pub, id, h)
-		for _, c := range caches {
-			for {
-				rev := c.Revision() // before looking, so a change in between is not missed
-				if _, ok := c.Snapshot().Member(id); ok == member {
-					break
-				}
-				_ = c.WaitRevision(context.Background(), rev+1)
-			}
-		}
-		return time.Since(t0)
-	}
-	n := 0 // node ids stay new across runs
-	all := caches
-	for _, pace := range []struct {
+	paces := []struct {
 		name string
 		gap  time.Duration
-	}{{"spaced", bus.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}} {
-		for _, nc := range []int{1, 3} {
-			b.Run(fmt.Sprintf("path=report-to-caches/pace=%s/caches=%d", pace.name, nc), func(b *testing.B) {
-				caches = all[:nc]
-				var lat []time.Duration
-				leaving := okHealth
-				leaving.Status = bus.StatusLeaving
-				for b.Loop() {
-					for range 100 {
-						id := fmt.Sprintf("p%d", n)
-						n++
-						time.Sleep(pace.gap)
-						lat = append(lat, change(id, okHealth, true))
-						time.Sleep(pace.gap)
-						lat = append(lat, change(id, leaving, false))
+	}{{"spaced", bus.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}}
+	// measure times 100 nodes joining and leaving again at each pace, for
+	// each count of caches to wait for. change publishes one report and
+	// returns how long until the first n caches show it.
+	n := 0 // node ids stay new across runs
+	measure := func(path string, counts []int, change func(b *testing.B, id string, h bus.Health, member bool, n int) time.Duration) {
+		leaving := okHealth
+		leaving.Status = bus.StatusLeaving
+		for _, pace := range paces {
+			for _, nc := range counts {
+				b.Run(fmt.Sprintf("path=%s/pace=%s/caches=%d", path, pace.name, nc), func(b *testing.B) {
+					var lat []time.Duration
+					for b.Loop() {
+						for range 100 {
+							id := fmt.Sprintf("p%d", n)
+							n++
+							time.Sleep(pace.gap)
+							lat = append(lat, change(b, id, okHealth, true, nc))
+							time.Sleep(pace.gap)
+							lat = append(lat, change(b, id, leaving, false, nc))
+						}
 					}
-				}
-				report(b, lat)
-			})
+					report(b, lat)
+				})
+			}
 		}
 	}
+	measure("report-to-caches", []int{1, 3}, func(b *testing.B, id string, h bus.Health, member bool, n int) time.Duration {
+		t0 := time.Now()
+		health(b, pub, id, h)
+		waitMember(caches[:n], id, member)
+		return time.Since(t0)
+	})
 	// The same changes with the caches in a process of their own, as in an
 	// application: the server and router's process no longer carries the
 	// caches' garbage, nor they its.
-	for _, c := range all {
+	for _, c := range caches {
 		c.Close()
 	}
 	proc := startCacheProc(b, s.ClientURL())
-	for _, pace := range []struct {
-		name string
-		gap  time.Duration
-	}{{"spaced", bus.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}} {
-		for _, nc := range []int{1, cacheProcCaches} {
-			b.Run(fmt.Sprintf("path=report-to-caches-in-own-process/pace=%s/caches=%d", pace.name, nc), func(b *testing.B) {
-				var lat []time.Duration
-				leaving := okHealth
-				leaving.Status = bus.StatusLeaving
-				for b.Loop() {
-					for range 100 {
-						id := fmt.Sprintf("p%d", n)
-						n++
-						time.Sleep(pace.gap)
-						lat = append(lat, proc.change(b, id, true, nc, func() { health(b, pub, id, okHealth) }))
-						time.Sleep(pace.gap)
-						lat = append(lat, proc.change(b, id, false, nc, func() { health(b, pub, id, leaving) }))
-					}
-				}
-				report(b, lat)
-			})
-		}
-	}
+	measure("report-to-caches-in-own-process", []int{1, cacheProcCaches}, func(b *testing.B, id string, h bus.Health, member bool, n int) time.Duration {
+		return proc.change(b, id, member, n, func() { health(b, pub, id, h) })
+	})
 	js, _ := jetstream.New(pub)
 	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "rawbench"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, pace := range []struct {
-		name string
-		gap  time.Duration
-	}{{"spaced", bus.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}} {
+	for _, pace := range paces {
 		b.Run("path=raw-kv-put-to-watch/pace="+pace.name, func(b *testing.B) {
 			ctx := context.Background()
 			w, err := kv.Watch(ctx, "k", jetstream.UpdatesOnly())

@@ -71,20 +71,25 @@ func runCacheProc(url string, in io.Reader, out io.Writer) error {
 		if err := say("armed"); err != nil {
 			return err
 		}
-		for _, c := range caches[:n] {
-			for {
-				rev := c.Revision() // before looking, so a change in between is not missed
-				if _, ok := c.Snapshot().Member(id); ok == (member == 1) {
-					break
-				}
-				_ = c.WaitRevision(context.Background(), rev+1)
-			}
-		}
+		waitMember(caches[:n], id, member == 1)
 		if err := say(strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
 			return err
 		}
 	}
 	return sc.Err()
+}
+
+// waitMember waits until every cache shows id as a member, or as none.
+func waitMember(caches []*bus.RingCache, id string, member bool) {
+	for _, c := range caches {
+		for {
+			rev := c.Revision() // before looking, so a change in between is not missed
+			if _, ok := c.Snapshot().Member(id); ok == member {
+				break
+			}
+			_ = c.WaitRevision(context.Background(), rev+1)
+		}
+	}
 }
 
 // cacheProc is the parent's end of a cache process.
