@@ -105,14 +105,17 @@ func startClusterServers(t *testing.T) []*server.Server {
 	return servers
 }
 
-func clusterURLs(servers []*server.Server, first int) string {
+// connectCluster connects to servers[first] first; the other servers'
+// URLs let the connection fail over.
+func connectCluster(t *testing.T, servers []*server.Server, first int) *nats.Conn {
+	t.Helper()
 	urls := []string{servers[first].ClientURL()}
 	for i, s := range servers {
 		if i != first {
 			urls = append(urls, s.ClientURL())
 		}
 	}
-	return strings.Join(urls, ",")
+	return connect(t, strings.Join(urls, ","), append(reconnecting(), nats.DontRandomize())...)
 }
 
 // Fault 3: a three-node JetStream cluster with an R3 bucket; routers and
@@ -123,10 +126,7 @@ func TestFaultClusterStreamLeaderLoss(t *testing.T) {
 	servers := startCluster(t)
 	cfg := testConfig(t)
 	cfg.KVReplicas = 3
-	conn := func(i int) *nats.Conn {
-		// Connect to server i first; the other URLs let it fail over.
-		return connect(t, clusterURLs(servers, i), append(reconnecting(), nats.DontRandomize())...)
-	}
+	conn := func(i int) *nats.Conn { return connectCluster(t, servers, i) }
 	rA := startRouter(t, conn(0), cfg)
 	rB := startRouter(t, conn(1), cfg)
 	clientConn := conn(2)
@@ -177,7 +177,7 @@ func TestFaultClusterStreamLeaderLoss(t *testing.T) {
 	var e jetstream.KeyValueEntry
 	var getErr error
 	waitFor(t, 10*time.Second, "the bucket to answer a get", func() bool {
-		e, getErr = bucketGet(t, js)
+		e, getErr = bucketGet(js)
 		if getErr != nil {
 			t.Logf("bucket get: %v", getErr)
 		}
@@ -203,16 +203,6 @@ func TestFaultClusterStreamLeaderLoss(t *testing.T) {
 	t.Logf("%d requests ok, %d retried, 0 failed; ring revision %d", res.ok, res.retries, rA.Revision())
 }
 
-func bucketGet(t *testing.T, js jetstream.JetStream) (jetstream.KeyValueEntry, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
-	if err != nil {
-		return nil, err
-	}
-	return kv.Get(ctx, bus.RingKey)
-}
-
 // Routers and a cache started while the cluster is still forming (no
 // JetStream leader yet, then an R3 bucket whose direct-get responders are
 // not subscribed yet) wait for it instead of failing, and then agree.
@@ -220,9 +210,7 @@ func TestClusterStartWhileForming(t *testing.T) {
 	servers := startClusterServers(t)
 	cfg := testConfig(t)
 	cfg.KVReplicas = 3
-	conn := func(i int) *nats.Conn {
-		return connect(t, clusterURLs(servers, i), append(reconnecting(), nats.DontRandomize())...)
-	}
+	conn := func(i int) *nats.Conn { return connectCluster(t, servers, i) }
 	routers := make([]*bus.Router, 3)
 	var wg sync.WaitGroup
 	for i := range routers {

@@ -25,13 +25,7 @@ func localRing(t testing.TB, nc *nats.Conn) (*ring.Ring, uint64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := kv.Get(ctx, bus.RingKey)
+	e, err := bucketGet(js)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +38,17 @@ func localRing(t testing.TB, nc *nats.Conn) (*ring.Ring, uint64) {
 		t.Fatal(err)
 	}
 	return rg, e.Revision()
+}
+
+// bucketGet reads the ring key of the default bucket.
+func bucketGet(js jetstream.JetStream) (jetstream.KeyValueEntry, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
+	if err != nil {
+		return nil, err
+	}
+	return kv.Get(ctx, bus.RingKey)
 }
 
 func errorReply(t testing.TB, m *nats.Msg) (code string, msg string) {
