@@ -227,6 +227,12 @@ type Request struct {
 	Keys []string `json:"keys,omitempty" msgpack:"keys,omitempty"`
 	// Explain asks for the reasons behind the answer.
 	Explain bool `json:"explain,omitempty" msgpack:"explain,omitempty"`
+	// Pool names the pool to route in; empty means DefaultPool.
+	Pool string `json:"pool,omitempty" msgpack:"pool,omitempty"`
+	// Spread, for a hot key (ConsistentHash), picks by health among the
+	// key's first Spread owners; 0 means 1 (plain). Not with Count > 1 or
+	// Keys.
+	Spread int `json:"spread,omitempty" msgpack:"spread,omitempty"`
 }
 
 // Reply is a router's answer.
@@ -254,6 +260,15 @@ type Explanation struct {
 	Skipped []string `json:"skipped,omitempty" msgpack:"skipped,omitempty"`
 	// Nodes are the nodes considered, with score and exclusion (ResourceAware).
 	Nodes []NodeScore `json:"nodes,omitempty" msgpack:"nodes,omitempty"`
+	// Shed are the members the walk passed over because they shed this key
+	// (ConsistentHash, ring document format 2), with their shed fraction.
+	Shed []ShedNote `json:"shed,omitempty" msgpack:"shed,omitempty"`
+}
+
+// ShedNote is a member that shed a key, and the fraction of keys it sheds.
+type ShedNote struct {
+	ID       string  `json:"id" msgpack:"id"`
+	Fraction float64 `json:"fraction" msgpack:"fraction"`
 }
 
 // NodeScore is one node as ResourceAware saw it.
