@@ -1,12 +1,17 @@
 package ring
 
 import (
+	"unsafe"
 	"fmt"
 	"testing"
-	"unsafe"
 )
 
 var sizes = []int{10, 100, 1000}
+
+// buildSizes are the memberships for the write-side benchmarks; 10,000
+// members at 150 virtual nodes (1.5 M points) is what DESIGN.md "Scale" asks
+// one router to hold.
+var buildSizes = []int{1000, 10_000}
 
 // BenchmarkGet compares Ring.Get with the plain sort.Search baseline
 // (refRing.get) over the same membership and keys, in one run.
@@ -79,30 +84,72 @@ func BenchmarkGetFrom(b *testing.B) {
 	}
 }
 
-// BenchmarkAddOne adds one member to a ring of 1,000 (merging its points);
-// BenchmarkBuild builds the same 1,001-member ring from scratch. Both also
-// report the memory per point of the result.
+// BenchmarkBuild builds a ring of n members from scratch (New). It reports
+// the memory per point of the finished ring; B/op over that is how many
+// rings' worth of memory a build allocates.
+func BenchmarkBuild(b *testing.B) {
+	for _, n := range buildSizes {
+		ms := members(n)
+		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			var s *Snapshot
+			for b.Loop() {
+				s = mustNew(b, Config{}, ms...).Snapshot()
+			}
+			b.ReportMetric(bytesPerPoint(s), "B/point")
+		})
+	}
+}
+
+// BenchmarkAddOne adds one member to a ring of n (merging its points).
 func BenchmarkAddOne(b *testing.B) {
-	base := mustNew(b, Config{}, members(1000)...)
+	for _, n := range buildSizes {
+		base := mustNew(b, Config{}, members(n)...)
+		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
+			benchWrite(b, base, func(r *Ring) error { return r.Add(Member{ID: "newcomer"}) })
+		})
+	}
+}
+
+// BenchmarkRemoveOne removes one member from a ring of n.
+func BenchmarkRemoveOne(b *testing.B) {
+	for _, n := range buildSizes {
+		base := mustNew(b, Config{}, members(n)...)
+		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
+			benchWrite(b, base, func(r *Ring) error { r.Remove("node-7"); return nil })
+		})
+	}
+}
+
+// BenchmarkSetOneChanged is how the router applies a new ring document:
+// Set with the whole membership, of which one member was re-weighted.
+func BenchmarkSetOneChanged(b *testing.B) {
+	for _, n := range buildSizes {
+		base := mustNew(b, Config{}, members(n)...)
+		next := members(n)
+		next[n/2].Weight = 2
+		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
+			benchWrite(b, base, func(r *Ring) error { return r.Set(next) })
+		})
+	}
+}
+
+// benchWrite applies write to a ring holding base's snapshot, afresh in each
+// iteration, and reports the memory per point of the result.
+func benchWrite(b *testing.B, base *Ring, write func(*Ring) error) {
+	b.Helper()
 	b.ReportAllocs()
 	var s *Snapshot
 	for b.Loop() {
 		r := &Ring{}
 		r.snap.Store(base.Snapshot())
-		if err := r.Add(Member{ID: "newcomer"}); err != nil {
+		if err := write(r); err != nil {
 			b.Fatal(err)
 		}
 		s = r.Snapshot()
 	}
-	b.ReportMetric(bytesPerPoint(s), "B/point")
-}
-
-func BenchmarkBuild(b *testing.B) {
-	ms := append(members(1000), Member{ID: "newcomer"})
-	b.ReportAllocs()
-	var s *Snapshot
-	for b.Loop() {
-		s = mustNew(b, Config{}, ms...).Snapshot()
+	if s == base.Snapshot() {
+		b.Fatal("the write did not change the ring")
 	}
 	b.ReportMetric(bytesPerPoint(s), "B/point")
 }
