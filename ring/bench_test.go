@@ -1,9 +1,9 @@
 package ring
 
 import (
-	"unsafe"
 	"fmt"
 	"testing"
+	"unsafe"
 )
 
 var sizes = []int{10, 100, 1000}
@@ -155,5 +155,5 @@ func benchWrite(b *testing.B, base *Ring, write func(*Ring) error) {
 }
 
 func bytesPerPoint(s *Snapshot) float64 {
-	return float64(len(s.points)*int(unsafe.Sizeof(point{}))+len(s.table)*4) / float64(len(s.points))
+	return float64(len(s.points)*int(unsafe.Sizeof(s.points[0]))+len(s.table)*int(unsafe.Sizeof(s.table[0]))) / float64(len(s.points))
 }

@@ -1,8 +1,10 @@
 package ring
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 	"unicode/utf8"
 )
 
@@ -31,6 +33,35 @@ func (m Member) normalize() (Member, error) {
 		return m, fmt.Errorf("%w: %q has weight %v, want > 0 and <= %v", ErrInvalidMember, m.ID, m.Weight, MaxWeight)
 	}
 	return m, nil
+}
+
+// normalizeAll validates members and returns them sorted by ID. Duplicate
+// ids are an error unless dedupe is set, in which case the first wins.
+// Memberships usually arrive sorted (ring documents list nodes by id), so the
+// sort is skipped when it has nothing to do.
+func normalizeAll(members []Member, dedupe bool) ([]Member, error) {
+	out := make([]Member, 0, len(members))
+	for _, m := range members {
+		m, err := m.normalize()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	byID := func(a, b Member) int { return cmp.Compare(a.ID, b.ID) }
+	if !slices.IsSortedFunc(out, byID) {
+		slices.SortStableFunc(out, byID)
+	}
+	for i := 1; i < len(out); i++ {
+		if out[i].ID == out[i-1].ID {
+			if !dedupe {
+				return nil, fmt.Errorf("%w: %q given twice", ErrInvalidMember, out[i].ID)
+			}
+			out = slices.Delete(out, i, i+1)
+			i--
+		}
+	}
+	return out, nil
 }
 
 // points returns how many points a member of this weight owns.

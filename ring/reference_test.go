@@ -2,38 +2,46 @@ package ring
 
 import (
 	"math"
-	"slices"
 	"sort"
 	"strconv"
 
 	"github.com/cespare/xxhash/v2"
 )
 
-// refRing is the ring construction written as literally as DESIGN.md states
-// it, with sort.Search and no tricks. It is the oracle for the golden vectors
-// and property tests, and the "plain sort.Search ring" baseline for the
+// refRing is the ring construction and lookup written as literally as
+// DESIGN.md states them ("The ring" and "Load-aware ConsistentHash"), with
+// sort.Search and no tricks. It is the oracle for the golden vectors and
+// property tests, and the "plain sort.Search ring" baseline for the
 // benchmarks.
 type refRing struct {
+	hash     func(string) uint64
 	hashes   []uint64
 	ids      []string // ids[i] owns hashes[i]
 	draining map[string]bool
+	shed     map[string]float64
 	members  int
 }
 
 func newRef(vnodes int, members ...Member) *refRing {
+	return newRefHash(vnodes, xxhash.Sum64String, members...)
+}
+
+// newRefHash is newRef with another hash for points and keys (forced
+// collisions); Sheds always uses XXH64.
+func newRefHash(vnodes int, hash func(string) uint64, members ...Member) *refRing {
 	type pt struct {
 		h  uint64
 		id string
 	}
 	var pts []pt
-	r := &refRing{draining: map[string]bool{}, members: len(members)}
+	r := &refRing{hash: hash, draining: map[string]bool{}, shed: map[string]float64{}, members: len(members)}
 	for _, m := range members {
 		w := m.Weight
 		if w == 0 {
 			w = 1
 		}
 		for i := range max(1, int(math.Round(float64(vnodes)*w))) {
-			pts = append(pts, pt{xxhash.Sum64String(m.ID + ":" + strconv.Itoa(i)), m.ID})
+			pts = append(pts, pt{hash(m.ID + ":" + strconv.Itoa(i)), m.ID})
 		}
 		if m.Draining {
 			r.draining[m.ID] = true
@@ -53,8 +61,9 @@ func newRef(vnodes int, members ...Member) *refRing {
 }
 
 // get is the baseline lookup: binary search with sort.Search, wrap to 0.
+// It ignores draining and shed.
 func (r *refRing) get(key string) string {
-	h := xxhash.Sum64String(key)
+	h := r.hash(key)
 	i := sort.Search(len(r.hashes), func(i int) bool { return r.hashes[i] >= h })
 	if i == len(r.hashes) {
 		i = 0
@@ -62,26 +71,50 @@ func (r *refRing) get(key string) string {
 	return r.ids[i]
 }
 
-// getN walks clockwise collecting distinct usable members.
+// getN is the lookup rule of format 2 (with no member shedding it is the v1
+// rule): walk clockwise from the key's point meeting each member once; the
+// members that are not draining and do not shed the key come first, then the
+// ones that are not draining and shed it, each in walk order. If every
+// member is draining, the walk order as it is.
 func (r *refRing) getN(key string, n int) []string {
 	if len(r.hashes) == 0 {
 		return nil
 	}
-	skip := len(r.draining) > 0 && len(r.draining) < r.members
-	want := r.members
-	if skip {
-		want -= len(r.draining)
-	}
-	want = min(want, n)
-	h := xxhash.Sum64String(key)
-	i := sort.Search(len(r.hashes), func(i int) bool { return r.hashes[i] >= h })
-	var out []string
-	for k := 0; k < len(r.hashes) && len(out) < want; k++ {
-		id := r.ids[(i+k)%len(r.hashes)]
-		if (skip && r.draining[id]) || slices.Contains(out, id) {
-			continue
+	h := r.hash(key)
+	start := sort.Search(len(r.hashes), func(i int) bool { return r.hashes[i] >= h })
+	var walk []string
+	met := map[string]bool{}
+	for k := 0; k < len(r.hashes) && len(walk) < r.members; k++ {
+		id := r.ids[(start+k)%len(r.hashes)]
+		if !met[id] {
+			met[id] = true
+			walk = append(walk, id)
 		}
-		out = append(out, id)
 	}
-	return out
+	if len(r.draining) == r.members {
+		return walk[:min(n, len(walk))]
+	}
+	var keep, shed []string
+	for _, id := range walk {
+		switch {
+		case r.draining[id]:
+		case refSheds(key, id, r.shed[id]):
+			shed = append(shed, id)
+		default:
+			keep = append(keep, id)
+		}
+	}
+	out := append(keep, shed...)
+	return out[:min(n, len(out))]
+}
+
+// refSheds is the shed test as DESIGN.md writes it: x = xxh64(k + "\x00" +
+// id), u = (x >> 11) / 2^53, the member sheds k iff u < f.
+func refSheds(key, id string, f float64) bool {
+	if f == 0 {
+		return false
+	}
+	x := xxhash.Sum64String(key + "\x00" + id)
+	u := float64(x>>11) / (1 << 53)
+	return u < f
 }

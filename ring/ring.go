@@ -32,9 +32,9 @@ func New(cfg Config, members ...Member) (*Ring, error) {
 // Snapshot returns the current immutable ring.
 func (r *Ring) Snapshot() *Snapshot { return r.snap.Load() }
 
-// Add adds members, or updates the weight and draining flag of members that
-// are already on the ring. Only the points of new or re-weighted members are
-// computed; the rest are merged in place.
+// Add adds members, or replaces members that are already on the ring (their
+// weight, draining flag and shed). Only the points of new or re-weighted
+// members are computed; the rest are merged in place.
 func (r *Ring) Add(members ...Member) error {
 	add, err := normalizeAll(members, false)
 	if err != nil {
@@ -67,14 +67,24 @@ func (r *Ring) Remove(ids ...string) {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	old := r.snap.Load()
-	next := slices.DeleteFunc(slices.Clone(old.members), func(m Member) bool { return slices.Contains(ids, m.ID) })
+	gone := func(m Member) bool { return slices.Contains(ids, m.ID) }
+	if len(ids) > 8 {
+		set := make(map[string]struct{}, len(ids))
+		for _, id := range ids {
+			set[id] = struct{}{}
+		}
+		gone = func(m Member) bool { _, ok := set[m.ID]; return ok }
+	}
+	next := slices.DeleteFunc(slices.Clone(old.members), gone)
 	if len(next) == len(old.members) {
 		return
 	}
 	r.snap.Store(derive(old, next))
 }
 
-// Set replaces the whole membership in one swap.
+// Set replaces the whole membership in one swap. Members whose weight did
+// not change keep their points, so applying a document in which one member
+// changed costs one pass over the points, not a rebuild.
 func (r *Ring) Set(members []Member) error {
 	next, err := normalizeAll(members, false)
 	if err != nil {

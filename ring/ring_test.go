@@ -147,13 +147,7 @@ func TestCollision(t *testing.T) {
 	}
 	cfg := Config{VirtualNodes: 4, hash: h}
 	r := mustNew(t, cfg, Member{ID: "c"}, Member{ID: "a"}, Member{ID: "b"})
-	s := r.Snapshot()
-	var at []string
-	for _, p := range s.points {
-		if p.hash == 1<<63 {
-			at = append(at, s.members[p.owner].ID)
-		}
-	}
+	at := colliding(r.Snapshot(), 1<<63)
 	if !slices.Equal(at, []string{"a", "b", "c"}) {
 		t.Fatalf("colliding points ordered %v, want [a b c]", at)
 	}
@@ -161,13 +155,8 @@ func TestCollision(t *testing.T) {
 		t.Fatal("empty owner")
 	}
 	r.Remove("a")
-	s = r.Snapshot()
-	at = at[:0]
-	for _, p := range s.points {
-		if p.hash == 1<<63 {
-			at = append(at, s.members[p.owner].ID)
-		}
-	}
+	s := r.Snapshot()
+	at = colliding(s, 1<<63)
 	if !slices.Equal(at, []string{"b", "c"}) {
 		t.Fatalf("after removing a, colliding points are %v, want [b c]", at)
 	}
@@ -177,11 +166,22 @@ func TestCollision(t *testing.T) {
 	// A key hashing exactly onto the collision belongs to the smallest id.
 	owner := func(r *Ring) string {
 		s := r.Snapshot()
-		return s.members[s.points[s.search(1<<63)].owner].ID
+		return s.members[s.owner(s.search(1<<63))].ID
 	}
 	if got := owner(r); got != "b" {
 		t.Fatalf("owner at the collision = %q, want b", got)
 	}
+}
+
+// colliding returns, in ring order, the owners of the points at hash h.
+func colliding(s *Snapshot, h uint64) []string {
+	var at []string
+	for ph, o := range s.all {
+		if ph == h {
+			at = append(at, s.members[o].ID)
+		}
+	}
+	return at
 }
 
 func TestMinimalMovement(t *testing.T) {

@@ -2,10 +2,7 @@ package ring
 
 import (
 	"cmp"
-	"fmt"
-	"math/bits"
 	"slices"
-	"strconv"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -17,17 +14,22 @@ type Snapshot struct {
 	hash    func(string) uint64 // nil means XXH64 (seed 0)
 	members []Member            // sorted by ID
 	drain   []bool              // drain[i] == members[i].Draining, dense for the walk
-	points  []point             // sorted by (hash, member ID)
-	table   []uint32            // table[p] = first point whose hash>>shift >= p; len 1<<bits + 1
-	shift   uint
-	nDrain  int // members with Draining set
-}
+	nDrain  int                 // members with Draining set
 
-// point is a ring point. Hash and owner share a cache line, so a lookup
-// touches the prefix table and then, usually, one line of points.
-type point struct {
-	hash  uint64
-	owner uint32 // index into Snapshot.members
+	// The points, one word each, sorted. The table slot of a point already
+	// fixes the top `bits` bits of its hash, so the word keeps the other
+	// 64-bits bits, shifted up, and the owner (an index into members) in the
+	// low bits that frees: point = hash<<bits | owner. Within a slot, words
+	// compare exactly as (hash, owner) does, and owner order is id order, so
+	// the words sort in ring order and a lookup compares them directly. Hash
+	// and owner share not only a cache line but a word: 8 bytes a point
+	// instead of 16, 12 MB instead of 24 MB for 10,000 members × 150, and
+	// Get is no slower (measured in BenchmarkGet).
+	points []uint64
+	table  []uint32 // table[p] = first point whose hash>>shift >= p; len 1<<bits + 1
+	bits   uint     // table bits; also the owner bits of a point
+	shift  uint     // 64 - bits
+	mask   uint64   // 1<<bits - 1
 }
 
 // smallSet is how many distinct members a lookup tracks on the stack before
@@ -67,12 +69,14 @@ func (s *Snapshot) hashKey(key string) uint64 {
 }
 
 // search returns the index of the first point with hash >= h, wrapping to 0.
+// Within h's slot, point >= h<<bits exactly when the point's hash is >= h.
 func (s *Snapshot) search(h uint64) int {
 	p := h >> s.shift
 	lo, hi := int(s.table[p]), int(s.table[p+1])
+	x := h << s.bits
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
-		if s.points[m].hash < h {
+		if s.points[m] < x {
 			lo = m + 1
 		} else {
 			hi = m
@@ -82,6 +86,28 @@ func (s *Snapshot) search(h uint64) int {
 		return 0
 	}
 	return lo
+}
+
+// owner returns the member index of point i.
+func (s *Snapshot) owner(i int) uint32 { return uint32(s.points[i] & s.mask) }
+
+// point returns the hash and owner of point i.
+func (s *Snapshot) point(i int) (hash uint64, owner uint32) {
+	// The slot of point i is the last p with table[p] <= i.
+	p, _ := slices.BinarySearch(s.table, uint32(i)+1)
+	return uint64(p-1)<<s.shift | s.points[i]>>s.bits, s.owner(i)
+}
+
+// all yields every point's hash and owner in ring order.
+func (s *Snapshot) all(yield func(hash uint64, owner uint32) bool) {
+	for p := range len(s.table) - 1 {
+		top := uint64(p) << s.shift
+		for _, v := range s.points[s.table[p]:s.table[p+1]] {
+			if !yield(top|v>>s.bits, uint32(v&s.mask)) {
+				return
+			}
+		}
+	}
 }
 
 // skipDraining reports whether lookups must walk past draining members.
@@ -96,13 +122,13 @@ func (s *Snapshot) Get(key string) (string, error) {
 	}
 	i := s.search(s.hashKey(key))
 	if s.skipDraining() {
-		for s.drain[s.points[i].owner] {
+		for s.drain[s.owner(i)] {
 			if i++; i == len(s.points) {
 				i = 0
 			}
 		}
 	}
-	return s.members[s.points[i].owner].ID, nil
+	return s.members[s.owner(i)].ID, nil
 }
 
 // Walk calls fn for each distinct member clockwise from key's position,
@@ -115,7 +141,7 @@ func (s *Snapshot) Walk(key string, fn func(Member) bool) {
 	seen := make([]bool, len(s.members))
 	i := s.search(s.hashKey(key))
 	for walked, visited := 0, 0; walked < len(s.points) && visited < len(s.members); walked++ {
-		o := s.points[i].owner
+		o := s.owner(i)
 		if i++; i == len(s.points) {
 			i = 0
 		}
@@ -137,13 +163,13 @@ func (s *Snapshot) Shares() map[string]float64 {
 	if len(s.points) == 0 {
 		return out
 	}
-	prev := s.points[len(s.points)-1].hash // the arc of point 0 wraps around
-	for _, p := range s.points {
-		out[s.members[p.owner].ID] += float64(p.hash-prev) / (1 << 64) // unsigned wrap-around
-		prev = p.hash
+	prev, _ := s.point(len(s.points) - 1) // the arc of point 0 wraps around
+	for h, o := range s.all {
+		out[s.members[o].ID] += float64(h-prev) / (1 << 64) // unsigned wrap-around
+		prev = h
 	}
 	if len(s.points) == 1 {
-		out[s.members[s.points[0].owner].ID] = 1
+		out[s.members[s.owner(0)].ID] = 1
 	}
 	return out
 }
@@ -172,7 +198,8 @@ func (s *Snapshot) AppendN(dst []string, key string, n int) ([]string, error) {
 	if skip {
 		usable -= s.nDrain
 	}
-	return s.walk(dst, s.search(s.hashKey(key)), min(n, usable), skip, nil)
+	i := s.search(s.hashKey(key))
+	return s.walk(dst, i, min(n, usable), skip, nil)
 }
 
 // walk appends want distinct members found clockwise from point i. Members
@@ -186,7 +213,7 @@ func (s *Snapshot) walk(dst []string, i, want int, skip bool, allowed func(uint3
 		seen = make([]uint64, (len(s.members)+63)/64)
 	}
 	for got, walked := 0, 0; got < want && walked < len(s.points); walked++ {
-		o := s.points[i].owner
+		o := s.owner(i)
 		if i++; i == len(s.points) {
 			i = 0
 		}
@@ -261,7 +288,8 @@ func (s *Snapshot) AppendFrom(dst []string, key string, candidates []string, n i
 		}
 		allowed = func(o uint32) bool { return set[o/64]&(1<<(o%64)) != 0 }
 	}
-	return s.walk(dst, s.search(s.hashKey(key)), min(n, usable), skip, allowed)
+	i := s.search(s.hashKey(key))
+	return s.walk(dst, i, min(n, usable), skip, allowed)
 }
 
 // fromUnknown answers a restricted lookup naming non-members by building the
@@ -281,136 +309,4 @@ func (s *Snapshot) fromUnknown(dst []string, key string, candidates []string, n 
 	}
 	tmp := derive(&Snapshot{vnodes: s.vnodes, hash: s.hash}, next)
 	return tmp.AppendN(dst, key, n)
-}
-
-// derive builds the snapshot for membership next (normalized, sorted by ID,
-// unique) from old, reusing old's points for every member whose weight did
-// not change and merging in the points of the others.
-func derive(old *Snapshot, next []Member) *Snapshot {
-	s := &Snapshot{vnodes: old.vnodes, hash: old.hash, members: next, drain: make([]bool, len(next))}
-	for i, m := range next {
-		s.drain[i] = m.Draining
-		if m.Draining {
-			s.nDrain++
-		}
-	}
-
-	// remap[o] is the new index of old member o, or -1 if its points go.
-	remap := make([]int32, len(old.members))
-	fresh := make([]bool, len(next))
-	same := len(old.members) == len(next)
-	for i, j := 0, 0; i < len(old.members) || j < len(next); {
-		switch {
-		case j == len(next) || (i < len(old.members) && old.members[i].ID < next[j].ID):
-			remap[i], i, same = -1, i+1, false
-		case i == len(old.members) || next[j].ID < old.members[i].ID:
-			fresh[j], j, same = true, j+1, false
-		default:
-			if old.members[i].Weight == next[j].Weight {
-				remap[i] = int32(j)
-			} else {
-				remap[i], fresh[j], same = -1, true, false
-			}
-			if i != j {
-				same = false
-			}
-			i, j = i+1, j+1
-		}
-	}
-	if same { // only draining flags changed: share the points
-		s.points, s.table, s.shift = old.points, old.table, old.shift
-		return s
-	}
-
-	var added []point
-	var buf []byte
-	for j, m := range next {
-		if !fresh[j] {
-			continue
-		}
-		for p := range points(s.vnodes, m.Weight) {
-			buf = strconv.AppendInt(append(append(buf[:0], m.ID...), ':'), int64(p), 10)
-			var h uint64
-			if s.hash == nil {
-				h = xxhash.Sum64(buf)
-			} else {
-				h = s.hash(string(buf))
-			}
-			added = append(added, point{h, uint32(j)})
-		}
-	}
-	slices.SortFunc(added, func(a, b point) int {
-		if c := cmp.Compare(a.hash, b.hash); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.owner, b.owner) // member index order is ID order
-	})
-
-	kept := 0
-	for _, p := range old.points {
-		if remap[p.owner] >= 0 {
-			kept++
-		}
-	}
-	s.points = make([]point, kept+len(added))
-	k, a := 0, 0
-	for _, p := range old.points {
-		o := remap[p.owner]
-		if o < 0 {
-			continue
-		}
-		p.owner = uint32(o)
-		for a < len(added) && (added[a].hash < p.hash || (added[a].hash == p.hash && added[a].owner < p.owner)) {
-			s.points[k] = added[a]
-			k, a = k+1, a+1
-		}
-		s.points[k] = p
-		k++
-	}
-	copy(s.points[k:], added[a:])
-	s.buildTable()
-	return s
-}
-
-// buildTable indexes the points by the top bits of their hash so that a
-// lookup binary-searches only the few points sharing its prefix. The table
-// has about two slots per point (capped at 2^17 slots), so most slots hold
-// zero or one point.
-func (s *Snapshot) buildTable() {
-	b := min(max(bits.Len(uint(len(s.points)))+1, 1), 17)
-	s.shift = uint(64 - b)
-	s.table = make([]uint32, 1<<b+1)
-	// Count the points of each slot, then sum: table[p] is the number of
-	// points below slot p, i.e. the index of the first point at or above
-	// it. Both passes run in order, since the points are sorted.
-	for _, p := range s.points {
-		s.table[p.hash>>s.shift+1]++
-	}
-	for i := 1; i < len(s.table); i++ {
-		s.table[i] += s.table[i-1]
-	}
-}
-
-// normalizeAll validates members and returns them sorted by ID. Duplicate
-// ids are an error unless dedupe is set, in which case the first wins.
-func normalizeAll(members []Member, dedupe bool) ([]Member, error) {
-	out := make([]Member, 0, len(members))
-	for _, m := range members {
-		m, err := m.normalize()
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, m)
-	}
-	slices.SortStableFunc(out, func(a, b Member) int { return cmp.Compare(a.ID, b.ID) })
-	for i := 1; i < len(out); i++ {
-		if out[i].ID == out[i-1].ID {
-			if !dedupe {
-				return nil, fmt.Errorf("%w: %q given twice", ErrInvalidMember, out[i].ID)
-			}
-			out = slices.Delete(out, i, i+1)
-			i--
-		}
-	}
-	return out, nil
 }

@@ -1,0 +1,181 @@
+package ring
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strconv"
+	"testing"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// checkLayout checks s's packed points against the reference ring of the
+// same membership: the same (hash, owner) sequence, a prefix table that
+// indexes it, and search answering as sort.Search over the full hashes.
+func checkLayout(t *testing.T, s *Snapshot, ref *refRing, rng *rand.Rand) {
+	t.Helper()
+	if len(s.points) != len(ref.hashes) {
+		t.Fatalf("%d points, reference %d", len(s.points), len(ref.hashes))
+	}
+	if len(s.table) != 1<<s.bits+1 || s.table[0] != 0 || int(s.table[len(s.table)-1]) != len(s.points) {
+		t.Fatalf("table of %d slots (bits %d) runs %d..%d over %d points", len(s.table), s.bits, s.table[0], s.table[len(s.table)-1], len(s.points))
+	}
+	if len(s.members) > 0 && uint64(len(s.members)-1) > s.mask {
+		t.Fatalf("%d members do not fit in %d owner bits", len(s.members), s.bits)
+	}
+	i := 0
+	for h, o := range s.all {
+		if h != ref.hashes[i] || s.members[o].ID != ref.ids[i] {
+			t.Fatalf("point %d is (%#x, %s), reference (%#x, %s)", i, h, s.members[o].ID, ref.hashes[i], ref.ids[i])
+		}
+		if ph, po := s.point(i); ph != h || po != o {
+			t.Fatalf("point(%d) = (%#x, %d), all says (%#x, %d)", i, ph, po, h, o)
+		}
+		i++
+	}
+	if i != len(s.points) {
+		t.Fatalf("all yielded %d points of %d", i, len(s.points))
+	}
+	probe := func(h uint64) {
+		want := sort.Search(len(ref.hashes), func(i int) bool { return ref.hashes[i] >= h })
+		if want == len(ref.hashes) {
+			want = 0
+		}
+		if got := s.search(h); got != want {
+			t.Fatalf("search(%#x) = %d, reference %d", h, got, want)
+		}
+	}
+	for i, h := range ref.hashes {
+		if i%max(1, len(ref.hashes)/2000) == 0 { // about 2,000 points, evenly
+			probe(h)
+			probe(h - 1)
+			probe(h + 1)
+		}
+	}
+	for range 2000 {
+		probe(rng.Uint64())
+	}
+	probe(0)
+	probe(1<<64 - 1)
+}
+
+// TestLayoutEveryPath reaches random memberships by building afresh, by
+// merging a few changes into a ring, and by changes large enough to rebuild,
+// and checks each result against the reference.
+func TestLayoutEveryPath(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	weights := []float64{1, 1, 1, 0.5, 2, 3.3, 0.001, 7.5}
+	random := func(n int) []Member {
+		ms := make([]Member, n)
+		for i := range ms {
+			ms[i] = Member{ID: "m" + strconv.Itoa(rng.IntN(3*n)) + "-" + strconv.Itoa(i), Weight: weights[rng.IntN(len(weights))]}
+		}
+		return ms
+	}
+	for trial := range 32 {
+		vnodes := []int{1, 7, 150, 200}[trial%4] // 7.5 × 200: points past 999
+		ms := random(1 + rng.IntN(40))
+		r := mustNew(t, Config{VirtualNodes: vnodes}, ms...)
+		checkLayout(t, r.Snapshot(), newRef(vnodes, ms...), rng)
+
+		// A few changes: merged.
+		for step := range 6 {
+			switch step % 3 {
+			case 0:
+				m := Member{ID: fmt.Sprintf("new-%d-%d", trial, step), Weight: weights[rng.IntN(len(weights))]}
+				ms = append(ms, m)
+				if err := r.Add(m); err != nil {
+					t.Fatal(err)
+				}
+			case 1:
+				k := rng.IntN(len(ms))
+				r.Remove(ms[k].ID)
+				ms = slices.Delete(ms, k, k+1)
+			case 2:
+				k := rng.IntN(len(ms))
+				ms[k].Weight = weights[rng.IntN(len(weights))]
+				if err := r.Set(ms); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(ms) == 0 {
+				break
+			}
+			checkLayout(t, r.Snapshot(), newRef(vnodes, ms...), rng)
+		}
+
+		// Half the members replaced: rebuilt.
+		for i := range ms {
+			if rng.IntN(2) == 0 {
+				ms[i].ID += "-x"
+			}
+		}
+		ms, _ = normalizeAll(ms, true)
+		if err := r.Set(ms); err != nil {
+			t.Fatal(err)
+		}
+		checkLayout(t, r.Snapshot(), newRef(vnodes, ms...), rng)
+	}
+}
+
+// TestLayoutCrowdedSlot forces every point into a few table slots, with
+// exact hash collisions between members, so slots are sorted with the
+// general sort and merges meet equal hashes.
+func TestLayoutCrowdedSlot(t *testing.T) {
+	h := func(s string) uint64 {
+		x := xxhash.Sum64String(s)
+		return x>>60 | (x&3)<<3 // 32 distinct values, all in slot 0
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	ms := members(30)
+	r := mustNew(t, Config{VirtualNodes: 20, hash: h}, ms...)
+	checkLayout(t, r.Snapshot(), newRefHash(20, h, ms...), rng)
+	if err := r.Add(Member{ID: "late", Weight: 2}); err != nil {
+		t.Fatal(err)
+	}
+	r.Remove("node-4")
+	ms = append(slices.Delete(ms, 4, 5), Member{ID: "late", Weight: 2})
+	ref := newRefHash(20, h, ms...)
+	checkLayout(t, r.Snapshot(), ref, rng)
+	for _, k := range fixedKeys(300) {
+		if got, _ := r.GetN(k, 3); !slices.Equal(got, ref.getN(k, 3)) {
+			t.Fatalf("GetN(%q, 3) = %v, reference %v", k, got, ref.getN(k, 3))
+		}
+	}
+}
+
+// TestLayoutMoreMembersThanSlots: with more members than 2^maxTableBits the
+// owner needs more bits than the table would have; the table grows to match.
+func TestLayoutMoreMembersThanSlots(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a ring of 140,000 members")
+	}
+	n := 1<<maxTableBits + 8000
+	ms := members(n)
+	r := mustNew(t, Config{VirtualNodes: 1}, ms...)
+	s := r.Snapshot()
+	if s.bits <= maxTableBits {
+		t.Fatalf("%d members in %d owner bits", n, s.bits)
+	}
+	ref := newRef(1, ms...)
+	checkLayout(t, s, ref, rand.New(rand.NewPCG(5, 6)))
+	r.Remove("node-0")
+	if err := r.Add(Member{ID: "node-x"}); err != nil {
+		t.Fatal(err)
+	}
+	ms[0].ID = "node-x"
+	checkLayout(t, r.Snapshot(), newRef(1, ms...), rand.New(rand.NewPCG(5, 6)))
+}
+
+func TestPointHasherCounts(t *testing.T) {
+	ph := pointHasher{fn: func(s string) uint64 { return 0 }}
+	ph.start("id")
+	for i := range 12_345 {
+		if got, want := string(ph.buf), "id:"+strconv.Itoa(i); got != want {
+			t.Fatalf("point %d: buffer %q, want %q", i, got, want)
+		}
+		ph.next()
+	}
+}
