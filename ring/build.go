@@ -30,7 +30,7 @@ type rawPoint struct {
 
 // derive builds the snapshot for membership next (normalized, sorted by ID,
 // unique) from old. It keeps old's points for every member whose weight did
-// not change: if no point changes at all (only draining flags did)
+// not change: if no point changes at all (only draining or shed flags did)
 // the points are shared; if few change, the new ones are sorted and merged
 // into old's in one pass; otherwise the ring is built afresh.
 func derive(old *Snapshot, next []Member) *Snapshot {
@@ -65,7 +65,7 @@ func derive(old *Snapshot, next []Member) *Snapshot {
 			i, j = i+1, j+1
 		}
 	}
-	if same { // only draining flags changed: share the points
+	if same { // only draining or shed flags changed: share the points
 		s.points, s.table, s.shift, s.bits, s.mask = old.points, old.table, old.shift, old.bits, old.mask
 		return s
 	}
@@ -86,6 +86,17 @@ func (s *Snapshot) setFlags() {
 		if m.Draining {
 			s.drain[i] = true
 			s.nDrain++
+		}
+		if m.Shed > 0 {
+			if s.shed == nil {
+				s.shed = make([]float64, len(s.members))
+				s.shedRank = make([]uint32, len(s.members))
+			}
+			s.shed[i], s.shedRank[i] = m.Shed, uint32(s.nShed)
+			s.nShed++
+			if !m.Draining {
+				s.nShedLive++
+			}
 		}
 	}
 }

@@ -169,6 +169,32 @@ func TestLayoutMoreMembersThanSlots(t *testing.T) {
 	checkLayout(t, r.Snapshot(), newRef(1, ms...), rand.New(rand.NewPCG(5, 6)))
 }
 
+// TestSharedPoints: a change of only draining or shed keeps the very same
+// points; a change of weight does not.
+func TestSharedPoints(t *testing.T) {
+	ms := members(20)
+	r := mustNew(t, Config{}, ms...)
+	before := r.Snapshot()
+	ms[3].Draining, ms[5].Shed, ms[6].Shed = true, 0.25, 1
+	if err := r.Set(ms); err != nil {
+		t.Fatal(err)
+	}
+	after := r.Snapshot()
+	if &after.points[0] != &before.points[0] || &after.table[0] != &before.table[0] {
+		t.Fatal("draining and shed changes rebuilt the points")
+	}
+	if m, _ := after.Member("node-5"); m.Shed != 0.25 || after.Shedding() != 2 {
+		t.Fatalf("node-5 = %+v, %d shedding; want shed 0.25, 2 shedding", m, after.Shedding())
+	}
+	ms[5].Weight = 2
+	if err := r.Set(ms); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Snapshot(); &s.points[0] == &before.points[0] || s.Points() != 21*150 {
+		t.Fatalf("re-weighting kept the old points (%d points)", s.Points())
+	}
+}
+
 func TestPointHasherCounts(t *testing.T) {
 	ph := pointHasher{fn: func(s string) uint64 { return 0 }}
 	ph.start("id")

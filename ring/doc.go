@@ -18,11 +18,31 @@
 //     they are used as if none were.
 //   - GetFrom restricts a lookup to candidates and answers exactly as a ring
 //     built from only those candidates would (unknown candidates count as
-//     weight 1).
+//     weight 1 and shed nothing).
+//
+// Load-aware lookup (ring document format 2). A member may shed a fraction
+// f in (0, 1] of its keys (Member.Shed): it sheds key k iff u < f, where
+// x = xxh64(k + "\x00" + id) and u = (x >> 11) / 2^53 (Sheds). Walking
+// clockwise from k's point and meeting each member once, GetN(k, n) is the
+// first n of: the members that are not draining and do not shed k, in walk
+// order, then the members that are not draining and shed k, in walk order.
+// If every member is draining, the walk order as it is (shed plays no part).
+// Get(k) is the first of GetN(k, 1); GetFrom applies the same rule to the
+// ring of exactly the candidates. Shed moves no point, so:
+//
+//   - with no member shedding, every answer is exactly that of format 1;
+//   - a key whose owner does not shed it keeps its owner: shedding never
+//     moves a key between two members that do not shed it;
+//   - a member with shed f hands on about f of its keys, each to the next
+//     member on the walk that keeps it;
+//   - removing a shed gives every key its owner back, and a change of shed
+//     (or draining) alone shares the points of the previous snapshot.
 //
 // A Ring is safe for concurrent use: lookups read an immutable Snapshot
 // through an atomic pointer and never lock; writers build a new Snapshot and
 // swap it in. Get, GetN with a caller buffer (AppendN) and GetFrom over small
-// candidate sets allocate nothing. The package is deterministic and has no
-// goroutines or globals of its own.
+// candidate sets allocate nothing, with or without shedding members. A ring
+// of 10,000 members × 150 points takes 8 bytes a point (12 MB); a write that
+// changes a few members costs one pass over the points. The package is
+// deterministic and has no goroutines or globals of its own.
 package ring

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,6 +29,18 @@ var goldenSets = []struct {
 	{"ten", 150, tenMembers(nil)},
 	{"draining", 150, tenMembers(map[string]bool{"node-03": true, "node-07": true})},
 	{"vnodes-10", 10, []Member{{ID: "alpha"}, {ID: "beta", Weight: 2}, {ID: "gamma"}, {ID: "delta", Weight: 0.01}}},
+
+	// Format 2 (DESIGN.md, "Load-aware ConsistentHash"): members that shed,
+	// one of them shedding every key, one draining and shedding.
+	{"shed-draining", 150, shedMembers(tenMembers(map[string]bool{"node-03": true, "node-07": true}), map[string]float64{"node-01": 0.3, "node-04": 0.5, "node-07": 0.2, "node-08": 1})},
+	{"shed-weighted", 150, shedMembers([]Member{{ID: "node-1", Weight: 1}, {ID: "node-2", Weight: 2}, {ID: "node-3", Weight: 0.5}, {ID: "node-4", Weight: 3}, {ID: "node-5", Weight: 1.25}}, map[string]float64{"node-2": 0.125, "node-4": 0.6, "node-5": 0.0001})},
+}
+
+func shedMembers(ms []Member, shed map[string]float64) []Member {
+	for i := range ms {
+		ms[i].Shed = shed[ms[i].ID]
+	}
+	return ms
 }
 
 func tenMembers(draining map[string]bool) []Member {
@@ -83,9 +96,17 @@ func TestGolden(t *testing.T) {
 func writeGolden(t *testing.T, path string, vnodes int, members []Member, ref *refRing) {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "# natsroute ring golden vectors (see subjects.md, \"The ring\")\n# vnodes: %d\n", vnodes)
+	section := "The ring"
+	if slices.ContainsFunc(members, func(m Member) bool { return m.Shed != 0 }) {
+		section = "Ring document format 2: load-aware lookup"
+	}
+	fmt.Fprintf(&b, "# natsroute ring golden vectors (see subjects.md, \"%s\")\n# vnodes: %d\n", section, vnodes)
 	for _, m := range members {
-		fmt.Fprintf(&b, "# member: %s weight=%v draining=%v\n", m.ID, m.Weight, m.Draining)
+		fmt.Fprintf(&b, "# member: %s weight=%v draining=%v", m.ID, m.Weight, m.Draining)
+		if m.Shed != 0 {
+			fmt.Fprintf(&b, " shed=%v", m.Shed)
+		}
+		b.WriteString("\n")
 	}
 	b.WriteString("# key\towner\tGetN(key,3)\n")
 	for _, k := range goldenKeys() {
@@ -137,9 +158,11 @@ func TestSubjectsMDVectors(t *testing.T) {
 	name := regexp.MustCompile("^Membership `([^`]+)`")
 	var current *Ring
 	checked := 0
+	perSet := map[string]int{}
+	set := ""
 	for _, line := range strings.Split(string(data), "\n") {
 		if m := name.FindStringSubmatch(line); m != nil {
-			current = rings[m[1]]
+			set, current = m[1], rings[m[1]]
 			if current == nil {
 				t.Fatalf("subjects.md names membership %q, which has no golden set", m[1])
 			}
@@ -157,8 +180,14 @@ func TestSubjectsMDVectors(t *testing.T) {
 			t.Errorf("subjects.md: GetN(%q, 3) = %s, the ring says %v", key, top3, got)
 		}
 		checked++
+		perSet[set]++
 	}
 	if checked < 10 {
 		t.Fatalf("checked only %d vectors in subjects.md", checked)
+	}
+	// The format-2 section ("Ring document format 2: load-aware lookup")
+	// must keep its table of a shedding membership.
+	if perSet["shed-draining"] < 8 {
+		t.Fatalf("subjects.md has %d vectors for membership shed-draining, want at least 8", perSet["shed-draining"])
 	}
 }

@@ -19,6 +19,11 @@ type Member struct {
 	// Draining members keep their points but get no lookups while any member
 	// in play is not draining.
 	Draining bool
+	// Shed is the fraction of its keys the member hands on to the next
+	// members (ring document format 2): it sheds key k iff Sheds(k, ID, Shed).
+	// 0 means it sheds nothing; otherwise it must be in (0, 1]. Like
+	// Draining, a change of Shed alone keeps every point where it is.
+	Shed float64
 }
 
 // normalize validates m and fills in the default weight.
@@ -32,6 +37,10 @@ func (m Member) normalize() (Member, error) {
 	if math.IsNaN(m.Weight) || m.Weight <= 0 || m.Weight > MaxWeight {
 		return m, fmt.Errorf("%w: %q has weight %v, want > 0 and <= %v", ErrInvalidMember, m.ID, m.Weight, MaxWeight)
 	}
+	if m.Shed != 0 && !(m.Shed > 0 && m.Shed <= 1) { // NaN fails both tests
+		return m, fmt.Errorf("%w: %q has shed %v, want 0 (sheds nothing) or a fraction in (0, 1]", ErrInvalidMember, m.ID, m.Shed)
+	}
+	m.Shed = max(m.Shed, 0) // -0 is 0
 	return m, nil
 }
 

@@ -46,6 +46,9 @@ func newRefHash(vnodes int, hash func(string) uint64, members ...Member) *refRin
 		if m.Draining {
 			r.draining[m.ID] = true
 		}
+		if m.Shed != 0 {
+			r.shed[m.ID] = m.Shed
+		}
 	}
 	sort.Slice(pts, func(i, j int) bool {
 		if pts[i].h != pts[j].h {

@@ -444,10 +444,14 @@ func TestConcurrentReadWrite(t *testing.T) {
 }
 
 func FuzzRing(f *testing.F) {
-	f.Add("a,b,c", "user-42", uint8(2), uint8(0), 1.0)
-	f.Add("x", "", uint8(1), uint8(1), 0.5)
-	f.Add("n1,n2,n3,n4,n1", "ключ", uint8(9), uint8(3), 3.0)
-	f.Fuzz(func(t *testing.T, ids, key string, n, drainMask uint8, w float64) {
+	f.Add("a,b,c", "user-42", uint8(2), uint8(0), 1.0, uint8(0), 0.0)
+	f.Add("x", "", uint8(1), uint8(1), 0.5, uint8(0), 0.0)
+	f.Add("n1,n2,n3,n4,n1", "ключ", uint8(9), uint8(3), 3.0, uint8(0), 0.0)
+	f.Add("a,b,c", "user-42", uint8(2), uint8(0), 1.0, uint8(1), 0.6)
+	f.Add("a,b,c,d,e", "k", uint8(3), uint8(4), 2.0, uint8(0xff), 1.0)
+	f.Add("n1,n2,n3,n4", "key-7", uint8(1), uint8(2), 1.0, uint8(6), 0.25)
+	f.Add("a,b", "", uint8(0), uint8(0), 1.0, uint8(1), 1.5)
+	f.Fuzz(func(t *testing.T, ids, key string, n, drainMask uint8, w float64, shedMask uint8, shed float64) {
 		var ms []Member
 		seen := map[string]bool{}
 		for i, id := range splitComma(ids) {
@@ -458,6 +462,9 @@ func FuzzRing(f *testing.F) {
 			m := Member{ID: id, Weight: 1, Draining: drainMask&(1<<(i%8)) != 0}
 			if i == 0 {
 				m.Weight = w
+			}
+			if shedMask&(1<<(i%8)) != 0 {
+				m.Shed = shed
 			}
 			ms = append(ms, m)
 		}
@@ -484,6 +491,11 @@ func FuzzRing(f *testing.F) {
 		one, _ := r.Get(key)
 		if one != got[0] {
 			t.Fatalf("Get = %q, GetN[0] = %q", one, got[0])
+		}
+		if s := r.Snapshot(); s.nShedLive > 0 && slices.ContainsFunc(s.members, func(m Member) bool { return !m.Draining && !Sheds(key, m.ID, m.Shed) }) {
+			if m, _ := s.Member(one); Sheds(key, m.ID, m.Shed) {
+				t.Fatalf("Get = %q, which sheds the key, though a member that does not is usable", one)
+			}
 		}
 		from, err := r.GetFrom(key, splitComma(ids), int(n)+1)
 		if err != nil || !slices.Equal(from, got) {

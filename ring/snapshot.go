@@ -16,6 +16,12 @@ type Snapshot struct {
 	drain   []bool              // drain[i] == members[i].Draining, dense for the walk
 	nDrain  int                 // members with Draining set
 
+	// Format 2. shed and shedRank are nil while no member sheds.
+	shed      []float64 // shed[i] == members[i].Shed
+	shedRank  []uint32  // shedRank[i]: i's index among the members that shed
+	nShed     int       // members with Shed > 0
+	nShedLive int       // of those, the ones not draining; the shed rule runs only if > 0
+
 	// The points, one word each, sorted. The table slot of a point already
 	// fixes the top `bits` bits of its hash, so the word keeps the other
 	// 64-bits bits, shifted up, and the owner (an index into members) in the
@@ -121,6 +127,9 @@ func (s *Snapshot) Get(key string) (string, error) {
 		return "", ErrEmpty
 	}
 	i := s.search(s.hashKey(key))
+	if s.nShedLive > 0 {
+		return s.getShed(key, i), nil
+	}
 	if s.skipDraining() {
 		for s.drain[s.owner(i)] {
 			if i++; i == len(s.points) {
@@ -199,6 +208,9 @@ func (s *Snapshot) AppendN(dst []string, key string, n int) ([]string, error) {
 		usable -= s.nDrain
 	}
 	i := s.search(s.hashKey(key))
+	if s.nShedLive > 0 {
+		return s.walkShed(dst, key, i, min(n, usable), usable, skip, nil), nil
+	}
 	return s.walk(dst, i, min(n, usable), skip, nil)
 }
 
@@ -256,7 +268,7 @@ func (s *Snapshot) AppendFrom(dst []string, key string, candidates []string, n i
 	if len(candidates) > smallSet {
 		idx = make([]uint32, 0, len(candidates))
 	}
-	drained := 0
+	drained, shedding := 0, 0
 	for _, c := range candidates {
 		i, ok := s.index(c)
 		if !ok {
@@ -268,6 +280,8 @@ func (s *Snapshot) AppendFrom(dst []string, key string, candidates []string, n i
 		idx = append(idx, uint32(i))
 		if s.drain[i] {
 			drained++
+		} else if s.shed != nil && s.shed[i] > 0 {
+			shedding++
 		}
 	}
 	if len(idx) == 0 {
@@ -289,6 +303,9 @@ func (s *Snapshot) AppendFrom(dst []string, key string, candidates []string, n i
 		allowed = func(o uint32) bool { return set[o/64]&(1<<(o%64)) != 0 }
 	}
 	i := s.search(s.hashKey(key))
+	if shedding > 0 {
+		return s.walkShed(dst, key, i, min(n, usable), usable, skip, allowed), nil
+	}
 	return s.walk(dst, i, min(n, usable), skip, allowed)
 }
 
