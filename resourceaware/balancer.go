@@ -3,7 +3,6 @@ package resourceaware
 import (
 	crand "crypto/rand"
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -14,36 +13,51 @@ import (
 
 // Balancer keeps the health of a set of nodes and picks among them.
 type Balancer struct {
-	cfg  Config
-	rand func() uint64
+	cfg   Config
+	rand  func() uint64
+	epoch time.Time // times in queues and snapshots are nanoseconds since epoch
 
-	mu    sync.Mutex       // guards nodes, byPos and rebuilding the snapshot
-	nodes map[string]*node // every known node
-	byPos []*node          // byPos[i] is the node at snapshot position i
+	mu       sync.Mutex          // guards the fields below and publishing snapshots
+	nodes    map[string]*node    // every known node
+	byPos    []*node             // byPos[i] is the node at snapshot position i
+	stale    staleList           // nodes with a fresh report, by when it goes stale
+	arena    arena               // the weight tree's nodes
+	positive [numClasses]int32   // nodes of positive weight, per class
+	dirty    [numClasses][]int32 // positions re-weighed since the last publish, by the classes they were in or are in now
+	touched  int                 // tree nodes written by path copies (tests read it)
+	copied   int                 // tree nodes written by builds and compactions, except relayout's
 
 	snap atomic.Pointer[snapshot]
 }
 
 type node struct {
-	id     string
+	id  string
+	pos int32 // snapshot position
+
 	report Report
 	at     time.Time // when the report was received; zero if none yet
 
-	// As last assessed (see assess), so a report re-scores only its node.
-	w       float64
-	c       class
-	fresh   bool
-	staleAt time.Time // at + Staleness
+	// As last weighed (see weigh), so a change re-weighs only its node.
+	w     float64   // selection weight: score × weight
+	c     class     //
+	fresh bool      // has a report no older than Staleness
+	held  overloads // thresholds that exclude it; none unless fresh
+
+	staleAt              int64 // when its report goes stale, while in the stale list
+	stalePrev, staleNext *node // neighbours in the stale list
+	inStale              bool
 }
 
 // snapshot is an immutable view that selections read without locking.
 type snapshot struct {
-	ids        []string         // sorted; shared while the set of nodes is unchanged
-	index      map[string]int32 // position of each id; shared likewise
-	weight     []float64        // selection weight per position: score × node weight
-	class      []class
-	all        pickSet   // the pick set over every known node
-	validUntil time.Time // after this a fresh report turns stale; zero if none
+	ids      []string         // sorted; shared while the set of nodes is unchanged
+	index    map[string]int32 // position of each id; shared likewise
+	trees                     // weights and classes by position
+	total    [numClasses]float64
+	count    [numClasses]int32
+	positive [numClasses]int32 // members of positive weight
+	lowest   class             // the class picks come from: the lowest present
+	due      int64             // from then on (see Balancer.since) the view is out of date: a report goes stale; never if none will
 }
 
 // New returns a Balancer with no nodes.
@@ -52,6 +66,7 @@ func New(cfg Config) (*Balancer, error) {
 		return nil, err
 	}
 	b := &Balancer{cfg: cfg.withDefaults(), nodes: map[string]*node{}}
+	b.epoch = b.cfg.Now()
 	if src := cfg.Rand; src != nil {
 		var mu sync.Mutex
 		b.rand = func() uint64 {
@@ -62,7 +77,8 @@ func New(cfg Config) (*Balancer, error) {
 	} else {
 		b.rand = cryptoSeeded()
 	}
-	b.snap.Store(&snapshot{index: map[string]int32{}})
+	b.arena = newArena(0)
+	b.snap.Store(b.snapshot(nil, map[string]int32{}, [numClasses]uint32{}, never))
 	return b, nil
 }
 
@@ -93,6 +109,10 @@ func ValidateID(id string) error {
 
 // Report records a health report for nodeID, received now. An invalid
 // report returns an error wrapping ErrInvalidReport and changes nothing.
+//
+// A report of a known node does O(log n) work: it moves the node in the
+// stale queue and copies the node's path in the weight tree. A new node
+// re-lays the snapshot, O(n).
 func (b *Balancer) Report(nodeID string, r Report) error {
 	if err := ValidateID(nodeID); err != nil {
 		return err
@@ -103,19 +123,27 @@ func (b *Balancer) Report(nodeID string, r Report) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.cfg.Now()
-	n, ok := b.nodes[nodeID]
-	if !ok {
-		n = &node{id: nodeID}
-		b.nodes[nodeID] = n
+	b.advance(now)
+	n, known := b.nodes[nodeID]
+	if !known {
+		n = b.newNode(nodeID)
 	}
-	n.report, n.at, n.staleAt = r, now, now.Add(b.cfg.Staleness)
-	n.w, n.c, _, n.fresh = b.assess(n, now)
-	b.rebuild(now, !ok)
+	n.report, n.at, n.fresh = r, now, true
+	n.held = b.cfg.over(r)
+	b.stale.set(n, addSat(b.since(now), int64(b.cfg.Staleness)))
+	if !known {
+		n.w, n.c = b.weigh(n)
+		b.relayout(mergeSorted(b.snap.Load().ids, []string{nodeID}))
+		return nil
+	}
+	b.reweigh(n)
+	b.publish()
 	return nil
 }
 
 // Add makes nodes known without a report (they count as neutral until they
-// report). Known nodes are left as they are.
+// report). Known nodes are left as they are. However many nodes it adds, it
+// re-lays the snapshot once, O(n + k log k).
 func (b *Balancer) Add(nodeIDs ...string) error {
 	for _, id := range nodeIDs {
 		if err := ValidateID(id); err != nil {
@@ -124,18 +152,22 @@ func (b *Balancer) Add(nodeIDs ...string) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	added := false
+	now := b.cfg.Now()
+	b.advance(now)
+	var added []string
 	for _, id := range nodeIDs {
 		if _, ok := b.nodes[id]; !ok {
-			n := &node{id: id}
-			n.w, n.c, _, n.fresh = b.assess(n, time.Time{})
-			b.nodes[id] = n
-			added = true
+			n := b.newNode(id)
+			n.w, n.c = b.weigh(n)
+			added = append(added, id)
 		}
 	}
-	if added {
-		b.rebuild(b.cfg.Now(), true)
+	if len(added) == 0 {
+		b.publish()
+		return nil
 	}
+	slices.Sort(added)
+	b.relayout(mergeSorted(b.snap.Load().ids, added))
 	return nil
 }
 
@@ -143,80 +175,197 @@ func (b *Balancer) Add(nodeIDs ...string) error {
 func (b *Balancer) Forget(nodeIDs ...string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.advance(b.cfg.Now())
 	removed := false
 	for _, id := range nodeIDs {
-		if _, ok := b.nodes[id]; ok {
+		if n, ok := b.nodes[id]; ok {
 			delete(b.nodes, id)
+			b.stale.remove(n)
 			removed = true
 		}
 	}
-	if removed {
-		b.rebuild(b.cfg.Now(), true)
+	if !removed {
+		b.publish()
+		return
+	}
+	old := b.snap.Load().ids
+	ids := make([]string, 0, len(b.nodes))
+	for _, id := range old {
+		if _, ok := b.nodes[id]; ok {
+			ids = append(ids, id)
+		}
+	}
+	b.relayout(ids)
+}
+
+// newNode makes id known. With b.mu held; the caller weighs it and re-lays
+// the snapshot.
+func (b *Balancer) newNode(id string) *node {
+	n := &node{id: id}
+	b.nodes[id] = n
+	return n
+}
+
+// advance brings the nodes that are due up to now: reports that have gone
+// stale (older than Staleness: neutral). It touches only those nodes. With
+// b.mu held.
+func (b *Balancer) advance(now time.Time) {
+	t := b.since(now)
+	for n := b.stale.head; n != nil && t > n.staleAt; n = b.stale.head {
+		b.stale.remove(n)
+		n.fresh, n.held = false, 0
+		b.reweigh(n)
 	}
 }
 
-// rebuild publishes a new snapshot for now, re-assessing every node if a
-// report may have gone stale since the last one. With b.mu held.
-func (b *Balancer) rebuild(now time.Time, membership bool) {
-	old := b.snap.Load()
-	reassess := !old.validUntil.IsZero() && now.After(old.validUntil)
-	s := &snapshot{ids: old.ids, index: old.index}
-	if membership {
-		s.ids = slices.Sorted(maps.Keys(b.nodes))
-		s.index = make(map[string]int32, len(s.ids))
-		b.byPos = b.byPos[:0]
-		for i, id := range s.ids {
-			s.index[id] = int32(i)
-			b.byPos = append(b.byPos, b.nodes[id])
-		}
+// since returns t as nanoseconds since b.epoch, the unit of queue keys and
+// snapshot due times (exact, on the monotonic clock when t has one).
+func (b *Balancer) since(t time.Time) int64 { return int64(t.Sub(b.epoch)) }
+
+// addSat returns a + d, saturating at never.
+func addSat(a, d int64) int64 {
+	if d > 0 && a > never-d {
+		return never
 	}
-	s.weight = make([]float64, len(s.ids))
-	s.class = make([]class, len(s.ids))
-	for i, n := range b.byPos {
-		if reassess {
-			n.w, n.c, _, n.fresh = b.assess(n, now)
-		}
-		s.weight[i], s.class[i] = n.w, n.c
-		if n.fresh {
-			if s.validUntil.IsZero() || n.staleAt.Before(s.validUntil) {
-				s.validUntil = n.staleAt
-			}
-		}
-	}
-	s.all = buildPickSet(len(s.ids), func(i int) (float64, class) { return s.weight[i], s.class[i] }, make([]int32, 0, len(s.ids)), make([]float64, 0, len(s.ids)))
-	b.snap.Store(s)
+	return a + d
 }
 
-// assess computes a node's selection weight and class at now, the
-// threshold its fresh report is above, and whether the report is fresh.
-func (b *Balancer) assess(n *node, now time.Time) (w float64, c class, o overload, fresh bool) {
+// weigh returns n's selection weight and class from its state.
+func (b *Balancer) weigh(n *node) (float64, class) {
 	r := n.report
-	fresh = !n.at.IsZero() && now.Sub(n.at) <= b.cfg.Staleness
-	w = b.cfg.NeutralScore * r.weight()
-	if fresh {
+	w, c := b.cfg.NeutralScore*r.weight(), classEligible
+	if n.fresh {
 		w = b.cfg.score(r) * r.weight()
-		if o = b.cfg.exclusion(r); o != underLimits {
+		if n.held != 0 {
 			c = classOverloaded
 		}
 	}
 	if r.Status == StatusDraining {
 		c = classDraining
 	}
-	return w, c, o, fresh
+	return w, c
 }
 
-// current returns the snapshot, rebuilt first if a report has gone stale.
+// reweigh re-weighs a node that has a position and marks it for the next
+// publish if its weight or class changed. With b.mu held.
+func (b *Balancer) reweigh(n *node) {
+	w, c := b.weigh(n)
+	if w == n.w && c == n.c {
+		return
+	}
+	if n.w > 0 {
+		b.positive[n.c]--
+	}
+	b.dirty[n.c] = append(b.dirty[n.c], n.pos)
+	if c != n.c {
+		b.dirty[c] = append(b.dirty[c], n.pos)
+	}
+	n.w, n.c = w, c
+	if n.w > 0 {
+		b.positive[n.c]++
+	}
+}
+
+// publish swaps in a snapshot with the re-weighed nodes, copying only their
+// paths in the tree (or rebuilding it when they are many), if anything a
+// selection sees has changed. With b.mu held.
+func (b *Balancer) publish() {
+	old := b.snap.Load()
+	due := b.nextDue()
+	k := 0
+	for c := range b.dirty {
+		slices.Sort(b.dirty[c])
+		b.dirty[c] = slices.Compact(b.dirty[c])
+		k += len(b.dirty[c])
+	}
+	if k == 0 && due == old.due {
+		return
+	}
+	roots := old.roots
+	if n := len(b.byPos); k > n/8 {
+		roots = b.arena.build(b.byPos)
+		b.copied += b.arena.used
+	} else if k > 0 {
+		if !b.arena.room(k, n) {
+			roots = b.arena.compact(roots, n)
+			b.copied += b.arena.used
+		}
+		used := b.arena.used
+		for c, pos := range b.dirty {
+			if len(pos) > 0 {
+				roots[c] = b.arena.update(roots[c], 0, old.span, pos, b.byPos, class(c))
+			}
+		}
+		b.touched += b.arena.used - used
+	}
+	for c := range b.dirty {
+		b.dirty[c] = b.dirty[c][:0]
+	}
+	b.snap.Store(b.snapshot(old.ids, old.index, roots, due))
+}
+
+// relayout publishes a snapshot for a new set of nodes, ids sorted: new
+// positions, index and tree, O(n). With b.mu held.
+func (b *Balancer) relayout(ids []string) {
+	index := make(map[string]int32, len(ids))
+	b.byPos = make([]*node, len(ids))
+	b.positive = [numClasses]int32{}
+	for i, id := range ids {
+		n := b.nodes[id]
+		index[id], n.pos, b.byPos[i] = int32(i), int32(i), n
+		if n.w > 0 {
+			b.positive[n.c]++
+		}
+	}
+	for c := range b.dirty {
+		b.dirty[c] = b.dirty[c][:0]
+	}
+	b.snap.Store(b.snapshot(ids, index, b.arena.build(b.byPos), b.nextDue()))
+}
+
+func (b *Balancer) snapshot(ids []string, index map[string]int32, roots [numClasses]uint32, due int64) *snapshot {
+	s := &snapshot{ids: ids, index: index, positive: b.positive, due: due}
+	s.trees = trees{nodes: b.arena.nodes, roots: roots, span: rootSpan(len(ids))}
+	for c, root := range roots {
+		s.total[c], s.count[c] = s.nodes[root].totals()
+	}
+	for s.lowest < classDraining && s.count[s.lowest] == 0 {
+		s.lowest++
+	}
+	return s
+}
+
+// nextDue returns when the snapshot goes out of date: 1 ns after the
+// earliest fresh report's staleAt (a report exactly Staleness old is still
+// fresh); never if there is none.
+func (b *Balancer) nextDue() int64 {
+	return addSat(b.stale.first(), 1)
+}
+
+// current returns the snapshot, brought up to date first if it is due.
+// Selections take b.mu only then, and do only the work that is due.
 func (b *Balancer) current() *snapshot {
 	s := b.snap.Load()
-	if s.validUntil.IsZero() || !b.cfg.Now().After(s.validUntil) {
+	if s.due == never || b.since(b.cfg.Now()) < s.due {
 		return s
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if now := b.cfg.Now(); now.After(b.snap.Load().validUntil) {
-		b.rebuild(now, false)
-	}
+	b.advance(b.cfg.Now())
+	b.publish()
 	return b.snap.Load()
+}
+
+// draw returns a position of class s.lowest drawn with probability
+// proportional to its weight (uniformly if the class weighs nothing) from
+// 64 random bits, exactly as the seed's cumulative search: x uniform in
+// [0, total), the position whose cumulative interval holds x.
+func (s *snapshot) draw(u uint64) int {
+	c := s.lowest
+	if total := s.total[c]; total > 0 {
+		return s.weighted(c, float64(u>>11)*0x1p-53*total)
+	}
+	return s.kth(c, int32((u>>32)*uint64(s.count[c])>>32))
 }
 
 // Select picks one node, among all known nodes when candidates is nil or
@@ -224,10 +373,10 @@ func (b *Balancer) current() *snapshot {
 func (b *Balancer) Select(candidates []string) (string, error) {
 	s := b.current()
 	if candidates == nil {
-		if len(s.all.idx) == 0 {
+		if len(s.ids) == 0 {
 			return "", ErrNoNodes
 		}
-		return s.ids[s.all.idx[s.all.draw(b.rand())]], nil
+		return s.ids[s.draw(b.rand())], nil
 	}
 	var buf subsetBuf
 	ps, names := b.subset(s, candidates, &buf)
@@ -245,19 +394,34 @@ func (b *Balancer) SelectN(candidates []string, n int) ([]string, error) {
 		return nil, ErrInvalidCount
 	}
 	s := b.current()
-	ps, names := &s.all, s.ids
 	if candidates != nil {
 		var buf subsetBuf
-		sub, nm := b.subset(s, candidates, &buf)
-		ps, names = &sub, nm
+		ps, names := b.subset(s, candidates, &buf)
+		if len(ps.idx) == 0 {
+			return nil, ErrNoNodes
+		}
+		items := drawN(n, len(ps.idx), ps.positive,
+			func(u uint64) int { return int(ps.idx[ps.draw(u)]) },
+			func() pickSet { return ps }, b.rand)
+		out := make([]string, len(items))
+		for i, it := range items {
+			out[i] = names[it]
+		}
+		return out, nil
 	}
-	if len(ps.idx) == 0 {
+	if len(s.ids) == 0 {
 		return nil, ErrNoNodes
 	}
-	pos := ps.drawN(n, b.rand)
-	out := make([]string, len(pos))
-	for i, p := range pos {
-		out[i] = names[ps.idx[p]]
+	c := s.lowest
+	positive := s.positive[c]
+	if s.total[c] == 0 { // uniform: every member can be drawn
+		positive = s.count[c]
+	}
+	items := drawN(n, int(s.count[c]), int(positive), s.draw,
+		func() pickSet { return s.list(c) }, b.rand)
+	out := make([]string, len(items))
+	for i, it := range items {
+		out[i] = s.ids[it]
 	}
 	return out, nil
 }
@@ -272,7 +436,8 @@ type subsetBuf struct {
 }
 
 // subset builds the pick set over distinct candidates; it returns the
-// candidate names that the set's positions index.
+// candidate names that the set's positions index. Each known candidate
+// costs one O(log n) walk of the tree.
 func (b *Balancer) subset(s *snapshot, candidates []string, buf *subsetBuf) (pickSet, []string) {
 	names, ws, cs := buf.names[:0], buf.w[:0], buf.c[:0]
 	var dup map[string]bool
@@ -291,7 +456,7 @@ func (b *Balancer) subset(s *snapshot, candidates []string, buf *subsetBuf) (pic
 		}
 		w, c := neutral, classEligible
 		if i, ok := s.index[id]; ok {
-			w, c = s.weight[i], s.class[i]
+			w, c = s.at(int(i))
 		}
 		names, ws, cs = append(names, id), append(ws, w), append(cs, c)
 	}
@@ -311,6 +476,7 @@ type NodeState struct {
 	Stale     bool          // the last report is older than Staleness
 	Age       time.Duration // since the last report; 0 if none
 	Report    Report        // the last report
+
 }
 
 // Nodes returns the state of every known node, sorted by id.
@@ -318,29 +484,48 @@ func (b *Balancer) Nodes() []NodeState {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.cfg.Now()
+	b.advance(now)
+	b.publish()
 	out := make([]NodeState, 0, len(b.byPos))
 	for _, n := range b.byPos { // sorted by id
-		id := n.id
-		w, c, o, fresh := b.assess(n, now)
-		why := b.cfg.describe(o, n.report)
-		if c == classDraining {
-			why = StatusDraining
-		}
 		st := NodeState{
-			ID: id, Status: StatusUp, Weight: n.report.weight(), Score: w,
-			Eligible: c == classEligible, Reason: why,
-			HasReport: !n.at.IsZero(), Report: n.report,
+			ID: n.id, Status: StatusUp, Weight: n.report.weight(), Score: n.w,
+			Eligible: n.c == classEligible, HasReport: !n.at.IsZero(), Report: n.report,
+		}
+		if n.held != 0 { // only while fresh
+			st.Reason = b.cfg.describe(b.cfg.exclusion(n.report), n.report)
 		}
 		if n.report.Status == StatusDraining {
-			st.Status = StatusDraining
+			st.Status, st.Reason = StatusDraining, StatusDraining
 		}
 		if st.HasReport {
-			st.Age, st.Stale = now.Sub(n.at), !fresh
+			st.Age, st.Stale = now.Sub(n.at), !n.fresh
 		}
 		out = append(out, st)
 	}
 	return out
 }
 
+// Counts returns how many nodes are known and how many are eligible (fresh
+// and under every threshold, or neutral, and not draining) now. It reads
+// the snapshot: no lock unless a report has just gone stale, no allocation.
+func (b *Balancer) Counts() (known, eligible int) {
+	s := b.current()
+	return len(s.ids), int(s.count[classEligible])
+}
+
 // Len returns the number of known nodes.
 func (b *Balancer) Len() int { return len(b.snap.Load().ids) }
+
+// mergeSorted merges two sorted lists of distinct ids into a new one.
+func mergeSorted(a, b []string) []string {
+	out := make([]string, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		if a[0] < b[0] {
+			out, a = append(out, a[0]), a[1:]
+		} else {
+			out, b = append(out, b[0]), b[1:]
+		}
+	}
+	return append(append(out, a...), b...)
+}

@@ -2,30 +2,64 @@ package resourceaware
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
 
+var benchSizes = []int{10, 1000, 10_000}
+
+var benchCache struct {
+	sync.Mutex
+	m map[int]*Balancer
+}
+
+func benchIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("node-%d", i)
+	}
+	return ids
+}
+
+func benchReport(i int) Report {
+	return Report{CPUUsage: float64(i % 80), MemoryUsage: 40, ActiveConnections: int64(i % 500), AvgLatency: time.Duration(i%50) * time.Millisecond}
+}
+
+// benchBalancer returns a Balancer with n nodes that have each reported
+// once, built once per size and shared by the benchmarks (with the real
+// clock and the default crypto-seeded source).
 func benchBalancer(b *testing.B, n int) *Balancer {
 	b.Helper()
-	bal, err := New(Config{}) // real clock and the default crypto-seeded source
+	benchCache.Lock()
+	defer benchCache.Unlock()
+	if bal := benchCache.m[n]; bal != nil {
+		return bal
+	}
+	bal, err := New(Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	for i := range n {
-		if err := bal.Report(fmt.Sprintf("node-%d", i), Report{CPUUsage: float64(i % 80), MemoryUsage: 40, ActiveConnections: int64(i % 500), AvgLatency: time.Duration(i%50) * time.Millisecond}); err != nil {
+	ids := benchIDs(n)
+	if err := bal.Add(ids...); err != nil {
+		b.Fatal(err)
+	}
+	for i, id := range ids {
+		if err := bal.Report(id, benchReport(i)); err != nil {
 			b.Fatal(err)
 		}
 	}
+	if benchCache.m == nil {
+		benchCache.m = map[int]*Balancer{}
+	}
+	benchCache.m[n] = bal
 	return bal
 }
 
-var benchSizes = []int{10, 100, 1000, 10_000}
-
 func BenchmarkSelect(b *testing.B) {
 	for _, n := range benchSizes {
-		bal := benchBalancer(b, n)
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			bal := benchBalancer(b, n)
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := bal.Select(nil); err != nil {
@@ -38,8 +72,8 @@ func BenchmarkSelect(b *testing.B) {
 
 func BenchmarkSelectParallel(b *testing.B) {
 	for _, n := range benchSizes {
-		bal := benchBalancer(b, n)
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			bal := benchBalancer(b, n)
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -73,20 +107,38 @@ func BenchmarkSelectN3(b *testing.B) {
 	}
 }
 
-// BenchmarkReport measures report throughput with 1,000 known nodes.
+// BenchmarkReport measures heartbeats: reports of known nodes, rotating
+// through them, each changing the node's load.
 func BenchmarkReport(b *testing.B) {
-	bal := benchBalancer(b, 1000)
-	ids := make([]string, 1000)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("node-%d", i)
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			bal := benchBalancer(b, n)
+			ids := benchIDs(n)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if err := bal.Report(ids[i%n], Report{CPUUsage: float64(i % 95), MemoryUsage: 30}); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+		})
 	}
+}
+
+// BenchmarkAddMany measures making 10,000 nodes known at once, as the
+// router does when it loads a ring.
+func BenchmarkAddMany(b *testing.B) {
+	ids := benchIDs(10_000)
 	b.ReportAllocs()
-	i := 0
 	for b.Loop() {
-		if err := bal.Report(ids[i%1000], Report{CPUUsage: float64(i % 95), MemoryUsage: 30}); err != nil {
+		bal, err := New(Config{})
+		if err != nil {
 			b.Fatal(err)
 		}
-		i++
+		if err := bal.Add(ids...); err != nil {
+			b.Fatal(err)
+		}
 	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
 }

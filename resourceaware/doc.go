@@ -17,10 +17,20 @@
 // nodes (overloaded before draining): it never fails while a node exists.
 //
 // A Balancer is safe for concurrent use. Selections read an immutable
-// snapshot (selection weights and their cumulative sums) through an atomic
-// pointer and pick with a binary search: no lock and no allocation on the
-// pick path. Reports rebuild the snapshot, and so does the first selection
-// after a report crosses the staleness line. The clock and the random source
-// are injectable; by default randomness comes from ChaCha8 generators seeded
-// from crypto/rand. The package imports no NATS and starts no goroutines.
+// snapshot through an atomic pointer: per class, a persistent tree of
+// selection weights that a pick walks down in O(log n), with no lock and no
+// allocation. The picks are exactly the seed's (the node whose cumulative
+// weight interval, in id order, holds a uniform point). A report for a known
+// node (a heartbeat) does O(log n) work: it copies its node's path in the
+// tree and swaps in a new snapshot that shares everything else; a report is
+// visible to the next selection. Adding or forgetting nodes re-lays the
+// snapshot, O(n) however many nodes change at once. Staleness is exact to
+// the nanosecond (a report exactly Staleness old is fresh): reports are kept
+// in the order they go stale, and the first selection after the oldest one
+// does re-weighs only the nodes that went stale. Counts returns the number of
+// known and eligible nodes without a pass over them.
+//
+// The clock and the random source are injectable; by default randomness
+// comes from ChaCha8 generators seeded from crypto/rand. The package imports
+// no NATS and starts no goroutines.
 package resourceaware

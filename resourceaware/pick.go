@@ -71,30 +71,39 @@ func (ps *pickSet) draw(u uint64) int {
 	return lo
 }
 
-// drawN returns up to n distinct positions in ps.idx by weighted sampling
-// without replacement: each next pick is drawn from the remaining nodes in
-// proportion to their weights. It redraws on a repeat (which leaves the
-// distribution exact) and, after a run of repeats, draws from an explicit
-// list of the remaining weights.
-func (ps *pickSet) drawN(n int, rnd func() uint64) []int {
-	want := min(n, len(ps.idx))
+// drawN returns up to n distinct items of a set of size items, positive of
+// which have a weight > 0, by weighted sampling without replacement: each
+// next pick is drawn from the remaining items in proportion to their
+// weights, then uniformly among the rest once no weighted item remains. draw
+// makes one weighted draw (of the whole set) from 64 random bits; it redraws
+// on a repeat (which leaves the distribution exact) and, after a run of
+// repeats, draws from the explicit list of the set that list returns.
+func drawN(n, size, positive int, draw func(uint64) int, list func() pickSet, rnd func() uint64) []int {
+	want := min(n, size)
 	out := make([]int, 0, want)
-	// Weighted draws while weighted nodes remain, then uniform among the rest.
+	var all *pickSet
+	explicit := func() *pickSet {
+		if all == nil {
+			ps := list()
+			all = &ps
+		}
+		return all
+	}
 	for len(out) < want {
-		if len(out) < ps.positive {
+		if len(out) < positive {
 			for try := 0; ; try++ {
 				if try == 32 {
-					out = append(out, ps.drawExcluding(out, rnd(), false))
+					out = append(out, explicit().drawExcluding(out, rnd(), false))
 					break
 				}
-				if i := ps.draw(rnd()); !slices.Contains(out, i) {
+				if i := draw(rnd()); !slices.Contains(out, i) {
 					out = append(out, i)
 					break
 				}
 			}
 			continue
 		}
-		out = append(out, ps.drawExcluding(out, rnd(), true))
+		out = append(out, explicit().drawExcluding(out, rnd(), true))
 	}
 	return out
 }
@@ -109,13 +118,13 @@ func (ps *pickSet) weight(i int) float64 {
 	return ps.cum[i] - ps.cum[i-1]
 }
 
-// drawExcluding draws one position not in taken, by weight or uniformly.
+// drawExcluding draws one item of ps.idx not in taken, by weight or
+// uniformly.
 func (ps *pickSet) drawExcluding(taken []int, u uint64, uniform bool) int {
-	rest := make([]int, 0, len(ps.idx)-len(taken))
-	sub := pickSet{idx: make([]int32, 0, cap(rest))}
+	sub := pickSet{idx: make([]int32, 0, len(ps.idx)-len(taken))}
 	total := 0.0
-	for i := range ps.idx {
-		if slices.Contains(taken, i) {
+	for i, item := range ps.idx {
+		if slices.Contains(taken, int(item)) {
 			continue
 		}
 		w := 1.0
@@ -123,10 +132,10 @@ func (ps *pickSet) drawExcluding(taken []int, u uint64, uniform bool) int {
 			w = ps.weight(i)
 		}
 		total += w
-		rest, sub.idx, sub.cum = append(rest, i), append(sub.idx, int32(i)), append(sub.cum, total)
+		sub.idx, sub.cum = append(sub.idx, item), append(sub.cum, total)
 	}
 	if total == 0 {
 		sub.cum = nil
 	}
-	return rest[sub.draw(u)]
+	return int(sub.idx[sub.draw(u)])
 }

@@ -87,6 +87,26 @@ func (c *Config) exclusion(r Report) overload {
 	return underLimits
 }
 
+// overloads is a set of thresholds (bit 1<<overCPU and so on).
+type overloads uint8
+
+func (s overloads) has(o overload) bool { return s&(1<<o) != 0 }
+
+// over returns the thresholds a fresh report r is above.
+func (c *Config) over(r Report) overloads {
+	var h overloads
+	if r.CPUUsage > c.CPUThresholdPercent {
+		h |= 1 << overCPU
+	}
+	if r.MemoryUsage > c.MemoryThresholdPercent {
+		h |= 1 << overMemory
+	}
+	if r.ActiveConnections > c.MaxActiveConnections {
+		h |= 1 << overConnections
+	}
+	return h
+}
+
 // describe says why a report is excluded, for status pages.
 func (c *Config) describe(o overload, r Report) string {
 	switch o {
