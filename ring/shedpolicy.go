@@ -1,0 +1,278 @@
+package ring
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Defaults and bounds of ShedPolicy. Release and MaxShed come from
+// TestShedSimulation run under nine namings of its keys (which reshuffle
+// where the hot keys land): with a low mark of 0.4 instead of 0.25, a shed
+// flapped for ever in W2 under one of them (a member that handed on a hot
+// key took it back); with a cap of 0.5 instead of 0.7, W1 at c = 1.1 stayed
+// above 1.15 × the mean under five of them (the member holding the hottest
+// key must hand on more than half of its other keys).
+const (
+	DefaultShedAim     = 0.95  // a rising shed aims at 95 % of capacity
+	DefaultShedRelease = 0.25  // a shed falls only below a quarter of a fair share
+	DefaultShedRise    = 0.05  // per step
+	DefaultShedFall    = 0.01  // per step
+	DefaultMaxShed     = 0.7   // a member keeps at least 30 % of its keys
+	DefaultShedQuantum = 0.001 // sheds are multiples of 0.001
+
+	// MaxBalanceFactor bounds ShedPolicy.Factor.
+	MaxBalanceFactor = 10.0
+)
+
+// ShedPolicy computes shed fractions for bounded-load consistent hashing
+// (DESIGN.md, "Load-aware ConsistentHash"): from the load each member of a
+// pool reports, the shed the ring document publishes for it. The zero value
+// is valid and sheds nothing; a Factor turns it on, and every other zero
+// field means its default.
+//
+// Next is a pure function of its input (no clock, no state, no goroutines),
+// so router replicas that see the same reports and the same ring document
+// compute the same sheds. The controller, and why it looks the way it does:
+//
+//   - Capacity. A member's fair share is the mean load per unit weight of
+//     the pool's fresh members that are not draining, times its weight; its
+//     capacity is Factor × fair share.
+//
+//   - Feedback. A member's reported load already reflects its shed. The shed
+//     rule applies to every key that reaches the member, its own and those
+//     its neighbours shed onto it alike, so shedding f removes about f of
+//     its load, and the load it would carry with no shed is estimated as
+//     load/(1−f). A rising shed aims at 1 − Aim·capacity/estimate, the shed
+//     that would bring it to Aim (95 %) of its capacity, a little under it so
+//     that noise does not cross the line again. An integral controller
+//     (f += gain·(load − capacity)) would need a gain tuned to the pool;
+//     the estimate needs none.
+//
+//   - One step per report. A report taken before the member's latest shed
+//     change says nothing about that change; read with the new shed it
+//     looks like a larger load, and every call would add another step (wind
+//     up). So the caller marks such a member Pending, and Next keeps its
+//     shed until a report shows the effect. Measured in TestShedSimulation
+//     with reports every 5 calls: without Pending, W1 at c = 1.1 ends with
+//     every member at the cap, 70 % of the keys moved and max/mean 1.57,
+//     worse than no shedding at all; with it, the same result as reports on
+//     every call.
+//
+//   - Gradual. A shed rises by at most Rise and falls by at most Fall per
+//     step (each rounded to the Quantum), so every step moves few keys and
+//     the loads show its effect before the next one.
+
+//   - Hysteresis. A shed rises only while the load is above capacity and
+//     falls only while the estimate is below Release × fair share; in
+//     between it stays exactly as it is, so a load hovering near capacity,
+//     and any small change of load, rewrites nothing. The low mark is far
+//     below capacity on purpose. Shedding moves whole keys, and a popular
+//     key can carry a large part of a member's load: the hottest key of a
+//     Zipf(0.8) workload over 1,000,000 keys brings 0.67 of a fair share on
+//     a pool of 50. A member that hands on such a key drops well below
+//     capacity; were its shed to fall back, the key would return, the member
+//     would be over capacity again, and so on for ever. From its reports that
+//     member looks exactly like one whose load really fell, so a shed is
+//     only given back when the member's own keys are clearly too few to load
+//     it. The price: a member that cools from overloaded to ordinary keeps
+//     handing on what it sheds (those keys stay where they went, still
+//     sticky) until it cools below the mark.
+//
+//   - Bounded. No member sheds more than MaxShed. A key larger than a
+//     member's capacity cannot be placed by shedding (it moves whole): every
+//     member it reaches raises its shed until the key moves on, and the cap
+//     ends that walk at the first member that keeps it, after 1/(1−MaxShed)
+//     members on average. Such keys need spread, not shed.
+//
+//   - Quantised. A new shed is a multiple of Quantum, rounded up when it
+//     rises and down when it falls, with at most 4 digits after the decimal
+//     point as the document requires.
+//
+// Members with a stale report and draining members never shed (Next gives
+// them 0, so a member that stops reporting loses its shed at the next call),
+// and neither does anyone in a pool with fewer than two fresh members that
+// are not draining, or with no load at all.
+type ShedPolicy struct {
+	// Factor is the balance factor c: a member's capacity is c × its fair
+	// share. 0 means off (the default: Next returns 0 for every member);
+	// otherwise in (1, MaxBalanceFactor].
+	Factor float64
+
+	// Aim is the fraction of capacity a rising shed aims for. 0 means
+	// DefaultShedAim (0.95); otherwise in [0.5, 1].
+	Aim float64
+
+	// Release is the low mark: a shed falls only while the member's load
+	// with no shed (estimated) is below Release × its fair share. 0 means
+	// DefaultShedRelease (0.25); otherwise in (0, 1) and below Aim × Factor.
+	Release float64
+
+	// Rise is the most a shed rises per step (a call of Next for a member
+	// that is not Pending). 0 means DefaultShedRise (0.05); otherwise in
+	// [Quantum, 1].
+	Rise float64
+
+	// Fall is the most a shed falls per step. 0 means DefaultShedFall
+	// (0.01); otherwise in [Quantum, 1].
+	Fall float64
+
+	// MaxShed is the largest shed. 0 means DefaultMaxShed (0.7); otherwise
+	// in (0, 1] with at most 4 digits after the decimal point.
+	MaxShed float64
+
+	// Quantum is the step of the shed values. 0 means DefaultShedQuantum
+	// (0.001); otherwise a multiple of 0.0001 in [0.0001, 0.1].
+	Quantum float64
+}
+
+// MemberLoad is what ShedPolicy.Next needs to know about one member.
+type MemberLoad struct {
+	// Weight is the member's ring weight; 0 means 1.
+	Weight float64
+
+	// Load is the member's reported load (active_connections). It counts
+	// only if Fresh, and must then be a finite number >= 0; a member whose
+	// load is not is treated as stale.
+	Load float64
+
+	// Fresh reports whether the member's latest report is within the
+	// staleness limit.
+	Fresh bool
+
+	// Draining members take no new keys: they never shed and do not count
+	// in the fair share.
+	Draining bool
+
+	// Shed is the member's shed now, as the ring document has it.
+	Shed float64
+
+	// Pending reports that Load was measured before the member's shed last
+	// changed (or so soon after that its load cannot show it yet: active
+	// connections follow a routing change only as connections turn over).
+	// Next keeps a pending member's shed as it is. A caller that calls Next
+	// more often than members report must set it, or sheds wind up.
+	Pending bool
+}
+
+// DefaultShedPolicy returns the policy with every default filled in and
+// shedding off (Factor 0).
+func DefaultShedPolicy() ShedPolicy {
+	return ShedPolicy{}.withDefaults()
+}
+
+// Validate reports every problem with the policy.
+func (p ShedPolicy) Validate() error {
+	var errs []error
+	bad := func(name string, v float64, want string) {
+		errs = append(errs, fmt.Errorf("ring: ShedPolicy.%s = %v, want %s", name, v, want))
+	}
+	in := func(v, lo, hi float64) bool { return v >= lo && v <= hi } // false for NaN
+	if p.Factor != 0 && !(p.Factor > 1 && p.Factor <= MaxBalanceFactor) {
+		bad("Factor", p.Factor, fmt.Sprintf("0 (off) or a number in (1, %v]", MaxBalanceFactor))
+	}
+	if p.Aim != 0 && !in(p.Aim, 0.5, 1) {
+		bad("Aim", p.Aim, fmt.Sprintf("0 (default %v) or a number in [0.5, 1]", DefaultShedAim))
+	}
+	if p.Release != 0 && !(p.Release > 0 && p.Release < 1) {
+		bad("Release", p.Release, fmt.Sprintf("0 (default %v) or a number in (0, 1)", DefaultShedRelease))
+	}
+	if p.Quantum != 0 && !(in(p.Quantum, 0.0001, 0.1) && decimals4(p.Quantum)) {
+		bad("Quantum", p.Quantum, fmt.Sprintf("0 (default %v) or a multiple of 0.0001 in [0.0001, 0.1]", DefaultShedQuantum))
+	}
+	d := p.withDefaults()
+	if p.Rise != 0 && !in(p.Rise, d.Quantum, 1) {
+		bad("Rise", p.Rise, fmt.Sprintf("0 (default %v) or a number in [Quantum (%v), 1]", DefaultShedRise, d.Quantum))
+	}
+	if p.Fall != 0 && !in(p.Fall, d.Quantum, 1) {
+		bad("Fall", p.Fall, fmt.Sprintf("0 (default %v) or a number in [Quantum (%v), 1]", DefaultShedFall, d.Quantum))
+	}
+	if p.MaxShed != 0 && !(p.MaxShed > 0 && p.MaxShed <= 1 && decimals4(p.MaxShed)) {
+		bad("MaxShed", p.MaxShed, fmt.Sprintf("0 (default %v) or a number in (0, 1] with at most 4 decimals", DefaultMaxShed))
+	}
+	if len(errs) == 0 && p.Factor != 0 && d.Release >= d.Aim*d.Factor {
+		errs = append(errs, fmt.Errorf("ring: ShedPolicy.Release = %v must be below Aim × Factor = %v × %v, or a shed could never settle", d.Release, d.Aim, d.Factor))
+	}
+	return errors.Join(errs...)
+}
+
+func (p ShedPolicy) withDefaults() ShedPolicy {
+	p.Aim = cmp.Or(p.Aim, DefaultShedAim)
+	p.Release = cmp.Or(p.Release, DefaultShedRelease)
+	p.Rise = cmp.Or(p.Rise, DefaultShedRise)
+	p.Fall = cmp.Or(p.Fall, DefaultShedFall)
+	p.MaxShed = cmp.Or(p.MaxShed, DefaultMaxShed)
+	p.Quantum = cmp.Or(p.Quantum, DefaultShedQuantum)
+	return p
+}
+
+// Next returns the shed each member of one pool should have, in the order
+// of ms: 0 (no shed) or a fraction in (0, 1] with at most 4 digits after
+// the decimal point. A member whose shed should stay gets ms[i].Shed back
+// (rounded to 4 digits and capped at MaxShed).
+//
+// The caller gives it every member of the pool with its latest report,
+// calls it once per pool at most about once a second, marks Pending the
+// members whose report predates their last shed change, and writes the
+// ring document only when a result differs from the member's shed in it.
+// The policy is assumed valid (see Validate); Next itself never fails.
+func (p ShedPolicy) Next(ms []MemberLoad) []float64 {
+	out := make([]float64, len(ms))
+	if p.Factor == 0 {
+		return out
+	}
+	p = p.withDefaults()
+	var load, weight float64
+	n := 0
+	for _, m := range ms {
+		if usable(m) {
+			load += m.Load
+			weight += weightOf(m)
+			n++
+		}
+	}
+	if n < 2 || !(load > 0) || math.IsInf(load, 0) {
+		return out
+	}
+	mean := load / weight
+	q := math.Round(p.Quantum * 1e4) // the quantum in units of 0.0001
+	for i, m := range ms {
+		if !usable(m) {
+			continue
+		}
+		g := min(max(m.Shed, 0), 1) // NaN becomes 0
+		fair := mean * weightOf(m)
+		capacity := p.Factor * fair
+		f := math.Round(g*1e4) / 1e4 // stay, as written
+		switch {
+		case m.Pending:
+		case m.Load > capacity && g < p.MaxShed:
+			estimate := m.Load / (1 - g)
+			aim := 1 - p.Aim*capacity/estimate
+			f = math.Ceil(min(aim, g+p.Rise)*1e4/q-1e-9) * q / 1e4
+		case m.Load < p.Release*fair*(1-g) && g > 0: // estimate < Release × fair
+			f = math.Floor(max(g-p.Fall, 0)*1e4/q+1e-9) * q / 1e4
+		}
+		out[i] = min(f, p.MaxShed)
+	}
+	return out
+}
+
+// usable reports whether m counts in the fair share and may shed.
+func usable(m MemberLoad) bool {
+	w := weightOf(m)
+	return m.Fresh && !m.Draining && m.Load >= 0 && !math.IsInf(m.Load, 0) && w > 0 && !math.IsInf(w, 0)
+}
+
+func weightOf(m MemberLoad) float64 {
+	if m.Weight == 0 {
+		return 1
+	}
+	return m.Weight
+}
+
+// decimals4 reports whether v has at most 4 digits after the decimal point.
+func decimals4(v float64) bool {
+	return math.Abs(v*1e4-math.Round(v*1e4)) < 1e-6
+}
