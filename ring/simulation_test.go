@@ -1,0 +1,425 @@
+package ring
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// The closed loop of ShedPolicy and the format-2 ring: 50 members of
+// weight 1 (150 points each) serve a fixed Zipf workload; every tick each
+// member reports the requests its keys send it, the policy computes new
+// sheds from those reports, and the ring is rebuilt with them. The loop is
+// deterministic (the keys' names are the only seed), so the goals are
+// asserted, not sampled.
+//
+// Size. The full workloads are 1,000,000 keys (W1) and 100,000 keys (W2).
+// By default the test keeps the top of each distribution exactly (the
+// 20,000 and 10,000 most popular keys, one simulated key each) and folds the
+// tail into simulated keys of 20 and 10 consecutive ranks, carrying their
+// summed popularity and counting as that many keys. The hot keys, which
+// decide everything here, are exact; a folded tail key carries at most
+// 0.005 of a fair share. That keeps every Zipf share and the 50 members,
+// and every max/mean comes within 0.02, every share of moved keys within a
+// point, of the full run's. NATSROUTE_SIM=full runs the full size (about
+// 10 s without -race); NATSROUTE_SIM_KEYS=prefix renames the keys, which
+// reshuffles where they land (the default names are key-<rank>).
+
+const (
+	simMembers = 50
+	simSteady  = 100 // the last ticks: no key may move, no shed may turn
+)
+
+// simWorkload is a Zipf popularity over keys ranks: rank r has popularity
+// r^-s. The first exact ranks are simulated keys of their own; the rest are
+// folded into simulated keys of fold ranks each.
+type simWorkload struct {
+	name  string
+	s     float64
+	keys  int
+	exact int
+	fold  int
+}
+
+// simKeys is a workload's simulated keys, placed on the plain ring.
+type simKeys struct {
+	name  []string
+	pop   []float64 // requests per tick
+	count []int     // the keys of the workload it stands for
+	total float64
+	keys  int
+
+	// Every key hashed once: its plain owner, and u, its shed draw there
+	// (Sheds(key, owner, f) iff u < f). A key moves only if its plain
+	// owner sheds it, so each member's keys are listed in order of u: the
+	// keys it sheds are a prefix.
+	members []Member
+	index   map[string]int32
+	plain   []int32
+	u       []float64
+	byU     [][]int32 // by plain owner
+}
+
+func (w simWorkload) build(t *testing.T, prefix string) simKeys {
+	t.Helper()
+	k := simKeys{keys: w.keys, members: make([]Member, simMembers), index: make(map[string]int32, simMembers)}
+	for r := 1; r <= w.keys; {
+		n := 1
+		if r > w.exact {
+			n = min(w.fold, w.keys-r+1)
+		}
+		var p float64
+		for i := r; i < r+n; i++ {
+			p += math.Pow(float64(i), -w.s)
+		}
+		k.name = append(k.name, prefix+strconv.Itoa(r))
+		k.pop = append(k.pop, p)
+		k.count = append(k.count, n)
+		k.total += p
+		r += n
+	}
+
+	for i := range k.members {
+		k.members[i] = Member{ID: fmt.Sprintf("m-%02d", i), Weight: 1}
+		k.index[k.members[i].ID] = int32(i)
+	}
+	r, err := New(Config{}, k.members...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.plain = make([]int32, len(k.name))
+	k.u = make([]float64, len(k.name))
+	k.byU = make([][]int32, simMembers)
+	for i, name := range k.name {
+		id, err := r.Get(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.plain[i] = k.index[id]
+		k.u[i] = float64(xxhash.Sum64String(name+"\x00"+id)>>11) / (1 << 53)
+		k.byU[k.plain[i]] = append(k.byU[k.plain[i]], int32(i))
+	}
+	for _, keys := range k.byU {
+		slices.SortFunc(keys, func(a, b int32) int { return cmp.Compare(k.u[a], k.u[b]) })
+	}
+	return k
+}
+
+// simSpread says which keys a client sends with spread, and how wide.
+type simSpread int
+
+const (
+	spreadNone simSpread = iota
+	// spreadOverCapacity: the keys whose share exceeds a member's capacity
+	// c·fair, each over ⌈share / ((c−1)·fair)⌉ owners (at most 32, the
+	// router's default max_count), so that every owner's part fits in the
+	// headroom above a fair share.
+	spreadOverCapacity
+	// spreadOverHeadroom: the same, for every key whose share exceeds the
+	// headroom (c−1)·fair. Such a key cannot sit on any member beside a fair
+	// share of other keys, and shedding only moves it whole.
+	spreadOverHeadroom
+)
+
+// simRun is how one run of the loop goes.
+type simRun struct {
+	spread simSpread
+	// every is how many ticks apart each member reports (staggered); 0
+	// means every tick. The policy runs every tick regardless, with the
+	// latest reports, marking Pending the members whose shed changed since
+	// their report, as the router does between heartbeats.
+	every int
+}
+
+func (r simRun) String() string {
+	s := [...]string{"shed", "shed+spread>cap", "shed+spread>room"}[r.spread]
+	if r.every > 1 {
+		s += fmt.Sprintf(", reports/%d", r.every)
+	}
+	return s
+}
+
+// ticks is how long the run lasts: long enough to settle, then simSteady
+// ticks more.
+func (r simRun) ticks() int { return simSteady + 150*max(1, r.every) }
+
+// simResult is one run of the loop; loads are in units of the mean.
+type simResult struct {
+	plainMax    float64 // max/mean on the plain ring
+	max         float64 // max/mean once settled
+	moved       float64 // share of keys whose owner differs from the plain ring's
+	steadyMoves int     // keys that moved during the steady ticks
+	flips       int     // most times one member's shed turned, over the steady ticks
+	flipsAll    int     // the same over the whole run
+	shedding    int     // members with a shed at the end
+	maxShed     float64
+	settled     int // the tick of the last shed change
+}
+
+// simHot is a key sent with spread: its traffic is split evenly among the
+// first spread owners.
+type simHot struct {
+	key    int
+	spread int
+	owners []int32
+}
+
+// simulate runs the loop for one workload and policy.
+func simulate(t *testing.T, k simKeys, p ShedPolicy, run simRun) simResult {
+	t.Helper()
+	ms, index, plain, u := slices.Clone(k.members), k.index, k.plain, k.u
+	r, err := New(Config{}, ms...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := r.Snapshot()
+	fair := k.total / simMembers
+	headroom := (p.Factor - 1) * fair
+	hotAbove := math.Inf(1)
+	switch run.spread {
+	case spreadOverCapacity:
+		hotAbove = p.Factor * fair
+	case spreadOverHeadroom:
+		hotAbove = headroom
+	}
+
+	owner := slices.Clone(plain)
+	load := make([]float64, simMembers)
+	own := make([][]int32, simMembers) // k.byU less the keys sent with spread
+	var hots []simHot
+	for i := range owner {
+		load[owner[i]] += k.pop[i]
+		if k.pop[i] > hotAbove {
+			n := min(32, int(math.Ceil(k.pop[i]/headroom)))
+			hots = append(hots, simHot{key: i, spread: n, owners: []int32{owner[i]}})
+		}
+	}
+	for m, keys := range k.byU {
+		own[m] = slices.DeleteFunc(slices.Clone(keys), func(i int32) bool { return k.pop[i] > hotAbove })
+	}
+	res := simResult{plainMax: slices.Max(load) / fair}
+
+	var buf []string
+	placeHot := func() (moved int) {
+		for h := range hots {
+			hk := &hots[h]
+			var err error
+			if buf, err = snap.AppendN(buf[:0], k.name[hk.key], hk.spread); err != nil {
+				t.Fatal(err)
+			}
+			next := make([]int32, len(buf))
+			for i, id := range buf {
+				next[i] = index[id]
+			}
+			if slices.Equal(next, hk.owners) {
+				continue
+			}
+			for _, o := range hk.owners {
+				load[o] -= k.pop[hk.key] / float64(len(hk.owners))
+			}
+			for _, o := range next {
+				load[o] += k.pop[hk.key] / float64(len(next))
+			}
+			hk.owners = next
+			moved++
+		}
+		return moved
+	}
+	placeHot()
+
+	shed := make([]float64, simMembers)
+	reports := make([]MemberLoad, simMembers)
+	reported := make([]int, simMembers) // the tick of each member's latest report
+	shedAt := make([]int, simMembers)   // the tick each member's shed last changed
+	for m := range shedAt {
+		shedAt[m] = -1
+	}
+	dir := make([]int, simMembers) // the sign of each member's last change
+	flips, flipsAll := make([]int, simMembers), make([]int, simMembers)
+	ticks := run.ticks()
+	for tick := range ticks {
+		steady := tick >= ticks-simSteady
+		for m := range reports {
+			if run.every <= 1 || (tick+m)%run.every == 0 {
+				reports[m] = MemberLoad{Weight: 1, Load: load[m], Fresh: true}
+				reported[m] = tick
+			}
+			reports[m].Shed = shed[m]
+			reports[m].Pending = shedAt[m] >= reported[m]
+		}
+		next := p.Next(reports)
+		changed := false
+		for m := range next {
+			if next[m] == shed[m] {
+				continue
+			}
+			changed, res.settled, shedAt[m] = true, tick, tick
+			d := 1
+			if next[m] < shed[m] {
+				d = -1
+			}
+			if dir[m] != 0 && dir[m] != d {
+				flipsAll[m]++
+				if steady {
+					flips[m]++
+				}
+			}
+			dir[m] = d
+		}
+		if !changed {
+			continue
+		}
+		old := shed
+		shed = next
+		for m := range ms {
+			ms[m].Shed = shed[m]
+		}
+		if err := r.Set(ms); err != nil {
+			t.Fatal(err)
+		}
+		snap = r.Snapshot()
+		moved := 0
+		for m, keys := range own {
+			shedNow := shed[m]
+			limit := max(old[m], shedNow) // beyond it, the key stays with m
+			for _, i := range keys {
+				if u[i] >= limit {
+					break
+				}
+				o := int32(m)
+				if u[i] < shedNow { // shed: the walk decides, with every shed as it is now
+					id, err := snap.Get(k.name[i])
+					if err != nil {
+						t.Fatal(err)
+					}
+					o = index[id]
+				}
+				if o != owner[i] {
+					load[owner[i]] -= k.pop[i]
+					load[o] += k.pop[i]
+					owner[i] = o
+					moved++
+				}
+			}
+		}
+		moved += placeHot()
+		if steady {
+			res.steadyMoves += moved
+		}
+	}
+
+	// Check the bookkeeping against the ring itself on a sample of keys.
+	for i := 0; i < len(k.name); i += 97 {
+		if k.pop[i] > hotAbove {
+			continue
+		}
+		if id, _ := snap.Get(k.name[i]); index[id] != owner[i] {
+			t.Fatalf("%s: the simulation has it on %s, the ring on %s", k.name[i], ms[owner[i]].ID, id)
+		}
+		if got, want := Sheds(k.name[i], ms[plain[i]].ID, shed[plain[i]]), u[i] < shed[plain[i]]; got != want {
+			t.Fatalf("%s: Sheds = %v, the simulation's draw says %v", k.name[i], got, want)
+		}
+	}
+
+	hot := make(map[int]int, len(hots))
+	for h := range hots {
+		hot[hots[h].key] = h
+	}
+	moved := 0
+	for i := range owner {
+		first := owner[i]
+		if h, ok := hot[i]; ok {
+			first = hots[h].owners[0]
+		}
+		if first != plain[i] {
+			moved += k.count[i]
+		}
+	}
+	res.moved = float64(moved) / float64(k.keys)
+	res.max = slices.Max(load) / fair
+	res.flips, res.flipsAll = slices.Max(flips), slices.Max(flipsAll)
+	for _, f := range shed {
+		if f > 0 {
+			res.shedding++
+		}
+	}
+	res.maxShed = slices.Max(shed)
+	return res
+}
+
+func TestShedSimulation(t *testing.T) {
+	w1 := simWorkload{name: "W1", s: 0.8, keys: 1_000_000, exact: 20_000, fold: 20}
+	w2 := simWorkload{name: "W2", s: 1.1, keys: 100_000, exact: 10_000, fold: 10}
+	size := "scaled"
+	if os.Getenv("NATSROUTE_SIM") == "full" {
+		w1.fold, w2.fold, size = 1, 1, "full"
+	}
+	prefix := cmp.Or(os.Getenv("NATSROUTE_SIM_KEYS"), "key-")
+
+	var table strings.Builder
+	fmt.Fprintf(&table, "%s size, keys %q, %d members × %d points, the last %d ticks steady\n", size, prefix+"<rank>", simMembers, DefaultVirtualNodes, simSteady)
+	fmt.Fprintf(&table, "%-4s %-5s %-29s %6s %8s %7s %9s %6s %9s %8s %8s %7s\n",
+		"load", "c", "run", "plain", "max/mean", "moved", "steady-mv", "turns", "turns-all", "shedding", "max-shed", "settled")
+	row := func(w simWorkload, c float64, run simRun, r simResult) {
+		fmt.Fprintf(&table, "%-4s %-5.2f %-29s %6.2f %8.3f %6.2f%% %9d %6d %9d %8d %8.3f %7d\n",
+			w.name, c, run, r.plainMax, r.max, 100*r.moved, r.steadyMoves, r.flips, r.flipsAll, r.shedding, r.maxShed, r.settled)
+	}
+	// steady checks what every run must show once settled: no key moves, no
+	// shed turns more than twice.
+	steady := func(w simWorkload, c float64, run simRun, r simResult) {
+		t.Helper()
+		if r.steadyMoves != 0 || r.flips > 2 {
+			t.Errorf("%s c=%v %v: over the last %d ticks %d keys moved and a shed turned %d times; want 0 and at most 2",
+				w.name, c, run, simSteady, r.steadyMoves, r.flips)
+		}
+	}
+
+	for _, w := range []simWorkload{w1, w2} {
+		k := w.build(t, prefix)
+		// The workload is what the issue describes: W1's hottest key brings
+		// 0.67 of a fair share, W2's 6.7 fair shares.
+		hottest := k.pop[0] / (k.total / simMembers)
+		if want := map[string]float64{"W1": 0.668, "W2": 6.74}[w.name]; math.Abs(hottest-want) > 0.01 {
+			t.Fatalf("%s: the hottest key brings %.3f of a fair share, want %.3f", w.name, hottest, want)
+		}
+		for _, c := range []float64{1.1, 1.25, 1.5} {
+			p := ShedPolicy{Factor: c}
+			sim := func(run simRun) simResult {
+				r := simulate(t, k, p, run)
+				row(w, c, run, r)
+				steady(w, c, run, r)
+				return r
+			}
+			if w.name == "W1" {
+				for _, run := range []simRun{{}, {every: 5}} {
+					r := sim(run)
+					if r.max > c+0.05 {
+						t.Errorf("W1 c=%v %v: max/mean %.3f, want at most %.2f", c, run, r.max, c+0.05)
+					}
+					if c == 1.25 && r.moved > 0.02 {
+						t.Errorf("W1 c=%v %v: %.2f%% of the keys left their plain owner, want at most 2%%", c, run, 100*r.moved)
+					}
+				}
+				continue
+			}
+			// W2: shedding moves whole keys and cannot split the hottest one.
+			if r := sim(simRun{}); r.max < hottest {
+				t.Errorf("W2 c=%v: max/mean %.3f is below the hottest key's %.3f alone", c, r.max, hottest)
+			}
+			sim(simRun{spread: spreadOverCapacity})
+			for _, run := range []simRun{{spread: spreadOverHeadroom}, {spread: spreadOverHeadroom, every: 5}} {
+				if r, goal := sim(run), max(1.5, c+0.05); r.max > goal {
+					t.Errorf("W2 c=%v %v: max/mean %.3f, want at most %.2f", c, run, r.max, goal)
+				}
+			}
+		}
+	}
+	t.Logf("\n%s", table.String())
+}
