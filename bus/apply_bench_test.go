@@ -22,7 +22,7 @@ func BenchmarkApply(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	f, err := newRingFollower(150, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f, err := newRingFollower(150, RingKey, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -29,6 +29,7 @@ type Client struct {
 	timeout time.Duration
 	enc     Encoding
 	subject string
+	pool    string // "" is the default pool
 }
 
 // ClientOption configures a Client; invalid values make NewClient fail.
@@ -69,6 +70,18 @@ func WithSubject(subject string) ClientOption {
 	}
 }
 
+// WithClientPool sends every request of the client to a pool (default: the
+// default pool); a Request that names its own Pool keeps it.
+func WithClientPool(pool string) ClientOption {
+	return func(c *Client) error {
+		if err := ValidatePoolName(pool); err != nil {
+			return fmt.Errorf("bus: WithClientPool: %w", err)
+		}
+		c.pool = pool
+		return nil
+	}
+}
+
 func validSubject(s string) bool {
 	for _, tok := range strings.Split(s, ".") {
 		if tok == "" || tok == "*" || tok == ">" {
@@ -101,24 +114,16 @@ func NewClient(nc *nats.Conn, opts ...ClientOption) (*Client, error) {
 // *ServiceError (errors.Is matches ErrBadRequest, ErrNoNodes or ErrInternal);
 // no router gives ErrNoRouter, no answer in time ErrTimeout.
 func (c *Client) Select(ctx context.Context, q Request) (Reply, error) {
+	if q.Pool == "" {
+		q.Pool = c.pool
+	}
 	body, err := c.enc.Marshal(&q)
 	if err != nil {
 		return Reply{}, fmt.Errorf("natsroute: encode request: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.timeout) // a sooner deadline in ctx wins
-	defer cancel()
-	msg := &nats.Msg{Subject: c.subject, Data: body}
-	m, err := c.nc.RequestMsgWithContext(ctx, msg)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		return Reply{}, fmt.Errorf("%w on %s: %w", ErrNoRouter, c.subject, err)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return Reply{}, fmt.Errorf("%w: %w", ErrTimeout, err)
-	case err != nil:
-		return Reply{}, fmt.Errorf("natsroute: request: %w", err)
-	}
-	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-		return Reply{}, &ServiceError{Code: parseCode(code), Message: m.Header.Get("Nats-Service-Error")}
+	m, err := c.request(ctx, c.subject, body)
+	if err != nil {
+		return Reply{}, err
 	}
 	var reply Reply
 	if err := DetectEncoding(m.Data, m.Header).Unmarshal(m.Data, &reply); err != nil {
@@ -151,6 +156,116 @@ func (c *Client) PickN(ctx context.Context, key string, n int) ([]string, error)
 func (c *Client) PickHealthy(ctx context.Context, candidates ...string) (string, error) {
 	r, err := c.Select(ctx, Request{Strategy: StrategyResourceAware, Candidates: candidates})
 	return r.Node, err
+}
+
+// PickSpread returns the pick for a hot key: the healthiest (by
+// ResourceAware's rules) of the key's first spread owners, and those owners
+// in ring order (ConsistentHash).
+func (c *Client) PickSpread(ctx context.Context, key string, spread int) (string, []string, error) {
+	r, err := c.Select(ctx, Request{Strategy: StrategyConsistentHash, Key: key, Spread: spread})
+	if err != nil {
+		return "", nil, err
+	}
+	if len(r.Nodes) == 0 {
+		return r.Node, []string{r.Node}, nil
+	}
+	return r.Node, r.Nodes, nil
+}
+
+// Pools lists the pools a router serves, with their member counts.
+func (c *Client) Pools(ctx context.Context) ([]PoolInfo, error) {
+	var st PoolsState
+	if err := c.call(ctx, SubjectPools, PoolRequest{}, &st); err != nil {
+		return nil, err
+	}
+	return st.Pools, nil
+}
+
+// NodesPage returns one page of a pool's nodes as a router sees them
+// (route.nodes); pass the reply's Next as the next offset until it is 0.
+func (c *Client) NodesPage(ctx context.Context, pool string, offset, limit int) (NodesState, error) {
+	var st NodesState
+	err := c.call(ctx, SubjectNodes, PoolRequest{Pool: pool, Offset: offset, Limit: limit}, &st)
+	return st, err
+}
+
+// Nodes returns every node of a pool, paging through route.nodes. It halves
+// the page size when a page would not fit in a NATS message (a server with
+// a small max_payload).
+func (c *Client) Nodes(ctx context.Context, pool string) (NodesState, error) {
+	var all NodesState
+	limit := DefaultNodesPage
+	for offset := 0; ; {
+		page, err := c.NodesPage(ctx, pool, offset, limit)
+		if isOversize(err) && limit > 1 {
+			limit /= 2
+			continue
+		}
+		if err != nil {
+			return NodesState{}, err
+		}
+		if offset == 0 {
+			all = page
+		} else {
+			all.Nodes = append(all.Nodes, page.Nodes...)
+		}
+		if page.Next <= offset {
+			all.Next = 0
+			return all, nil
+		}
+		offset = page.Next
+	}
+}
+
+// isOversize reports whether err is a router's refusal of a reply too large
+// for NATS.
+func isOversize(err error) bool {
+	var se *ServiceError
+	return errors.As(err, &se) && se.Code == CodeBadRequest && strings.Contains(se.Message, oversizeReply)
+}
+
+// Ring returns a pool's ring document and its revision (route.ring). A
+// document too large for a NATS message comes back as a 400 naming the KV
+// key to read instead.
+func (c *Client) Ring(ctx context.Context, pool string) (RingState, error) {
+	var st RingState
+	err := c.call(ctx, SubjectRing, PoolRequest{Pool: pool}, &st)
+	return st, err
+}
+
+// call sends body to subject and decodes the reply into out.
+func (c *Client) call(ctx context.Context, subject string, body, out any) error {
+	data, err := c.enc.Marshal(body)
+	if err != nil {
+		return fmt.Errorf("natsroute: encode request: %w", err)
+	}
+	m, err := c.request(ctx, subject, data)
+	if err != nil {
+		return err
+	}
+	if err := DetectEncoding(m.Data, m.Header).Unmarshal(m.Data, out); err != nil {
+		return fmt.Errorf("natsroute: decode reply: %w", err)
+	}
+	return nil
+}
+
+// request sends a request and maps transport and service errors.
+func (c *Client) request(ctx context.Context, subject string, data []byte) (*nats.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout) // a sooner deadline in ctx wins
+	defer cancel()
+	m, err := c.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Data: data})
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, fmt.Errorf("%w on %s: %w", ErrNoRouter, subject, err)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return nil, fmt.Errorf("%w: %w", ErrTimeout, err)
+	case err != nil:
+		return nil, fmt.Errorf("natsroute: request: %w", err)
+	}
+	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+		return nil, &ServiceError{Code: parseCode(code), Message: m.Header.Get("Nats-Service-Error")}
+	}
+	return m, nil
 }
 
 // PickBatch returns the owner of each key, in order, from one ring revision

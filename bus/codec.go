@@ -293,6 +293,7 @@ type Health struct {
 	Weight            float64       // 0 means 1; else (0, 1000]
 	Status            string        // "" (up), StatusUp, StatusDraining or StatusLeaving
 	Seq               uint64        // sender's counter; 0 means none
+	Pools             []string      // pools the node serves; nil means [DefaultPool]
 }
 
 // healthWire is Health as it travels; pointers tell missing from zero.
@@ -305,6 +306,7 @@ type healthWire struct {
 	Weight            *float64 `json:"weight,omitempty" msgpack:"weight,omitempty"`
 	Status            string   `json:"status,omitempty" msgpack:"status,omitempty"`
 	Seq               uint64   `json:"seq,omitempty" msgpack:"seq,omitempty"`
+	Pools             []string `json:"pools,omitempty" msgpack:"pools,omitempty"`
 }
 
 // report converts to the resourceaware form (status leaving maps to up).
@@ -333,6 +335,11 @@ func (h Health) Validate() error {
 	if h.Status != "" && h.Status != StatusUp && h.Status != StatusDraining && h.Status != StatusLeaving {
 		return fmt.Errorf("%w: status %q is not up, draining or leaving", ErrInvalidReport, h.Status)
 	}
+	if h.Pools != nil {
+		if err := validatePools(h.Pools); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidReport, err)
+		}
+	}
 	return nil
 }
 
@@ -348,7 +355,7 @@ func EncodeHealth(node string, h Health, enc Encoding) ([]byte, error) {
 	w := healthWire{
 		Node: &node, CPUUsage: &h.CPUUsage, MemoryUsage: &h.MemoryUsage,
 		ActiveConnections: &h.ActiveConnections, AvgLatencyMS: &ms,
-		Status: h.Status, Seq: h.Seq,
+		Status: h.Status, Seq: h.Seq, Pools: h.Pools,
 	}
 	if h.Weight != 0 {
 		w.Weight = &h.Weight
@@ -393,7 +400,7 @@ func DecodeHealth(node string, data []byte, h nats.Header) (Health, error) {
 		CPUUsage: *w.CPUUsage, MemoryUsage: *w.MemoryUsage,
 		ActiveConnections: *w.ActiveConnections,
 		AvgLatency:        time.Duration(math.Round(ms * float64(time.Millisecond))),
-		Status:            w.Status, Seq: w.Seq,
+		Status:            w.Status, Seq: w.Seq, Pools: w.Pools,
 	}
 	if w.Weight != nil {
 		if *w.Weight == 0 {

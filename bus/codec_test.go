@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -91,7 +92,7 @@ func TestHealthRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := DecodeHealth("node-1", b, nil)
-		if err != nil || got != h {
+		if err != nil || !reflect.DeepEqual(got, h) {
 			t.Fatalf("%v: round trip %+v, %v; want %+v", enc, got, err, h)
 		}
 		if _, err := DecodeHealth("node-2", b, nil); !errors.Is(err, ErrInvalidReport) || !strings.Contains(err.Error(), "subject names") {
@@ -230,7 +231,7 @@ func FuzzDecodeHealth(f *testing.F) {
 			t.Fatal(err)
 		}
 		back, err := DecodeHealth(node, b, nil)
-		if err != nil || back != h {
+		if err != nil || !reflect.DeepEqual(back, h) {
 			t.Fatalf("round trip %+v -> %+v, %v", h, back, err)
 		}
 	})

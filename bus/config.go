@@ -24,6 +24,9 @@ const (
 	DefaultMaxCount      = 32
 	DefaultKVReplicas    = 1
 	DefaultHealthPending = 1 << 20 // messages buffered for health.* before drops
+	DefaultMaxPools      = 1000
+	DefaultShedInterval  = time.Second
+	maxPools             = 100_000
 	maxKVReplicas        = 5
 	maxLimit             = 1 << 20
 )
@@ -63,6 +66,17 @@ type Config struct {
 	// DrainTimeout bounds how long Close waits for in-flight requests
 	// (default 5 s).
 	DrainTimeout time.Duration
+	// MaxPools bounds the pools one router serves (default 1,000); a report
+	// naming a new pool past it is rejected (reason too_many_pools).
+	MaxPools int
+	// BalanceFactor turns on load-aware ConsistentHash: a member whose
+	// reported active_connections per unit weight exceed BalanceFactor × the
+	// pool's mean sheds part of its keys to the next members (ring document
+	// format 2). 0 (the default) is off; otherwise above 1, at most 10.
+	BalanceFactor float64
+	// ShedInterval is how often shed fractions are recomputed and, if they
+	// changed, written (default 1 s).
+	ShedInterval time.Duration
 	// Balancer configures ResourceAware (thresholds, weights, staleness).
 	Balancer resourceaware.Config
 	// Limits bound requests.
@@ -88,6 +102,8 @@ func DefaultConfig() Config {
 		Coalesce:     DefaultCoalesce,
 		Resync:       DefaultResync,
 		DrainTimeout: DefaultDrainTimeout,
+		MaxPools:     DefaultMaxPools,
+		ShedInterval: DefaultShedInterval,
 		Balancer:     resourceaware.DefaultConfig(),
 		Limits: Limits{
 			MaxKeyBytes:   DefaultMaxKeyBytes,
@@ -128,10 +144,17 @@ func (c Config) Validate() error {
 		{"Coalesce", c.Coalesce, DefaultCoalesce},
 		{"Resync", c.Resync, DefaultResync},
 		{"DrainTimeout", c.DrainTimeout, DefaultDrainTimeout},
+		{"ShedInterval", c.ShedInterval, DefaultShedInterval},
 	} {
 		if d.v < 0 {
 			add("%s = %v, want > 0 (0 means %v)", d.name, d.v, d.def)
 		}
+	}
+	if c.MaxPools < 0 || c.MaxPools > maxPools {
+		add("MaxPools = %d, want 1 to %d (0 means %d)", c.MaxPools, maxPools, DefaultMaxPools)
+	}
+	if c.BalanceFactor != 0 && !(c.BalanceFactor > 1 && c.BalanceFactor <= ring.MaxBalanceFactor) {
+		add("BalanceFactor = %v, want 0 (off) or above 1 and at most %v (e.g. 1.25: no member above 1.25 × the mean load)", c.BalanceFactor, ring.MaxBalanceFactor)
 	}
 	if c.Coalesce > time.Second {
 		add("Coalesce = %v, want at most 1s: membership changes would wait that long", c.Coalesce)
@@ -165,6 +188,8 @@ func (c Config) withDefaults() Config {
 	c.Coalesce = cmp.Or(c.Coalesce, d.Coalesce)
 	c.Resync = cmp.Or(c.Resync, d.Resync)
 	c.DrainTimeout = cmp.Or(c.DrainTimeout, d.DrainTimeout)
+	c.MaxPools = cmp.Or(c.MaxPools, d.MaxPools)
+	c.ShedInterval = cmp.Or(c.ShedInterval, d.ShedInterval)
 	c.Limits.MaxKeyBytes = cmp.Or(c.Limits.MaxKeyBytes, d.Limits.MaxKeyBytes)
 	c.Limits.MaxCandidates = cmp.Or(c.Limits.MaxCandidates, d.Limits.MaxCandidates)
 	c.Limits.MaxBatch = cmp.Or(c.Limits.MaxBatch, d.Limits.MaxBatch)

@@ -18,6 +18,8 @@ var (
 	ErrInvalidNodeID = errors.New("natsroute: invalid node id")
 	// ErrInvalidReport is wrapped by errors about health reports.
 	ErrInvalidReport = errors.New("natsroute: invalid health report")
+	// ErrInvalidPool is wrapped by errors about pool names and lists.
+	ErrInvalidPool = errors.New("natsroute: invalid pool")
 	// ErrInvalidDocument is wrapped by errors about ring documents.
 	ErrInvalidDocument = errors.New("natsroute: invalid ring document")
 	// ErrClosed is what Router.Ready reports after Close.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,7 @@ type Reporter struct {
 	weight   atomic.Uint64 // math.Float64bits of the weight; 0 means 1
 	draining atomic.Bool
 	failures atomic.Uint64
+	pools    atomic.Pointer[[]string] // nil: the default pool
 
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -51,6 +53,27 @@ type ReporterOption func(*Reporter) error
 // WithWeight sets the node's weight (default 1).
 func WithWeight(w float64) ReporterOption {
 	return func(r *Reporter) error { return r.SetWeight(w) }
+}
+
+// WithPools makes the node a member of these pools (1 to 16 distinct
+// names) instead of the default pool.
+func WithPools(pools ...string) ReporterOption {
+	return func(r *Reporter) error { return r.SetPools(pools...) }
+}
+
+// SetPools changes the pools the node reports for, from the next report on
+// (no names: the default pool). Leaving a pool is a ring change there.
+func (r *Reporter) SetPools(pools ...string) error {
+	if len(pools) == 0 {
+		r.pools.Store(nil)
+		return nil
+	}
+	if err := validatePools(pools); err != nil {
+		return fmt.Errorf("bus: %w", err)
+	}
+	p := slices.Clone(pools)
+	r.pools.Store(&p)
+	return nil
 }
 
 // WithReporterEncoding sets the report encoding (default Msgpack).
@@ -144,6 +167,9 @@ func (r *Reporter) publish(ctx context.Context, status string) error {
 	h.Status = status
 	h.Weight = math.Float64frombits(r.weight.Load())
 	h.Seq = r.seq.Add(1)
+	if p := r.pools.Load(); p != nil {
+		h.Pools = *p
+	}
 	data, err := EncodeHealth(r.node, h, r.enc)
 	if err != nil {
 		return err

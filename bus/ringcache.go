@@ -20,6 +20,7 @@ type RingCache struct {
 	f      *ringFollower
 	js     jetstream.JetStream
 	bucket string
+	pool   string
 
 	errMu   sync.Mutex // guards lastErr
 	lastErr error
@@ -44,6 +45,18 @@ func WithRingCacheLogger(l *slog.Logger) RingCacheOption {
 	}
 }
 
+// WithPool makes the cache follow a pool's ring (KV key "ring.<pool>")
+// instead of the default pool's.
+func WithPool(pool string) RingCacheOption {
+	return func(c *RingCache) error {
+		if err := ValidatePoolName(pool); err != nil {
+			return fmt.Errorf("bus: WithPool: %w", err)
+		}
+		c.pool, c.f.key = pool, PoolKey(pool)
+		return nil
+	}
+}
+
 // WatchRing loads the ring document from bucket ("" means natsroute) and
 // keeps it current from a KV watch until Close. If the bucket does not
 // exist yet, WatchRing returns an empty cache that fills in once a router
@@ -61,11 +74,11 @@ func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts 
 	if !bucketRE.MatchString(bucket) {
 		return nil, fmt.Errorf("bus: WatchRing: bucket %q is not a valid bucket name", bucket)
 	}
-	f, err := newRingFollower(ring.DefaultVirtualNodes, slog.Default())
+	f, err := newRingFollower(ring.DefaultVirtualNodes, RingKey, slog.Default())
 	if err != nil {
 		return nil, err
 	}
-	c := &RingCache{f: f, js: js, bucket: bucket, done: make(chan struct{})}
+	c := &RingCache{f: f, js: js, bucket: bucket, pool: DefaultPool, done: make(chan struct{})}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -121,7 +134,7 @@ func (c *RingCache) run(ctx context.Context) {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { c.f.watch(ctx) })
-	wg.Go(func() { c.f.followReconnects(ctx, c.js.Conn(), nil) })
+	wg.Go(func() { followReconnects(ctx, c.js.Conn(), c.f.kick, nil) })
 	t := time.NewTicker(DefaultResync)
 	defer t.Stop()
 	for {
@@ -145,6 +158,9 @@ func (c *RingCache) Close() error {
 	})
 	return nil
 }
+
+// Pool returns the pool whose ring the cache follows.
+func (c *RingCache) Pool() string { return c.pool }
 
 // Revision returns the KV revision of the cached ring (0 if none yet).
 func (c *RingCache) Revision() uint64 { return c.f.current().rev }

@@ -12,8 +12,9 @@ import (
 
 // Ring document constants (see subjects.md, "The ring document").
 const (
-	DocumentFormat = 1          // the only format this version reads and writes
-	DocumentHash   = "xxhash64" // the only hash this version knows
+	DocumentFormat     = 1          // a document in which no member sheds
+	DocumentFormatShed = 2          // a document in which some member sheds (load-aware)
+	DocumentHash       = "xxhash64" // the only hash this version knows
 )
 
 // RingDocument is the ring membership as published in the KV bucket.
@@ -29,6 +30,9 @@ type RingNode struct {
 	ID     string  `json:"id" msgpack:"id"`
 	Weight float64 `json:"weight" msgpack:"weight"`
 	Status string  `json:"status,omitempty" msgpack:"status,omitempty"` // "draining", or empty
+	// Shed is the fraction of its keys the member hands to the next members
+	// (format 2): in (0, 1] with at most 4 decimals, or 0 (absent).
+	Shed float64 `json:"shed,omitempty" msgpack:"shed,omitempty"`
 }
 
 // newDocument returns an empty document for vnodes points per unit weight.
@@ -47,10 +51,11 @@ func DecodeRingDocument(data []byte) (RingDocument, error) {
 	return d, d.Validate()
 }
 
-// Validate checks the format, hash, vnodes and every node.
+// Validate checks the format, hash, vnodes and every node. Format 1 has no
+// shedding member; format 2 has at least one.
 func (d RingDocument) Validate() error {
-	if d.Format != DocumentFormat {
-		return fmt.Errorf("%w: format %d is not supported (this version reads format %d)", ErrInvalidDocument, d.Format, DocumentFormat)
+	if d.Format != DocumentFormat && d.Format != DocumentFormatShed {
+		return fmt.Errorf("%w: format %d is not supported (this version reads formats %d and %d)", ErrInvalidDocument, d.Format, DocumentFormat, DocumentFormatShed)
 	}
 	if d.Hash != DocumentHash {
 		return fmt.Errorf("%w: hash %q is not supported (this version uses %q)", ErrInvalidDocument, d.Hash, DocumentHash)
@@ -71,8 +76,40 @@ func (d RingDocument) Validate() error {
 		if i > 0 && d.Nodes[i-1].ID >= n.ID {
 			return fmt.Errorf("%w: nodes are not sorted by id with no duplicates at %q", ErrInvalidDocument, n.ID)
 		}
+		if n.Shed != 0 && !(n.Shed > 0 && n.Shed <= 1) { // NaN fails both
+			return fmt.Errorf("%w: node %q has shed %v, want a fraction in (0, 1] (or no shed field)", ErrInvalidDocument, n.ID, n.Shed)
+		}
+	}
+	switch shedding := d.shedding(); {
+	case d.Format == DocumentFormat && shedding:
+		return fmt.Errorf("%w: format %d carries shed; a document with shed is format %d", ErrInvalidDocument, DocumentFormat, DocumentFormatShed)
+	case d.Format == DocumentFormatShed && !shedding:
+		return fmt.Errorf("%w: format %d without any shed; a document with no shed is format %d", ErrInvalidDocument, DocumentFormatShed, DocumentFormat)
 	}
 	return nil
+}
+
+// shedding reports whether any member sheds.
+func (d RingDocument) shedding() bool {
+	return slices.ContainsFunc(d.Nodes, func(n RingNode) bool { return n.Shed != 0 })
+}
+
+// withFormat returns d with the format its members call for.
+func (d RingDocument) withFormat() RingDocument {
+	d.Format = DocumentFormat
+	if d.shedding() {
+		d.Format = DocumentFormatShed
+	}
+	return d
+}
+
+// QuantizeShed rounds a shed fraction to the 4 decimals a document carries,
+// within [0, 1].
+func QuantizeShed(f float64) float64 {
+	if !(f > 0) {
+		return 0
+	}
+	return math.Round(min(f, 1)*1e4) / 1e4
 }
 
 // Encode returns the document as JSON, nodes sorted by id.
@@ -89,7 +126,7 @@ func (d RingDocument) Encode() ([]byte, error) {
 func (d RingDocument) Members() []ring.Member {
 	ms := make([]ring.Member, len(d.Nodes))
 	for i, n := range d.Nodes {
-		ms[i] = ring.Member{ID: n.ID, Weight: n.Weight, Draining: n.Status == StatusDraining}
+		ms[i] = ring.Member{ID: n.ID, Weight: n.Weight, Draining: n.Status == StatusDraining, Shed: n.Shed}
 	}
 	return ms
 }

@@ -24,7 +24,8 @@ type view struct {
 // ringFollower holds the ring of the bucket's document and follows the key:
 // the Router and the RingCache both answer from one.
 type ringFollower struct {
-	vnodes   int // of the empty document
+	vnodes   int    // of the empty document
+	key      string // KV key of the document
 	log      *slog.Logger
 	onReject func(rev uint64, err error) // a document in the bucket was refused
 	onApply  func(old, cur *view)        // a new view was stored; called under mu
@@ -40,12 +41,12 @@ type ringFollower struct {
 	view    atomic.Pointer[view]
 }
 
-func newRingFollower(vnodes int, log *slog.Logger) (*ringFollower, error) {
+func newRingFollower(vnodes int, key string, log *slog.Logger) (*ringFollower, error) {
 	rg, err := ring.New(ring.Config{VirtualNodes: vnodes})
 	if err != nil {
 		return nil, err
 	}
-	f := &ringFollower{vnodes: vnodes, log: log, ring: rg, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	f := &ringFollower{vnodes: vnodes, key: key, log: log, ring: rg, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 	f.view.Store(&view{doc: newDocument(vnodes), snap: rg.Snapshot()})
 	return f, nil
 }
@@ -97,7 +98,7 @@ func (f *ringFollower) apply(doc RingDocument, rev uint64) bool {
 }
 
 func (f *ringFollower) reject(rev uint64, err error) {
-	f.log.Error("ring document refused; still answering from the last good ring", "revision", rev, "err", err)
+	f.log.Error("ring document refused; still answering from the last good ring", "key", f.key, "revision", rev, "err", err)
 	if f.onReject != nil {
 		f.onReject(rev, err)
 	}
@@ -110,12 +111,12 @@ func (f *ringFollower) read(ctx context.Context) (RingDocument, uint64, error) {
 	if kv == nil {
 		return RingDocument{}, 0, jetstream.ErrBucketNotFound
 	}
-	e, err := kv.Get(ctx, RingKey)
+	e, err := kv.Get(ctx, f.key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return newDocument(f.vnodes), 0, nil
 	}
 	if err != nil {
-		return RingDocument{}, 0, fmt.Errorf("kv get %q: %w", RingKey, err)
+		return RingDocument{}, 0, fmt.Errorf("kv get %q: %w", f.key, err)
 	}
 	d, err := DecodeRingDocument(e.Value())
 	if err != nil {
@@ -150,26 +151,34 @@ func (f *ringFollower) applyEntry(e jetstream.KeyValueEntry) {
 	f.apply(d, e.Revision())
 }
 
-// watch follows the ring key until ctx ends, re-creating the watcher when
-// it stops (the server restarted, the bucket was recreated) or when kicked.
+// watch follows the ring key until ctx ends; see watchKeys.
 func (f *ringFollower) watch(ctx context.Context) {
+	watchKeys(ctx, f.bucket, []string{f.key}, f.resync, f.applyEntry, f.kick, f.log)
+}
+
+// watchKeys follows keys of the bucket until ctx ends, passing every entry
+// to apply. It re-creates the watcher when it stops (the server restarted,
+// the bucket was recreated) or when kicked. Before each watch it calls
+// probe, with a short timeout: right after a reconnect JetStream may not
+// answer yet, and creating a watch would wait out the JetStream context's
+// whole default timeout.
+func watchKeys(ctx context.Context, bucket func() jetstream.KeyValue, keys []string,
+	probe func(context.Context) (RingDocument, uint64, error), apply func(jetstream.KeyValueEntry),
+	kick <-chan struct{}, log *slog.Logger) {
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		var err error
-		if kv := f.bucket(); kv != nil {
-			// Read first, with a short timeout: right after a reconnect
-			// JetStream may not answer yet, and creating a watch would
-			// wait out the JetStream context's whole default timeout.
+		if kv := bucket(); kv != nil {
 			attempt, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			_, _, err = f.resync(attempt)
+			_, _, err = probe(attempt)
 			cancel()
 			var w jetstream.KeyWatcher
 			if err == nil {
-				w, err = kv.Watch(ctx, RingKey)
+				w, err = kv.WatchFiltered(ctx, keys)
 			}
 			if err == nil {
 				backoff = 50 * time.Millisecond
-				f.follow(ctx, w)
+				follow(ctx, w, apply, kick)
 				// On shutdown nats.go unsubscribes the watch itself (it holds
 				// ctx); stopping it here too would wait out a 5 s JetStream
 				// timeout to delete the consumer when the server is gone.
@@ -179,7 +188,7 @@ func (f *ringFollower) watch(ctx context.Context) {
 			}
 		}
 		if err != nil && ctx.Err() == nil {
-			f.log.Warn("ring watch failed; retrying", "err", err, "in", backoff)
+			log.Warn("ring watch failed; retrying", "keys", keys, "err", err, "in", backoff)
 		}
 		select {
 		case <-ctx.Done():
@@ -189,29 +198,29 @@ func (f *ringFollower) watch(ctx context.Context) {
 	}
 }
 
-// follow applies the watcher's entries until it stops, ctx ends or the
-// follower is kicked.
-func (f *ringFollower) follow(ctx context.Context, w jetstream.KeyWatcher) {
+// follow passes the watcher's entries to apply until it stops, ctx ends or
+// kick fires.
+func follow(ctx context.Context, w jetstream.KeyWatcher, apply func(jetstream.KeyValueEntry), kick <-chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-f.kick:
+		case <-kick:
 			return
 		case e, ok := <-w.Updates():
 			if !ok {
 				return
 			}
 			if e != nil {
-				f.applyEntry(e)
+				apply(e)
 			}
 		}
 	}
 }
 
-// followReconnects restarts the watch after each reconnect (a restarted
+// followReconnects kicks the watch after each reconnect (a restarted
 // server has lost the watch's consumer) and calls hook, until ctx ends.
-func (f *ringFollower) followReconnects(ctx context.Context, nc *nats.Conn, hook func()) {
+func followReconnects(ctx context.Context, nc *nats.Conn, kick chan<- struct{}, hook func()) {
 	ch := nc.StatusChanged(nats.CONNECTED)
 	defer nc.RemoveStatusListener(ch)
 	for {
@@ -220,7 +229,7 @@ func (f *ringFollower) followReconnects(ctx context.Context, nc *nats.Conn, hook
 			return
 		case <-ch:
 			select {
-			case f.kick <- struct{}{}:
+			case kick <- struct{}{}:
 			default:
 			}
 			if hook != nil {

@@ -1,11 +1,14 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,28 +16,31 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/natsroute/natsroute/resourceaware"
+	"github.com/natsroute/natsroute/ring"
 )
 
-// Router serves route.request, route.ring and route.nodes, takes health
-// reports from health.*, and keeps the ring membership in the KV bucket.
-// Start it once; Close it once or more.
+// Router serves route.request, route.ring, route.nodes and route.pools,
+// takes health reports from health.*, and keeps each pool's ring membership
+// in the KV bucket. Start it once; Close it once or more.
 type Router struct {
-	nc       *nats.Conn
-	cfg      Config
-	log      *slog.Logger
-	balancer *resourceaware.Balancer
-	ch       Strategy // ConsistentHash
-	ra       Strategy // ResourceAware
-	started  time.Time
+	nc      *nats.Conn
+	cfg     Config
+	log     *slog.Logger
+	ch      Strategy // ConsistentHash
+	ra      Strategy // ResourceAware
+	started time.Time
 
-	ring *ringFollower // the bucket's ring, which answers
+	poolsMu sync.Mutex              // serializes adding pools; guards closing
+	pools   atomic.Pointer[poolMap] // read without a lock
+	closing bool                    // no pool is added once set
 
-	healthMu sync.Mutex // guards tracker and the balancer's node set
+	healthMu sync.Mutex // guards tracker and every pool's reporters and shed
 	tracker  map[string]*track
 
-	dirty     chan struct{} // wakes the KV writer
-	resyncNow chan struct{} // asks the writer to re-read the bucket
+	kick       chan struct{}   // restarts the bucket watch (after a reconnect)
+	legacy     atomic.Bool     // a router of an earlier release shares the bucket
+	shedPolicy ring.ShedPolicy // load-aware ConsistentHash (BalanceFactor)
+	caughtUp   atomic.Int64    // unix nanos (cfg.Now) when the health queue was last empty
 
 	stats    counters
 	inflight atomic.Int64
@@ -56,26 +62,26 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	if nc == nil {
 		return nil, errors.New("bus: NewRouter needs a NATS connection")
 	}
+	return newRouter(nc, cfg)
+}
+
+// newRouter builds a Router; internal tests give it no connection.
+func newRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	b, err := resourceaware.New(cfg.Balancer)
-	if err != nil {
-		return nil, err
-	}
-	log := cfg.Logger.With("component", "router")
-	f, err := newRingFollower(cfg.VirtualNodes, log)
-	if err != nil {
-		return nil, err
-	}
 	r := &Router{
-		nc: nc, cfg: cfg, log: log, balancer: b, ring: f, tracker: map[string]*track{},
-		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
+		nc: nc, cfg: cfg, log: cfg.Logger.With("component", "router"), tracker: map[string]*track{},
+		kick: make(chan struct{}, 1),
 	}
-	f.onApply = r.syncBalancer
-	f.onReject = func(uint64, error) { r.stats.docRejected.Add(1) }
-	r.ch, r.ra = consistentHash{r}, resourceAware{r, b}
+	def, err := r.newPool(DefaultPool)
+	if err != nil {
+		return nil, err
+	}
+	r.pools.Store(&poolMap{DefaultPool: def})
+	r.shedPolicy = ring.ShedPolicy{Factor: cfg.BalanceFactor}
+	r.ch, r.ra = consistentHash{r}, resourceAware{r}
 	return r, nil
 }
 
@@ -101,12 +107,10 @@ func (r *Router) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.ring.setKV(kv)
-	var d RingDocument
-	var rev uint64
-	if err := retryStartup(ctx, r.log, "load the ring", notInvalid, func(ctx context.Context) (err error) {
-		d, rev, err = r.ring.resync(ctx)
-		return err
+	def := r.pool(DefaultPool)
+	def.ring.setKV(kv)
+	if err := retryStartup(ctx, r.log, "load the rings", notInvalid, func(ctx context.Context) error {
+		return r.loadPools(ctx, kv)
 	}); err != nil {
 		return err
 	}
@@ -118,15 +122,21 @@ func (r *Router) Start(ctx context.Context) error {
 			r.stop()
 		}
 	}()
+	r.caughtUp.Store(r.cfg.Now().UnixNano())
 	if r.healthSub, err = r.nc.Subscribe(SubjectHealthAll, r.onHealth); err != nil {
 		return fmt.Errorf("bus: subscribe %s: %w", SubjectHealthAll, err)
 	}
 	if err := r.healthSub.SetPendingLimits(DefaultHealthPending, 256<<20); err != nil {
 		return fmt.Errorf("bus: pending limits: %w", err)
 	}
-	r.wg.Go(func() { r.ring.followReconnects(r.ctx, r.nc, r.reconnected) })
-	r.wg.Go(func() { r.ring.watch(r.ctx) })
-	r.wg.Go(func() { r.write(r.ctx) })
+	r.wg.Go(func() { followReconnects(r.ctx, r.nc, r.kick, r.reconnected) })
+	r.wg.Go(func() {
+		watchKeys(r.ctx, def.ring.bucket, []string{RingKey, RingKey + ".>"}, def.ring.resync, r.applyEntry, r.kick, r.log)
+	})
+	for _, p := range r.sortedPools() {
+		r.wg.Go(func() { p.write(r.ctx) })
+	}
+	r.wg.Go(func() { r.watchLegacy(r.ctx) })
 	r.svc, err = micro.AddService(r.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     ServiceVersion,
@@ -143,6 +153,7 @@ func (r *Router) Start(ctx context.Context) error {
 		{"route", SubjectRequest, r.handleRoute},
 		{"ring", SubjectRing, r.handleRing},
 		{"nodes", SubjectNodes, r.handleNodes},
+		{"pools", SubjectPools, r.handlePools},
 	} {
 		if err := r.svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.subject)); err != nil {
 			return fmt.Errorf("bus: endpoint %s: %w", ep.subject, err)
@@ -155,17 +166,68 @@ func (r *Router) Start(ctx context.Context) error {
 	}
 	ok = true
 	r.state = 1
-	r.log.Info("router started", "bucket", r.cfg.Bucket, "revision", rev, "members", len(d.Nodes), "queue_group", r.cfg.QueueGroup)
+	v := def.ring.current()
+	r.log.Info("router started", "bucket", r.cfg.Bucket, "revision", v.rev, "members", len(v.doc.Nodes), "pools", len(*r.pools.Load()), "queue_group", r.cfg.QueueGroup)
 	return nil
 }
 
-// reconnected counts a reconnect and has the writer re-read the ring.
+// loadPools reads the ring document of every pool with a key in the bucket,
+// so a restarted router serves every pool at once.
+func (r *Router) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
+	keys, err := kv.ListKeysFiltered(ctx, RingKey, RingKey+".>")
+	if err != nil {
+		return fmt.Errorf("bus: list ring keys: %w", err)
+	}
+	var names []string
+	for k := range keys.Keys() {
+		if name, ok := poolFromKey(k); ok {
+			names = append(names, name)
+		}
+	}
+	if err := ctx.Err(); err != nil { // the listing stopped short
+		return fmt.Errorf("bus: list ring keys: %w", err)
+	}
+	if !slices.Contains(names, DefaultPool) {
+		names = append(names, DefaultPool)
+	}
+	for _, name := range names {
+		p, err := r.ensurePool(name)
+		if err != nil {
+			r.log.Warn("pool in the bucket not served", "pool", name, "err", err)
+			continue
+		}
+		p.ring.setKV(kv)
+		if _, _, err := p.ring.resync(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyEntry hands a watched KV entry to its pool, adding pools that other
+// routers created.
+func (r *Router) applyEntry(e jetstream.KeyValueEntry) {
+	name, ok := poolFromKey(e.Key())
+	if !ok {
+		return
+	}
+	p, err := r.ensurePool(name)
+	if err != nil {
+		r.stats.limitedLog(r.log, rejectTooManyPools, "pool in the bucket not served", "pool", name, "err", err)
+		return
+	}
+	p.ring.applyEntry(e)
+}
+
+// reconnected counts a reconnect and has every writer re-read its ring.
 func (r *Router) reconnected() {
 	r.stats.reconnects.Add(1)
-	r.log.Info("reconnected to NATS; re-reading the ring")
-	select {
-	case r.resyncNow <- struct{}{}:
-	default:
+	r.log.Info("reconnected to NATS; re-reading the rings")
+	for _, p := range *r.pools.Load() {
+		select {
+		case p.resyncNow <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -196,6 +258,9 @@ func (r *Router) stop() error {
 			errs = append(errs, err)
 		}
 	}
+	r.poolsMu.Lock()
+	r.closing = true
+	r.poolsMu.Unlock()
 	if r.cancel != nil {
 		r.cancel()
 	}
@@ -236,6 +301,9 @@ func (r *Router) onHealth(m *nats.Msg) {
 			}
 		}
 	}
+	if n, _, perr := m.Sub.Pending(); perr == nil && n == 0 {
+		r.caughtUp.Store(r.cfg.Now().UnixNano()) // see silenceNow
+	}
 	if err != nil {
 		reason := rejectReason(err)
 		r.stats.rejected[reason].Add(1)
@@ -254,21 +322,20 @@ func (r *Router) handleRoute(req micro.Request) {
 	data := req.Data()
 	enc := DetectEncoding(data, nats.Header(req.Headers()))
 	strategy := "unknown"
+	var p *pool
 	defer func() {
-		if p := recover(); p != nil {
-			r.log.Error("panic answering a request", "panic", p, "stack", string(debug.Stack()))
-			r.respondError(req, enc, fmt.Errorf("%w: %v", ErrInternal, p))
-			r.stats.request(strategy, CodeInternal, time.Since(start), r.cfg)
+		if v := recover(); v != nil {
+			r.log.Error("panic answering a request", "panic", v, "stack", string(debug.Stack()))
+			r.respondError(req, enc, fmt.Errorf("%w: %v", ErrInternal, v))
+			r.stats.request(p, strategy, CodeInternal, time.Since(start), r.cfg)
 		}
 	}()
-	reply, err := r.route(data, enc, &strategy)
+	reply, err := r.route(data, enc, &strategy, &p)
 	code := 200
 	if err == nil {
 		var out []byte
 		if out, err = enc.Marshal(&reply); err == nil {
-			if err = req.Respond(out); err != nil {
-				r.log.Debug("respond failed", "err", err)
-			}
+			err = r.send(req, out, "ask for fewer keys or a smaller count")
 		} else {
 			err = fmt.Errorf("%w: encode reply: %w", ErrInternal, err)
 		}
@@ -277,11 +344,11 @@ func (r *Router) handleRoute(req micro.Request) {
 		code = codeOf(err)
 		r.respondError(req, enc, err)
 	}
-	r.stats.request(strategy, code, time.Since(start), r.cfg)
+	r.stats.request(p, strategy, code, time.Since(start), r.cfg)
 }
 
-// route decodes, validates and answers a request.
-func (r *Router) route(data []byte, enc Encoding, strategy *string) (Reply, error) {
+// route decodes and validates a request, finds its pool and answers it.
+func (r *Router) route(data []byte, enc Encoding, strategy *string, p **pool) (Reply, error) {
 	var q Request
 	if err := enc.Unmarshal(data, &q); err != nil {
 		return Reply{}, badRequest("%v", err)
@@ -291,6 +358,9 @@ func (r *Router) route(data []byte, enc Encoding, strategy *string) (Reply, erro
 		return Reply{}, err
 	}
 	*strategy = s.Name()
+	if *p = r.pool(q.Pool); *p == nil {
+		return Reply{}, noMembers(q.Pool)
+	}
 	return s.Select(r.ctx, q)
 }
 
@@ -329,6 +399,24 @@ func (r *Router) validate(q *Request) (Strategy, error) {
 			return nil, badRequest("keys[%d] is %d bytes; want 1 to %d", i, len(k), lim.MaxKeyBytes)
 		}
 	}
+	if q.Pool != "" {
+		if err := ValidatePoolName(q.Pool); err != nil {
+			return nil, badRequest("%v", err)
+		}
+	}
+	if q.Spread < 0 || q.Spread > lim.MaxCount {
+		return nil, badRequest("spread %d is out of range: want 1 to %d (0 or absent means 1)", q.Spread, lim.MaxCount)
+	}
+	if q.Spread > 1 {
+		switch {
+		case q.Count > 1:
+			return nil, badRequest("spread picks one node among the key's first %d owners; it does not go with count > 1", q.Spread)
+		case q.Keys != nil:
+			return nil, badRequest("spread does not go with keys (a batch)")
+		case q.Key == "" || q.Strategy == StrategyResourceAware:
+			return nil, badRequest("spread needs %s and a key", StrategyConsistentHash)
+		}
+	}
 	switch q.Strategy {
 	case "":
 		if q.Key != "" || q.Keys != nil {
@@ -361,35 +449,150 @@ func (r *Router) respondError(req micro.Request, enc Encoding, err error) {
 
 // RingState is the reply of route.ring.
 type RingState struct {
+	Pool     string       `json:"pool,omitempty" msgpack:"pool,omitempty"` // omitted for the default pool
 	Revision uint64       `json:"revision" msgpack:"revision"`
 	Ring     RingDocument `json:"ring" msgpack:"ring"`
 }
 
+// PoolRequest is the body of route.ring, route.nodes and route.pools
+// (every field optional; an empty body is fine).
+type PoolRequest struct {
+	Pool   string `json:"pool,omitempty" msgpack:"pool,omitempty"`     // default: DefaultPool
+	Offset int    `json:"offset,omitempty" msgpack:"offset,omitempty"` // route.nodes: first node of the page
+	Limit  int    `json:"limit,omitempty" msgpack:"limit,omitempty"`   // route.nodes: page size (default DefaultNodesPage)
+}
+
+// decodePoolRequest decodes a route.ring/nodes/pools body; an empty body
+// means every default.
+func decodePoolRequest(data []byte, enc Encoding) (PoolRequest, error) {
+	var q PoolRequest
+	if len(bytes.TrimSpace(data)) == 0 {
+		return q, nil
+	}
+	if err := enc.Unmarshal(data, &q); err != nil {
+		return q, badRequest("%v", err)
+	}
+	if q.Pool != "" {
+		if err := ValidatePoolName(q.Pool); err != nil {
+			return q, badRequest("%v", err)
+		}
+	}
+	if q.Offset < 0 {
+		return q, badRequest("offset %d is negative", q.Offset)
+	}
+	if q.Limit < 0 || q.Limit > MaxNodesPage {
+		return q, badRequest("limit %d is out of range: want 1 to %d (0 or absent means %d)", q.Limit, MaxNodesPage, DefaultNodesPage)
+	}
+	return q, nil
+}
+
+// Page sizes of route.nodes.
+const (
+	DefaultNodesPage = 1000 // about 230 KB of JSON
+	MaxNodesPage     = 4000 // the server's max_payload still decides: see send
+)
+
 func (r *Router) handleRing(req micro.Request) {
-	v := r.ring.current()
-	r.respond(req, RingState{Revision: v.rev, Ring: v.doc})
+	enc := DetectEncoding(req.Data(), nats.Header(req.Headers()))
+	q, err := decodePoolRequest(req.Data(), enc)
+	if err != nil {
+		r.respondError(req, enc, err)
+		return
+	}
+	p := r.pool(q.Pool)
+	if p == nil {
+		r.respondError(req, enc, noMembers(q.Pool))
+		return
+	}
+	v := p.ring.current()
+	st := RingState{Revision: v.rev, Ring: v.doc}
+	if p.name != DefaultPool {
+		st.Pool = p.name
+	}
+	r.respond(req, enc, &st, fmt.Sprintf("read the document from the KV bucket instead: nats kv get %s %s", r.cfg.Bucket, p.key))
 }
 
 func (r *Router) handleNodes(req micro.Request) {
-	r.respond(req, r.Nodes())
+	enc := DetectEncoding(req.Data(), nats.Header(req.Headers()))
+	q, err := decodePoolRequest(req.Data(), enc)
+	if err != nil {
+		r.respondError(req, enc, err)
+		return
+	}
+	if r.pool(q.Pool) == nil {
+		r.respondError(req, enc, noMembers(q.Pool))
+		return
+	}
+	st := r.NodesPage(q.Pool, q.Offset, q.Limit)
+	r.respond(req, enc, &st, "ask for a smaller page with \"limit\"")
 }
 
-func (r *Router) respond(req micro.Request, v any) {
+func (r *Router) handlePools(req micro.Request) {
 	enc := DetectEncoding(req.Data(), nats.Header(req.Headers()))
+	st := r.Pools()
+	r.respond(req, enc, &st, "")
+}
+
+// respond encodes v in enc and sends it; a reply too large for the
+// connection becomes an error reply that says what to ask instead (hint).
+func (r *Router) respond(req micro.Request, enc Encoding, v any, hint string) {
 	out, err := enc.Marshal(v)
 	if err != nil {
 		r.respondError(req, enc, fmt.Errorf("%w: %w", ErrInternal, err))
 		return
 	}
-	_ = req.Respond(out)
+	if err := r.send(req, out, hint); err != nil {
+		r.respondError(req, enc, err)
+	}
 }
 
-// Revision returns the KV revision of the ring the router answers from.
-func (r *Router) Revision() uint64 { return r.ring.current().rev }
+// send sends a reply, or returns a 400 if it would exceed the connection's
+// max_payload (NATS would drop it, and the caller would only see a
+// timeout). hint tells the caller how to ask instead.
+func (r *Router) send(req micro.Request, out []byte, hint string) error {
+	if limit := r.maxReply(); len(out) > limit {
+		r.stats.oversizeReplies.Add(1)
+		msg := fmt.Sprintf("the reply would be %d bytes, %s %d", len(out), oversizeReply, limit)
+		if hint != "" {
+			msg += "; " + hint
+		}
+		return badRequest("%s", msg)
+	}
+	if err := req.Respond(out); err != nil {
+		r.log.Debug("respond failed", "err", err)
+	}
+	return nil
+}
 
-// Ring returns the ring document the router answers from and its revision.
-func (r *Router) Ring() (RingDocument, uint64) {
-	v := r.ring.current()
+// maxReply is the largest reply body the connection can carry, leaving
+// room for the reply's subject and headers.
+func (r *Router) maxReply() int {
+	if r.nc == nil {
+		return math.MaxInt
+	}
+	return int(r.nc.MaxPayload()) - replyOverhead
+}
+
+// oversizeReply is in the message of every reply refused as too large.
+const oversizeReply = "over what NATS carries (max_payload):"
+
+// replyOverhead leaves room for the headers of a reply.
+const replyOverhead = 1024
+
+// Revision returns the KV revision of the default pool's ring.
+func (r *Router) Revision() uint64 { return r.ring().current().rev }
+
+// Ring returns the default pool's ring document and its revision.
+func (r *Router) Ring() (RingDocument, uint64) { return r.PoolRing(DefaultPool) }
+
+// PoolRing returns a pool's ring document and its revision; an unknown pool
+// has an empty document at revision 0.
+func (r *Router) PoolRing(name string) (RingDocument, uint64) {
+	p := r.pool(name)
+	if p == nil {
+		return newDocument(r.cfg.VirtualNodes), 0
+	}
+	v := p.ring.current()
 	return v.doc, v.rev
 }
 

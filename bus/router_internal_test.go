@@ -47,14 +47,10 @@ func TestPanicBecomes500(t *testing.T) {
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	var codes []int
 	cfg.OnRequest = func(_ string, code int, _ time.Duration) { codes = append(codes, code) }
-	f, err := newRingFollower(150, cfg.Logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.apply(RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "a", Weight: 1}}}, 7)
-	r := &Router{cfg: cfg.withDefaults(), log: cfg.Logger, ctx: context.Background(), ring: f}
+	r := testRouter(t, cfg)
+	r.ring().apply(RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "a", Weight: 1}}}, 7)
+	r.ctx = context.Background()
 	r.ch = panicking{consistentHash{r}}
-	r.ra = resourceAware{r: r}
 
 	req := &fakeRequest{data: []byte(`{"key":"k"}`)}
 	r.handleRoute(req)
@@ -81,14 +77,11 @@ func TestPanicBecomes500(t *testing.T) {
 func TestLeaveDuringJoinWriteWakesWriter(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	f, err := newRingFollower(150, cfg.Logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &Router{cfg: cfg.withDefaults(), log: cfg.Logger, ring: f, tracker: map[string]*track{}, dirty: make(chan struct{}, 1)}
+	r := testRouter(t, cfg)
+	f := r.ring()
 	woke := func() bool {
 		select {
-		case <-r.dirty:
+		case <-r.pool(DefaultPool).dirty:
 			return true
 		default:
 			return false
@@ -114,9 +107,11 @@ func TestLeaveDuringJoinWriteWakesWriter(t *testing.T) {
 	}
 }
 
-// TestNoExpiryWhileBehind: while health reports wait unprocessed, silent
-// members are not expired (the queued reports may be theirs).
-func TestNoExpiryWhileBehind(t *testing.T) {
+// TestExpiryWhileBehind: while health reports wait unprocessed, silence is
+// judged at the last moment the queue was empty (the queued reports may be
+// the silent members'), but for at most maxExpiryHold: sustained load
+// cannot suspend expiry.
+func TestExpiryWhileBehind(t *testing.T) {
 	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
@@ -137,13 +132,15 @@ func TestNoExpiryWhileBehind(t *testing.T) {
 	now := time.Unix(1000, 0)
 	cfg.Now = func() time.Time { return now }
 	cfg.MemberTTL = time.Second
-	f, _ := newRingFollower(150, cfg.Logger)
-	r := &Router{cfg: cfg.withDefaults(), log: cfg.Logger, ring: f, tracker: map[string]*track{}, dirty: make(chan struct{}, 1), started: now}
+	r := testRouter(t, cfg)
+	r.started = now
+	p := r.pool(DefaultPool)
 	if err := r.observe("a", Health{}); err != nil {
 		t.Fatal(err)
 	}
+	r.caughtUp.Store(now.UnixNano()) // the queue was empty when a reported
 	base := RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "a", Weight: 1}}}
-	now = now.Add(2 * time.Second) // a has been silent for twice the TTL
+	p.ring.apply(base, 1)
 
 	release := make(chan struct{})
 	r.healthSub, err = nc.Subscribe("h.*", func(*nats.Msg) { <-release })
@@ -162,12 +159,23 @@ func TestNoExpiryWhileBehind(t *testing.T) {
 			t.Fatal("no report queued")
 		}
 	}
-	if got := r.desired(base); len(got.Nodes) != 1 {
-		t.Fatalf("expired a member while reports were queued: %+v", got.Nodes)
+	for _, c := range []struct {
+		after  time.Duration // since a's report
+		member bool
+	}{
+		{2 * time.Second, true},                        // silent 2 TTLs, but reports are queued since
+		{maxExpiryHold + time.Second, true},            // held back for maxExpiryHold: silent exactly the TTL
+		{maxExpiryHold + 1001*time.Millisecond, false}, // the hold is bounded: a expires under load
+	} {
+		now = time.Unix(1000, 0).Add(c.after)
+		if got := p.desired(base, true); (len(got.Nodes) == 1) != c.member {
+			t.Fatalf("%v after its report, with reports queued: members %+v, want a member: %v", c.after, got.Nodes, c.member)
+		}
+		if p.due() == c.member {
+			t.Fatalf("%v after its report: due() = %v", c.after, p.due())
+		}
 	}
-	if r.sweep(); len(r.tracker) != 1 {
-		t.Fatal("the sweep forgot a node while reports were queued")
-	}
+	now = time.Unix(1000, 0).Add(2 * time.Second)
 	close(release)
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 		if n, _, _ := r.healthSub.Pending(); n == 0 {
@@ -177,10 +185,20 @@ func TestNoExpiryWhileBehind(t *testing.T) {
 			t.Fatal("queue did not drain")
 		}
 	}
-	if got := r.desired(base); len(got.Nodes) != 0 {
+	if got := p.desired(base, true); len(got.Nodes) != 0 {
 		t.Fatalf("once caught up, the silent member must expire: %+v", got.Nodes)
 	}
 	_ = r.healthSub.Unsubscribe()
+}
+
+// testRouter returns a Router with no connection, for tests of its parts.
+func testRouter(t *testing.T, cfg Config) *Router {
+	t.Helper()
+	r, err := newRouter(nil, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 // TestWindowWait pins how the writer sleeps out the rest of a window: waits

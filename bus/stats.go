@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,15 +17,21 @@ const (
 	rejectInvalidID                     // node id not [A-Za-z0-9_-]{1,64}
 	rejectInvalidValue                  // NaN, out of range, unknown status, body/subject id mismatch
 	rejectStaleSeq                      // seq older than the last one seen
+	rejectInvalidPool                   // pools: empty, too many, duplicate or invalid name
+	rejectTooManyPools                  // a new pool past max_pools
 	numRejections
 )
 
-var reasonNames = [numRejections]string{"malformed", "invalid_id", "invalid_value", "stale_seq"}
+var reasonNames = [numRejections]string{"malformed", "invalid_id", "invalid_value", "stale_seq", "invalid_pool", "too_many_pools"}
 
 func rejectReason(err error) rejection {
 	switch {
 	case errors.Is(err, ErrInvalidNodeID):
 		return rejectInvalidID
+	case errors.Is(err, errTooManyPools):
+		return rejectTooManyPools
+	case errors.Is(err, ErrInvalidPool):
+		return rejectInvalidPool
 	case errors.Is(err, errStaleSeq):
 		return rejectStaleSeq
 	case errors.Is(err, errMalformed):
@@ -49,12 +56,16 @@ type counters struct {
 	reconnects  atomic.Uint64
 	requests    [len(strategyNames)][len(codes)]atomic.Uint64
 
+	oversizeReplies atomic.Uint64 // replies refused: over max_payload
+	legacyRouters   atomic.Int64  // 1 while a router of an earlier release shares the bucket
+
 	logMu      sync.Mutex // guards lastLog and suppressed
 	lastLog    [numRejections]time.Time
 	suppressed [numRejections]int
 }
 
-func (c *counters) request(strategy string, code int, took time.Duration, cfg Config) {
+// request counts one answered request, in its pool too if it had one.
+func (c *counters) request(p *pool, strategy string, code int, took time.Duration, cfg Config) {
 	si := len(strategyNames) - 1
 	for i, n := range strategyNames {
 		if n == strategy {
@@ -68,6 +79,9 @@ func (c *counters) request(strategy string, code int, took time.Duration, cfg Co
 		}
 	}
 	c.requests[si][ci].Add(1)
+	if p != nil {
+		p.count(si, ci)
+	}
 	if cfg.OnRequest != nil {
 		cfg.OnRequest(strategyNames[si], codes[ci], took)
 	}
@@ -103,10 +117,30 @@ type Stats struct {
 	KVErrors          uint64            `json:"kv_errors"`
 	DocumentsRejected uint64            `json:"documents_rejected"`
 	Reconnects        uint64            `json:"reconnects"`
-	Members           int               `json:"members"`
-	Eligible          int               `json:"eligible"` // nodes ResourceAware would pick from now
-	Known             int               `json:"known"`    // nodes ResourceAware knows
-	Revision          uint64            `json:"revision"`
+	OversizeReplies   uint64            `json:"oversize_replies"`   // replies refused as over max_payload
+	OversizeDocuments uint64            `json:"oversize_documents"` // ring writes refused as over max_payload
+	LegacyRouters     bool              `json:"legacy_routers"`     // a router of an earlier release shares the bucket
+	// Members, Eligible, Known and Revision are the default pool's.
+	Members  int    `json:"members"`
+	Eligible int    `json:"eligible"` // nodes ResourceAware would pick from now
+	Known    int    `json:"known"`    // nodes ResourceAware knows
+	Revision uint64 `json:"revision"`
+	// Pools has every pool's figures, sorted by name.
+	Pools []PoolStats `json:"pools"`
+}
+
+// PoolStats are one pool's figures.
+type PoolStats struct {
+	Name              string         `json:"name"`
+	Key               string         `json:"key"`
+	Members           int            `json:"members"`
+	Eligible          int            `json:"eligible"`
+	Known             int            `json:"known"`
+	Revision          uint64         `json:"revision"`
+	Format            int            `json:"format"`   // of its ring document
+	Shedding          int            `json:"shedding"` // members that shed keys
+	OversizeDocuments uint64         `json:"oversize_documents"`
+	Requests          []RequestCount `json:"requests"`
 }
 
 // RequestCount counts route.request answers by strategy and code.
@@ -127,6 +161,8 @@ func (r *Router) Stats() Stats {
 		KVErrors:          c.kvErrors.Load(),
 		DocumentsRejected: c.docRejected.Load(),
 		Reconnects:        c.reconnects.Load(),
+		OversizeReplies:   c.oversizeReplies.Load(),
+		LegacyRouters:     c.legacyRouters.Load() != 0,
 	}
 	for i, n := range reasonNames {
 		s.ReportsRejected[n] = c.rejected[i].Load()
@@ -145,15 +181,32 @@ func (r *Router) Stats() Stats {
 		}
 	}
 	r.stateMu.Unlock()
-	v := r.ring.current()
-	s.Members, s.Revision = len(v.doc.Nodes), v.rev
-	for _, n := range r.balancer.Nodes() {
-		s.Known++
-		if n.Eligible {
-			s.Eligible++
+	for _, p := range r.sortedPools() {
+		ps := p.stats()
+		s.OversizeDocuments += ps.OversizeDocuments
+		if p.name == DefaultPool {
+			s.Members, s.Eligible, s.Known, s.Revision = ps.Members, ps.Eligible, ps.Known, ps.Revision
 		}
+		s.Pools = append(s.Pools, ps)
 	}
 	return s
+}
+
+func (p *pool) stats() PoolStats {
+	v := p.ring.current()
+	ps := PoolStats{
+		Name: p.name, Key: p.key, Members: len(v.doc.Nodes), Revision: v.rev, Format: v.doc.Format,
+		Shedding: v.snap.Shedding(), OversizeDocuments: p.oversize.Load(),
+	}
+	ps.Known, ps.Eligible = p.balancer.Counts()
+	for si, sn := range strategyNames {
+		for ci, code := range codes {
+			if n := p.requests[si][ci].Load(); n > 0 {
+				ps.Requests = append(ps.Requests, RequestCount{Strategy: sn, Code: code, Count: n})
+			}
+		}
+	}
+	return ps
 }
 
 // NodeStatus is one node as a router sees it (route.nodes).
@@ -172,20 +225,49 @@ type NodeStatus struct {
 	MemoryUsage float64 `json:"memory_usage" msgpack:"memory_usage"`
 	Connections int64   `json:"active_connections" msgpack:"active_connections"`
 	LatencyMS   float64 `json:"avg_latency_ms" msgpack:"avg_latency_ms"`
+	Shed        float64 `json:"shed,omitempty" msgpack:"shed,omitempty"` // fraction of its keys it sheds (load-aware)
 }
 
-// NodesState is the reply of route.nodes.
+// NodesState is the reply of route.nodes: one page of a pool's nodes.
 type NodesState struct {
+	Pool     string       `json:"pool,omitempty" msgpack:"pool,omitempty"` // omitted for the default pool
 	Revision uint64       `json:"revision" msgpack:"revision"`
+	Total    int          `json:"total" msgpack:"total"`                   // nodes in the pool, all pages
+	Offset   int          `json:"offset" msgpack:"offset"`                 // of the first node of this page
+	Next     int          `json:"next,omitempty" msgpack:"next,omitempty"` // offset of the next page; absent on the last
 	Nodes    []NodeStatus `json:"nodes" msgpack:"nodes"`
 }
 
-// Nodes returns every node the router knows: ring members and nodes that
-// report, sorted by id.
-func (r *Router) Nodes() NodesState {
-	v := r.ring.current()
-	out := NodesState{Revision: v.rev, Nodes: []NodeStatus{}}
-	for _, n := range r.balancer.Nodes() {
+// Nodes returns every node of the default pool: ring members and nodes
+// that report, sorted by id.
+func (r *Router) Nodes() NodesState { return r.NodesPage(DefaultPool, 0, math.MaxInt) }
+
+// NodesPage returns up to limit nodes of a pool (0 means DefaultNodesPage)
+// from offset on, sorted by id, with the total and the next offset.
+func (r *Router) NodesPage(pool string, offset, limit int) NodesState {
+	if limit <= 0 {
+		limit = DefaultNodesPage
+	}
+	out := NodesState{Nodes: []NodeStatus{}, Offset: offset}
+	p := r.pool(pool)
+	if p == nil {
+		return out
+	}
+	if p.name != DefaultPool {
+		out.Pool = p.name
+	}
+	v := p.ring.current()
+	all := p.balancer.Nodes()
+	out.Revision, out.Total = v.rev, len(all)
+	if offset >= len(all) {
+		return out
+	}
+	end := len(all)
+	if limit < end-offset {
+		end = offset + limit
+		out.Next = end
+	}
+	for _, n := range all[offset:end] {
 		m, member := v.doc.node(n.ID)
 		st := NodeStatus{
 			ID: n.ID, Member: member, Status: n.Status, Weight: n.Weight,
@@ -194,6 +276,7 @@ func (r *Router) Nodes() NodesState {
 			CPUUsage: n.Report.CPUUsage, MemoryUsage: n.Report.MemoryUsage,
 			Connections: n.Report.ActiveConnections,
 			LatencyMS:   float64(n.Report.AvgLatency) / float64(time.Millisecond),
+			Shed:        m.Shed,
 		}
 		if member && !n.HasReport {
 			st.Weight = m.Weight
@@ -205,6 +288,32 @@ func (r *Router) Nodes() NodesState {
 			st.ReportAgeMS = n.Age.Milliseconds()
 		}
 		out.Nodes = append(out.Nodes, st)
+	}
+	return out
+}
+
+// PoolsState is the reply of route.pools.
+type PoolsState struct {
+	Pools []PoolInfo `json:"pools" msgpack:"pools"`
+}
+
+// PoolInfo is one pool as route.pools lists it.
+type PoolInfo struct {
+	Name     string `json:"name" msgpack:"name"`
+	Key      string `json:"key" msgpack:"key"` // KV key of its ring document
+	Members  int    `json:"members" msgpack:"members"`
+	Known    int    `json:"known" msgpack:"known"` // members and nodes that report for it
+	Revision uint64 `json:"revision" msgpack:"revision"`
+	Format   int    `json:"format" msgpack:"format"`
+}
+
+// Pools lists the pools this router serves, sorted by name.
+func (r *Router) Pools() PoolsState {
+	out := PoolsState{Pools: []PoolInfo{}}
+	for _, p := range r.sortedPools() {
+		v := p.ring.current()
+		known, _ := p.balancer.Counts()
+		out.Pools = append(out.Pools, PoolInfo{Name: p.name, Key: p.key, Members: len(v.doc.Nodes), Known: known, Revision: v.rev, Format: v.doc.Format})
 	}
 	return out
 }

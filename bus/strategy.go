@@ -23,8 +23,9 @@ type Strategy interface {
 	Report(node string, h Health) error
 }
 
-// consistentHash answers from the ring the router last saw in the bucket.
-// Its Report feeds the membership that the router writes to the bucket.
+// consistentHash answers from the ring the router last saw in the bucket
+// for the request's pool. Its Report feeds the membership that the router
+// writes to the bucket.
 type consistentHash struct{ r *Router }
 
 func (consistentHash) Name() string { return StrategyConsistentHash }
@@ -32,7 +33,11 @@ func (consistentHash) Name() string { return StrategyConsistentHash }
 func (c consistentHash) Report(node string, h Health) error { return c.r.observe(node, h) }
 
 func (c consistentHash) Select(ctx context.Context, q Request) (Reply, error) {
-	v := c.r.ring.current()
+	p := c.r.pool(q.Pool)
+	if p == nil {
+		return Reply{}, noMembers(q.Pool)
+	}
+	v := p.ring.current()
 	reply := Reply{Strategy: StrategyConsistentHash, Revision: v.rev}
 	if q.Keys != nil {
 		reply.Results = make([]Result, len(q.Keys))
@@ -43,7 +48,7 @@ func (c consistentHash) Select(ctx context.Context, q Request) (Reply, error) {
 			}
 			start := len(buf)
 			var err error
-			if buf, err = lookup(v.snap, buf, k, q); err != nil {
+			if buf, err = lookup(v.snap, buf, k, q.Count, q); err != nil {
 				return Reply{}, err
 			}
 			reply.Results[i] = Result{Key: k, Node: buf[start]}
@@ -53,43 +58,62 @@ func (c consistentHash) Select(ctx context.Context, q Request) (Reply, error) {
 		}
 		return reply, nil
 	}
-	nodes, err := lookup(v.snap, make([]string, 0, q.Count), q.Key, q)
+	n := max(q.Count, q.Spread)
+	nodes, err := lookup(v.snap, make([]string, 0, n), q.Key, n, q)
 	if err != nil {
 		return Reply{}, err
 	}
 	reply.Node = nodes[0]
-	if q.Count > 1 {
+	if q.Spread > 1 {
+		// A hot key: ResourceAware's pick among its first owners.
+		if reply.Node, err = p.balancer.Select(nodes); err != nil {
+			return Reply{}, fmt.Errorf("%w: %w", ErrInternal, err)
+		}
+	}
+	if n > 1 {
 		reply.Nodes = nodes
 	}
 	if q.Explain {
-		e := &Explanation{KeyHash: fmt.Sprintf("%016x", v.snap.KeyHash(q.Key))}
-		v.snap.Walk(q.Key, func(m ring.Member) bool {
-			if m.ID == nodes[0] {
-				return false
-			}
-			if m.Draining && (q.Candidates == nil || slices.Contains(q.Candidates, m.ID)) {
-				e.Skipped = append(e.Skipped, m.ID)
-			}
-			return true
-		})
-		reply.Explanation = e
+		reply.Explanation = explainKey(v.snap, q, nodes[0])
 	}
 	return reply, nil
 }
 
-// lookup appends the nodes for key to dst.
-func lookup(s *ring.Snapshot, dst []string, key string, q Request) ([]string, error) {
+// explainKey says what the walk from key passed over before owner: draining
+// members and members that shed the key.
+func explainKey(s *ring.Snapshot, q Request, owner string) *Explanation {
+	e := &Explanation{KeyHash: fmt.Sprintf("%016x", s.KeyHash(q.Key))}
+	s.Walk(q.Key, func(m ring.Member) bool {
+		if m.ID == owner {
+			return false
+		}
+		if q.Candidates != nil && !slices.Contains(q.Candidates, m.ID) {
+			return true
+		}
+		switch {
+		case m.Draining:
+			e.Skipped = append(e.Skipped, m.ID)
+		case m.Shed > 0 && ring.Sheds(q.Key, m.ID, m.Shed):
+			e.Shed = append(e.Shed, ShedNote{ID: m.ID, Fraction: m.Shed})
+		}
+		return true
+	})
+	return e
+}
+
+// lookup appends the first n nodes for key to dst.
+func lookup(s *ring.Snapshot, dst []string, key string, n int, q Request) ([]string, error) {
 	var err error
 	if q.Candidates != nil {
-		dst, err = s.AppendFrom(dst, key, q.Candidates, q.Count)
+		dst, err = s.AppendFrom(dst, key, q.Candidates, n)
 	} else {
-		dst, err = s.AppendN(dst, key, q.Count)
+		dst, err = s.AppendN(dst, key, n)
 	}
 	if errors.Is(err, ring.ErrEmpty) {
 		if q.Candidates != nil {
 			return dst, fmt.Errorf("%w: no candidate node is usable", ErrNoNodes)
 		}
-		return dst, fmt.Errorf("%w: the ring has no members", ErrNoNodes)
+		return dst, noMembers(q.Pool)
 	}
 	if err != nil {
 		return dst, fmt.Errorf("%w: %w", ErrInternal, err)
@@ -97,21 +121,39 @@ func lookup(s *ring.Snapshot, dst []string, key string, q Request) ([]string, er
 	return dst, nil
 }
 
-// resourceAware picks by health among the ring's members and the nodes
-// that report.
-type resourceAware struct {
-	r *Router
-	b *resourceaware.Balancer
-}
+// resourceAware picks by health among a pool's ring members and the nodes
+// that report for it.
+type resourceAware struct{ r *Router }
 
 func (resourceAware) Name() string { return StrategyResourceAware }
 
+// Report gives the report to the balancer of every pool the node reports
+// for (observe, which runs first, has made sure they exist).
 func (s resourceAware) Report(node string, h Health) error {
-	if h.Status == StatusLeaving {
-		s.b.Forget(node)
-		return nil
+	for _, name := range poolsOf(h) {
+		p := s.r.pool(name)
+		if p == nil {
+			continue
+		}
+		if h.Status == StatusLeaving {
+			p.balancer.Forget(node)
+			continue
+		}
+		if err := p.balancer.Report(node, h.report()); err != nil {
+			return err
+		}
 	}
-	return s.b.Report(node, h.report())
+	if h.Status == StatusLeaving { // it leaves every pool it was in
+		s.r.healthMu.Lock()
+		pools := slices.Clone(s.r.tracker[node].pools)
+		s.r.healthMu.Unlock()
+		for _, name := range pools {
+			if p := s.r.pool(name); p != nil {
+				p.balancer.Forget(node)
+			}
+		}
+	}
+	return nil
 }
 
 func (s resourceAware) Select(ctx context.Context, q Request) (Reply, error) {
@@ -121,17 +163,25 @@ func (s resourceAware) Select(ctx context.Context, q Request) (Reply, error) {
 	if err := ctx.Err(); err != nil {
 		return Reply{}, fmt.Errorf("%w: %w", ErrInternal, err)
 	}
-	reply := Reply{Strategy: StrategyResourceAware, Revision: s.r.ring.current().rev}
+	p := s.r.pool(q.Pool)
+	if p == nil {
+		return Reply{}, noMembers(q.Pool)
+	}
+	b := p.balancer
+	reply := Reply{Strategy: StrategyResourceAware, Revision: p.ring.current().rev}
 	var err error
 	if q.Count == 1 {
-		reply.Node, err = s.b.Select(q.Candidates)
+		reply.Node, err = b.Select(q.Candidates)
 	} else {
-		reply.Nodes, err = s.b.SelectN(q.Candidates, q.Count)
+		reply.Nodes, err = b.SelectN(q.Candidates, q.Count)
 		if err == nil {
 			reply.Node = reply.Nodes[0]
 		}
 	}
 	if errors.Is(err, resourceaware.ErrNoNodes) {
+		if p.name != DefaultPool && q.Candidates == nil {
+			return Reply{}, noMembers(p.name)
+		}
 		return Reply{}, fmt.Errorf("%w: no node has reported or joined the ring", ErrNoNodes)
 	}
 	if err != nil {
@@ -139,7 +189,7 @@ func (s resourceAware) Select(ctx context.Context, q Request) (Reply, error) {
 	}
 	if q.Explain {
 		e := &Explanation{}
-		for _, n := range s.b.Nodes() {
+		for _, n := range b.Nodes() {
 			if q.Candidates == nil || slices.Contains(q.Candidates, n.ID) {
 				e.Nodes = append(e.Nodes, NodeScore{ID: n.ID, Score: n.Score, Eligible: n.Eligible, Reason: n.Reason})
 			}

@@ -14,12 +14,16 @@ const (
 	HealthPrefix     = "health."  // nodes publish health on HealthPrefix + node id
 	SubjectHealthAll = "health.*" // what routers subscribe to
 
+	SubjectPools = "route.pools" // request/reply: the pools a router serves
+
 	DefaultBucket     = "natsroute" // JetStream KV bucket holding the ring
-	RingKey           = "ring"      // the key of the ring document in the bucket
+	RingKey           = "ring"      // the key of the default pool's ring document
+	DefaultPool       = "default"   // the pool of reports and requests that name none
+	MaxPoolsPerReport = 16          // most pools one health report may list
 	DefaultQueueGroup = "natsroute" // queue group shared by router replicas
 
 	ServiceName    = "natsroute" // NATS micro service name
-	ServiceVersion = "0.1.0"     // NATS micro service version
+	ServiceVersion = "0.2.0"     // NATS micro service version (0.2.0: pools, format 2)
 
 	// Strategy names.
 	StrategyConsistentHash = "ConsistentHash"
@@ -40,13 +44,70 @@ func HealthSubject(node string) string { return HealthPrefix + node }
 // ValidateNodeID checks that id is 1 to 64 characters of [A-Za-z0-9_-]: a
 // single subject token without wildcards, dots or spaces.
 func ValidateNodeID(id string) error {
-	if id == "" || len(id) > MaxNodeIDLength {
-		return fmt.Errorf("%w: node id %q must be 1 to %d characters of [A-Za-z0-9_-]", ErrInvalidNodeID, clip(id), MaxNodeIDLength)
+	if err := validToken(id); err != "" {
+		return fmt.Errorf("%w: node id %q %s", ErrInvalidNodeID, clip(id), err)
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
+	return nil
+}
+
+// validToken says what is wrong with a node id or pool name, or "".
+func validToken(s string) string {
+	if s == "" || len(s) > MaxNodeIDLength {
+		return fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", MaxNodeIDLength)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return fmt.Errorf("%w: node id %q has %q; only [A-Za-z0-9_-] is allowed", ErrInvalidNodeID, clip(id), rune(c))
+			return fmt.Sprintf("has %q; only [A-Za-z0-9_-] is allowed", rune(c))
+		}
+	}
+	return ""
+}
+
+// ValidatePoolName checks a pool name: like a node id, 1 to 64 characters
+// of [A-Za-z0-9_-].
+func ValidatePoolName(name string) error {
+	if err := validToken(name); err != "" {
+		return fmt.Errorf("%w: pool name %q %s", ErrInvalidPool, clip(name), err)
+	}
+	return nil
+}
+
+// PoolKey returns the KV key of a pool's ring document: "ring" for the
+// default pool, "ring.<pool>" for the others.
+func PoolKey(pool string) string {
+	if pool == DefaultPool || pool == "" {
+		return RingKey
+	}
+	return RingKey + "." + pool
+}
+
+// poolFromKey returns the pool whose ring document a KV key holds.
+func poolFromKey(key string) (string, bool) {
+	if key == RingKey {
+		return DefaultPool, true
+	}
+	p, ok := strings.CutPrefix(key, RingKey+".")
+	if !ok || ValidatePoolName(p) != nil {
+		return "", false
+	}
+	return p, true
+}
+
+// validatePools checks a report's pool list: 1 to MaxPoolsPerReport
+// distinct valid names.
+func validatePools(pools []string) error {
+	if len(pools) == 0 || len(pools) > MaxPoolsPerReport {
+		return fmt.Errorf("%w: pools lists %d names; want 1 to %d (omit it for [%q])", ErrInvalidPool, len(pools), MaxPoolsPerReport, DefaultPool)
+	}
+	for i, p := range pools {
+		if err := ValidatePoolName(p); err != nil {
+			return err
+		}
+		for _, q := range pools[:i] {
+			if p == q {
+				return fmt.Errorf("%w: pool %q is listed twice", ErrInvalidPool, p)
+			}
 		}
 	}
 	return nil

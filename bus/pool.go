@@ -1,0 +1,156 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/natsroute/natsroute/resourceaware"
+)
+
+// pool is one service's routing state: the ring of its KV key, its
+// ResourceAware view, the nodes that report for it and the writer that
+// keeps its document. Every pool is alike, the default one included, so a
+// new pool adds state, not code paths.
+type pool struct {
+	name     string
+	key      string // KV key of its ring document
+	r        *Router
+	ring     *ringFollower
+	balancer *resourceaware.Balancer
+
+	dirty     chan struct{} // wakes the writer
+	resyncNow chan struct{} // asks the writer to re-read the key
+
+	// Guarded by r.healthMu.
+	reporters map[string]*track    // nodes whose last report lists this pool
+	shed      map[string]float64   // shed fractions the load policy wants
+	shedAt    map[string]time.Time // when each member's shed last changed
+
+	requests        [len(strategyNames)][len(codes)]atomic.Uint64
+	oversize        atomic.Uint64 // ring writes refused: the document is over max_payload
+	lastOversizeLog atomic.Int64  // unix nanos
+}
+
+// poolMap is the router's pools by name; readers load it without a lock
+// and writers replace it whole (pools are added rarely).
+type poolMap map[string]*pool
+
+var errTooManyPools = errors.New("too many pools")
+
+func (r *Router) newPool(name string) (*pool, error) {
+	b, err := resourceaware.New(r.cfg.Balancer)
+	if err != nil {
+		return nil, err
+	}
+	log := r.log
+	if name != DefaultPool {
+		log = log.With("pool", name)
+	}
+	f, err := newRingFollower(r.cfg.VirtualNodes, PoolKey(name), log)
+	if err != nil {
+		return nil, err
+	}
+	p := &pool{
+		name: name, key: PoolKey(name), r: r, ring: f, balancer: b,
+		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
+		reporters: map[string]*track{}, shed: map[string]float64{}, shedAt: map[string]time.Time{},
+	}
+	f.onApply = p.syncBalancer
+	f.onReject = func(uint64, error) { r.stats.docRejected.Add(1) }
+	return p, nil
+}
+
+// pool returns the pool called name, or nil if this router has none.
+func (r *Router) pool(name string) *pool {
+	if name == "" {
+		name = DefaultPool
+	}
+	return (*r.pools.Load())[name]
+}
+
+// ensurePool returns the pool called name, adding it if it is new; see
+// ensurePools.
+func (r *Router) ensurePool(name string) (*pool, error) {
+	ps, err := r.ensurePools([]string{name})
+	if err != nil {
+		return nil, err
+	}
+	return ps[0], nil
+}
+
+// ensurePools returns the pools with these names, adding the new ones (and
+// starting their writers, if the router runs). It adds all or none: past
+// MaxPools, or once the router is closing, it adds nothing.
+func (r *Router) ensurePools(names []string) ([]*pool, error) {
+	out := make([]*pool, 0, len(names))
+	for _, name := range names {
+		if p := r.pool(name); p != nil {
+			out = append(out, p)
+		}
+	}
+	if len(out) == len(names) {
+		return out, nil
+	}
+	r.poolsMu.Lock()
+	defer r.poolsMu.Unlock()
+	cur := *r.pools.Load()
+	var missing []string
+	for _, name := range names {
+		if cur[name] == nil {
+			missing = append(missing, name)
+		}
+	}
+	if r.closing {
+		return nil, ErrClosed
+	}
+	if n := len(cur) + len(missing); n > r.cfg.MaxPools {
+		return nil, fmt.Errorf("%w: %w: pools %q would make %d pools; the limit is %d (max_pools)", ErrInvalidReport, errTooManyPools, missing, n, r.cfg.MaxPools)
+	}
+	next := maps.Clone(cur)
+	for _, name := range missing {
+		p, err := r.newPool(name)
+		if err != nil {
+			return nil, err
+		}
+		if r.ctx != nil { // started: follow the bucket and write
+			p.ring.setKV(r.ring().bucket())
+			r.wg.Go(func() { p.write(r.ctx) })
+		}
+		next[name] = p
+		r.log.Info("pool added", "pool", name, "pools", len(next))
+	}
+	r.pools.Store(&next)
+	out = out[:0]
+	for _, name := range names {
+		out = append(out, next[name])
+	}
+	return out, nil
+}
+
+// ring returns the default pool's follower, which also holds the bucket.
+func (r *Router) ring() *ringFollower { return r.pool(DefaultPool).ring }
+
+// sortedPools returns the pools sorted by name.
+func (r *Router) sortedPools() []*pool {
+	m := *r.pools.Load()
+	out := make([]*pool, 0, len(m))
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[name])
+	}
+	return out
+}
+
+// noMembers is the 503 of a pool with nothing to route to.
+func noMembers(pool string) error {
+	if pool == DefaultPool || pool == "" {
+		return fmt.Errorf("%w: the ring has no members", ErrNoNodes)
+	}
+	return fmt.Errorf("%w: pool %s has no members", ErrNoNodes, pool)
+}
+
+// count records one answered request in the pool's counters.
+func (p *pool) count(si, ci int) { p.requests[si][ci].Add(1) }
