@@ -62,10 +62,12 @@ func splitList(s string) []string {
 
 // selectCmd: router select --key K [--strategy S] [--count N] [--candidates a,b] [--json]
 func selectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var key, keys, strategy, candidates string
-	var count int
+	var key, keys, strategy, candidates, pool string
+	var count, spread int
 	var asJSON, explain bool
 	nc, conn, code := clientCommand("select", args, stderr, func(fs *flagSet) {
+		fs.StringVar(&pool, "pool", "", "pool to route in (default: the default pool)")
+		fs.IntVar(&spread, "spread", 0, "hot key: pick by health among the key's first N owners (ConsistentHash)")
 		fs.StringVar(&key, "key", "", "routing key (ConsistentHash)")
 		fs.StringVar(&keys, "keys", "", "comma-separated keys: one answer each (ConsistentHash)")
 		fs.StringVar(&strategy, "strategy", "", "ConsistentHash or ResourceAware (default: ConsistentHash with a key, else ResourceAware)")
@@ -85,7 +87,7 @@ func selectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	reply, err := client.Select(ctx, bus.Request{
 		Strategy: strategy, Key: key, Keys: splitList(keys), Count: count,
-		Candidates: splitList(candidates), Explain: explain,
+		Candidates: splitList(candidates), Explain: explain, Pool: pool, Spread: spread,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "router:", err)
@@ -107,6 +109,8 @@ func selectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			}
 			fmt.Fprintf(stdout, "%s\t%s\n", r.Key, strings.Join(nodes, ","))
 		}
+	case spread > 1:
+		fmt.Fprintf(stdout, "%s\t(of %s)\n", reply.Node, strings.Join(reply.Nodes, ","))
 	case len(reply.Nodes) > 0:
 		fmt.Fprintln(stdout, strings.Join(reply.Nodes, ","))
 	default:
@@ -118,7 +122,7 @@ func selectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 // reportCmd publishes a node's health once, or every --interval with this
 // machine's real CPU and memory usage until a signal (then "leaving").
 func reportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var node, status string
+	var node, status, pools string
 	var cpu, memory, weight float64
 	var conns int64
 	var latency, interval time.Duration
@@ -131,6 +135,7 @@ func reportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fs.DurationVar(&latency, "latency", 0, "average latency, e.g. 3ms (once)")
 		fs.Float64Var(&weight, "weight", 0, "ring weight and selection multiplier (default 1)")
 		fs.StringVar(&status, "status", "", "up, draining or leaving")
+		fs.StringVar(&pools, "pool", "", "comma-separated pools the node serves (default: the default pool)")
 		fs.DurationVar(&interval, "interval", 0, "report this machine's real metrics every interval until stopped")
 		fs.BoolVar(&asJSON, "json", false, "send JSON instead of msgpack")
 	})
@@ -151,6 +156,9 @@ func reportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if weight != 0 {
 			opts = append(opts, bus.WithWeight(weight))
 		}
+		if ps := splitList(pools); ps != nil {
+			opts = append(opts, bus.WithPools(ps...))
+		}
 		rep, err := bus.NewReporter(nc, node, bus.SystemHealth(nil), interval, opts...)
 		if err != nil {
 			fmt.Fprintln(stderr, "router:", err)
@@ -170,7 +178,7 @@ func reportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	data, err := bus.EncodeHealth(node, bus.Health{
 		CPUUsage: cpu, MemoryUsage: memory, ActiveConnections: conns, AvgLatency: latency,
-		Weight: weight, Status: status, Seq: uint64(time.Now().UnixNano()),
+		Weight: weight, Status: status, Seq: uint64(time.Now().UnixNano()), Pools: splitList(pools),
 	}, enc)
 	if err != nil {
 		fmt.Fprintln(stderr, "router:", err)
@@ -188,45 +196,88 @@ func reportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return 0
 }
 
-// statusCmd prints the nodes and the ring as routers see them.
+// statusCmd prints the pools, then one pool's nodes and ring as routers
+// see them (paging through route.nodes).
 func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
+	var pool string
 	nc, conn, code := clientCommand("status", args, stderr, func(fs *flagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print JSON")
+		fs.StringVar(&pool, "pool", "", "show this pool (default: list the pools, then show the default pool)")
 	})
 	if nc == nil {
 		return code
 	}
 	defer nc.Close()
-	var nodes bus.NodesState
-	var rs bus.RingState
-	for _, q := range []struct {
-		subject string
-		into    any
-	}{{bus.SubjectNodes, &nodes}, {bus.SubjectRing, &rs}} {
-		m, err := nc.Request(q.subject, nil, conn.timeout)
-		if err != nil {
-			fmt.Fprintf(stderr, "router: %s: %v (is a router running?)\n", q.subject, err)
-			return 1
+	client, err := bus.NewClient(nc, bus.WithTimeout(conn.timeout))
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 2
+	}
+	fail := func(what string, err error) int {
+		if errors.Is(err, bus.ErrNoRouter) || errors.Is(err, bus.ErrTimeout) {
+			fmt.Fprintf(stderr, "router: %s: %v (is a router running?)\n", what, err)
+		} else {
+			fmt.Fprintf(stderr, "router: %s: %v\n", what, err)
 		}
-		if err := json.Unmarshal(m.Data, q.into); err != nil {
-			fmt.Fprintf(stderr, "router: %s: %v\n", q.subject, err)
-			return 1
+		if errors.Is(err, bus.ErrBadRequest) {
+			return 2
 		}
+		return 1
+	}
+	var pools []bus.PoolInfo
+	if pool == "" {
+		if pools, err = client.Pools(ctx); err != nil {
+			return fail(bus.SubjectPools, err)
+		}
+	}
+	nodes, err := client.Nodes(ctx, pool)
+	if err != nil {
+		return fail(bus.SubjectNodes, err)
+	}
+	rs, ringErr := client.Ring(ctx, pool)
+	if ringErr != nil && !errors.Is(ringErr, bus.ErrBadRequest) {
+		return fail(bus.SubjectRing, ringErr)
 	}
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(map[string]any{"nodes": nodes.Nodes, "ring": rs.Ring, "revision": rs.Revision})
+		out := map[string]any{"nodes": nodes.Nodes, "ring": rs.Ring, "revision": rs.Revision}
+		if pools != nil {
+			out["pools"] = pools
+		}
+		if ringErr != nil {
+			out["ring_error"] = ringErr.Error()
+		}
+		_ = enc.Encode(out)
 		return 0
 	}
+	if len(pools) > 1 || (len(pools) == 1 && pools[0].Name != bus.DefaultPool) {
+		printPools(stdout, pools)
+	}
 	printStatus(stdout, nodes, rs)
+	if ringErr != nil {
+		fmt.Fprintf(stdout, "\nring: %v\n", ringErr)
+	}
 	return 0
+}
+
+func printPools(w io.Writer, pools []bus.PoolInfo) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "POOL\tMEMBERS\tKNOWN\tREVISION\tFORMAT\tKV KEY")
+	for _, p := range pools {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", p.Name, p.Members, p.Known, p.Revision, p.Format, p.Key)
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
 }
 
 func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tMEMBER\tSTATUS\tWEIGHT\tREPORT AGE\tSCORE\tELIGIBLE\tCPU%\tMEM%\tCONNS\tLATENCY")
+	if nodes.Pool != "" {
+		fmt.Fprintf(w, "pool %s: %d nodes\n", nodes.Pool, nodes.Total)
+	}
+	fmt.Fprintln(tw, "NODE\tMEMBER\tSTATUS\tWEIGHT\tREPORT AGE\tSCORE\tELIGIBLE\tCPU%\tMEM%\tCONNS\tLATENCY\tSHED")
 	for _, n := range nodes.Nodes {
 		age := "never"
 		if n.ReportAgeMS >= 0 {
@@ -239,7 +290,7 @@ func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 		if !n.Eligible {
 			elig = "no: " + n.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.3f\t%s\t%.1f\t%.1f\t%d\t%.1fms\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS)
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.3f\t%s\t%.1f\t%.1f\t%d\t%.1fms\t%s\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS, shedLabel(n.Shed))
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "\nring: revision %d, %d members, vnodes %d\n", rs.Revision, len(rs.Ring.Nodes), rs.Ring.VNodes)
@@ -251,15 +302,23 @@ func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 		shares = rg.Snapshot().Shares()
 	}
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tWEIGHT\tSTATUS\tKEY SHARE")
+	fmt.Fprintln(tw, "MEMBER\tWEIGHT\tSTATUS\tKEY SHARE\tSHED")
 	for _, n := range rs.Ring.Nodes {
 		st := n.Status
 		if st == "" {
 			st = "up"
 		}
-		fmt.Fprintf(tw, "%s\t%g\t%s\t%.1f%%\n", n.ID, n.Weight, st, 100*shares[n.ID])
+		fmt.Fprintf(tw, "%s\t%g\t%s\t%.1f%%\t%s\n", n.ID, n.Weight, st, 100*shares[n.ID], shedLabel(n.Shed))
 	}
 	_ = tw.Flush()
+}
+
+// shedLabel shows a member's shed fraction, or "-".
+func shedLabel(f float64) string {
+	if f == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f%%", 100*f)
 }
 
 func yesNo(b bool) string {
@@ -271,10 +330,11 @@ func yesNo(b bool) string {
 
 // watchCmd prints each ring change as it happens, until a signal.
 func watchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var bucket string
+	var bucket, pool string
 	nc, _, code := clientCommand("watch", args, stderr, func(fs *flagSet) {
 		fs.StringVar(&bucket, "bucket", bus.DefaultBucket, "KV bucket of the ring")
 		fs.env("bucket", "NATSROUTE_BUCKET", "")
+		fs.StringVar(&pool, "pool", "", "watch this pool's ring (default: the default pool)")
 	})
 	if nc == nil {
 		return code
@@ -285,14 +345,18 @@ func watchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "router:", err)
 		return 1
 	}
-	cache, err := bus.WatchRing(ctx, js, bucket, bus.WithRingCacheLogger(slog.New(slog.NewTextHandler(stderr, nil))))
+	opts := []bus.RingCacheOption{bus.WithRingCacheLogger(slog.New(slog.NewTextHandler(stderr, nil)))}
+	if pool != "" {
+		opts = append(opts, bus.WithPool(pool))
+	}
+	cache, err := bus.WatchRing(ctx, js, bucket, opts...)
 	if err != nil {
 		fmt.Fprintln(stderr, "router:", err)
 		return 1
 	}
 	defer cache.Close()
 	prev := map[string]bus.RingNode{}
-	fmt.Fprintf(stdout, "watching %s/%s (Ctrl-C stops)\n", bucket, bus.RingKey)
+	fmt.Fprintf(stdout, "watching %s/%s (Ctrl-C stops)\n", bucket, bus.PoolKey(pool))
 	for printed := false; ; printed = true {
 		doc, rev := cache.Ring()
 		if rev > 0 || printed {
@@ -348,6 +412,9 @@ func label(n bus.RingNode) string {
 	}
 	if n.Status != "" {
 		s += "(" + n.Status + ")"
+	}
+	if n.Shed != 0 {
+		s += fmt.Sprintf("[shed %.1f%%]", 100*n.Shed)
 	}
 	return s
 }

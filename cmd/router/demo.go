@@ -19,6 +19,7 @@ import (
 // simNode is a simulated node whose load the demo script changes.
 type simNode struct {
 	id       string
+	pools    []string   // nil: the default pool
 	mu       sync.Mutex // guards cpu and the reporter's use of it
 	cpu      float64
 	reporter *bus.Reporter
@@ -77,6 +78,8 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg := bus.DefaultConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg.Balancer.Staleness = 2 * time.Second
+	cfg.BalanceFactor = 1.25 // load-aware ConsistentHash: an overloaded node sheds keys
+	cfg.ShedInterval = 300 * time.Millisecond
 	router, err := bus.NewRouter(nc, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "router demo:", err)
@@ -91,9 +94,17 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer router.Close()
 
-	nodes := []*simNode{{id: "node-a", cpu: 20}, {id: "node-b", cpu: 45}, {id: "node-c", cpu: 35}, {id: "node-d", cpu: 60}, {id: "node-e", cpu: 30}}
+	nodes := []*simNode{
+		{id: "node-a", cpu: 20}, {id: "node-b", cpu: 45, pools: []string{bus.DefaultPool, "search"}},
+		{id: "node-c", cpu: 35}, {id: "node-d", cpu: 60}, {id: "node-e", cpu: 30},
+		{id: "search-1", cpu: 25, pools: []string{"search"}}, {id: "search-2", cpu: 50, pools: []string{"search"}},
+	}
 	for _, n := range nodes {
-		if n.reporter, err = bus.NewReporter(nc, n.id, bus.HealthFunc(n.health), 200*time.Millisecond); err != nil {
+		var opts []bus.ReporterOption
+		if n.pools != nil {
+			opts = append(opts, bus.WithPools(n.pools...))
+		}
+		if n.reporter, err = bus.NewReporter(nc, n.id, bus.HealthFunc(n.health), 200*time.Millisecond, opts...); err != nil {
 			fmt.Fprintln(stderr, "router demo:", err)
 			return 1
 		}
@@ -109,15 +120,17 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 
-	fmt.Fprintf(stdout, "natsroute demo: embedded NATS at %s, a router, five simulated nodes.\n", ns.ClientURL())
-	fmt.Fprintln(stdout, "Every second: 1,000 keys through ConsistentHash and 1,000 picks through ResourceAware.")
+	fmt.Fprintf(stdout, "natsroute demo: embedded NATS at %s, a router, seven simulated nodes in two pools:\n", ns.ClientURL())
+	fmt.Fprintln(stdout, "pool default has node-a..node-e; pool search has search-1, search-2 and node-b (a node may serve several pools).")
+	fmt.Fprintln(stdout, "Every second: 1,000 keys through ConsistentHash and 1,000 picks through ResourceAware in the default pool,")
+	fmt.Fprintln(stdout, "and 1,000 keys in pool search. Load-aware ConsistentHash is on (--balance-factor 1.25).")
 	phases := []struct {
 		at   float64 // fraction of the run
 		say  string
 		step func()
 	}{
 		{0, "all nodes healthy; ResourceAware favours the least loaded", func() {}},
-		{0.25, "node-c overloaded (CPU 97%): ResourceAware leaves it out, ConsistentHash keeps its keys there", func() { nodes[2].setCPU(97) }},
+		{0.25, "node-c overloaded (CPU 97%, 1,940 connections): ResourceAware leaves it out, and ConsistentHash has it shed part of its keys to the next nodes (SHED)", func() { nodes[2].setCPU(97) }},
 		{0.5, "node-d draining: its keys move to the next nodes, nothing else moves; no new picks", func() { _ = nodes[3].reporter.SetDraining(true) }},
 		{0.75, "node-e leaves (status leaving): it is off the ring at once", func() { _ = nodes[4].reporter.Close(); nodes[4].gone = true }},
 	}
@@ -178,14 +191,30 @@ func demoRound(ctx context.Context, w io.Writer, c *bus.Client, r *bus.Router, k
 		}
 		ra[n]++
 	}
+	search := map[string]int{}
+	sr, err := c.Select(ctx, bus.Request{Pool: "search", Keys: keys})
+	if err != nil {
+		return err
+	}
+	for _, x := range sr.Results {
+		search[x.Node]++
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "t=%ds\tCPU%%\tSTATUS\tON RING\tCH KEYS\tRA PICKS\tWHY NOT\n", int(el.Seconds()))
+	fmt.Fprintf(tw, "t=%ds\tCPU%%\tSTATUS\tON RING\tSHED\tCH KEYS\tRA PICKS\tWHY NOT\n", int(el.Seconds()))
 	for _, n := range r.Nodes().Nodes {
 		why := ""
 		if !n.Eligible {
 			why = n.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%5.1f%%\t%5.1f%%\t%s\n", n.ID, n.CPUUsage, n.Status, yesNo(n.Member), float64(ch[n.ID])/10, float64(ra[n.ID])/10, why)
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%5.1f%%\t%5.1f%%\t%s\n", n.ID, n.CPUUsage, n.Status, yesNo(n.Member), shedLabel(n.Shed), float64(ch[n.ID])/10, float64(ra[n.ID])/10, why)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprint(w, "  pool search, CH keys:")
+	for _, n := range r.NodesPage("search", 0, 0).Nodes {
+		fmt.Fprintf(w, "  %s %.1f%%", n.ID, float64(search[n.ID])/10)
+	}
+	fmt.Fprintln(w)
+	return nil
 }

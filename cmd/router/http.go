@@ -51,6 +51,7 @@ type statsCollector struct {
 	r                                                                      *bus.Router
 	requests, accepted, rejected, dropped, writes, conflicts, kvErrs, docs *prometheus.Desc
 	reconnects, membersDesc, eligibleDesc, knownDesc, revisionDesc         *prometheus.Desc
+	poolRequests, shedding, oversizeReplies, oversizeDocs, legacy, pools   *prometheus.Desc
 }
 
 func newStatsCollector(r *bus.Router) *statsCollector {
@@ -58,25 +59,32 @@ func newStatsCollector(r *bus.Router) *statsCollector {
 		return prometheus.NewDesc("natsroute_"+name, help, labels, nil)
 	}
 	return &statsCollector{
-		r:            r,
-		requests:     d("requests_total", "route.request answers by strategy and code.", "strategy", "code"),
-		accepted:     d("reports_accepted_total", "Health reports accepted."),
-		rejected:     d("reports_rejected_total", "Health reports rejected, by reason.", "reason"),
-		dropped:      d("reports_dropped_total", "Health reports lost because the router fell behind (slow consumer)."),
-		writes:       d("kv_writes_total", "Ring documents written to the KV bucket."),
-		conflicts:    d("kv_conflicts_total", "Compare-and-set conflicts on the ring document (re-read and re-applied)."),
-		kvErrs:       d("kv_errors_total", "Failed ring writes (retried)."),
-		docs:         d("documents_rejected_total", "Ring documents in the bucket that this router refused."),
-		reconnects:   d("reconnects_total", "Reconnections to NATS."),
-		membersDesc:  d("members", "Members of the ring."),
-		eligibleDesc: d("eligible_nodes", "Nodes ResourceAware would pick from now."),
-		knownDesc:    d("known_nodes", "Nodes ResourceAware knows (members and reporters)."),
-		revisionDesc: d("ring_revision", "KV revision of the ring the router answers from."),
+		r:               r,
+		requests:        d("requests_total", "route.request answers by strategy and code.", "strategy", "code"),
+		poolRequests:    d("pool_requests_total", "route.request answers by pool, strategy and code.", "pool", "strategy", "code"),
+		shedding:        d("shedding_members", "Members that shed keys (load-aware ConsistentHash), by pool.", "pool"),
+		oversizeReplies: d("oversize_replies_total", "Replies refused because they would exceed the server's max_payload."),
+		oversizeDocs:    d("oversize_documents_total", "Ring writes refused because the document would exceed the server's max_payload, by pool.", "pool"),
+		legacy:          d("legacy_routers", "1 while a router of an earlier release (no pools, no format 2) shares the bucket."),
+		pools:           d("pools", "Pools this router serves."),
+		accepted:        d("reports_accepted_total", "Health reports accepted."),
+		rejected:        d("reports_rejected_total", "Health reports rejected, by reason.", "reason"),
+		dropped:         d("reports_dropped_total", "Health reports lost because the router fell behind (slow consumer)."),
+		writes:          d("kv_writes_total", "Ring documents written to the KV bucket."),
+		conflicts:       d("kv_conflicts_total", "Compare-and-set conflicts on the ring document (re-read and re-applied)."),
+		kvErrs:          d("kv_errors_total", "Failed ring writes (retried)."),
+		docs:            d("documents_rejected_total", "Ring documents in the bucket that this router refused."),
+		reconnects:      d("reconnects_total", "Reconnections to NATS."),
+		membersDesc:     d("members", "Members of the ring, by pool.", "pool"),
+		eligibleDesc:    d("eligible_nodes", "Nodes ResourceAware would pick from now, by pool.", "pool"),
+		knownDesc:       d("known_nodes", "Nodes ResourceAware knows (members and reporters), by pool.", "pool"),
+		revisionDesc:    d("ring_revision", "KV revision of the ring the router answers from, by pool.", "pool"),
 	}
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.requests, c.accepted, c.rejected, c.dropped, c.writes, c.conflicts, c.kvErrs, c.docs, c.reconnects, c.membersDesc, c.eligibleDesc, c.knownDesc, c.revisionDesc} {
+	for _, d := range []*prometheus.Desc{c.requests, c.accepted, c.rejected, c.dropped, c.writes, c.conflicts, c.kvErrs, c.docs, c.reconnects, c.membersDesc, c.eligibleDesc, c.knownDesc, c.revisionDesc,
+		c.poolRequests, c.shedding, c.oversizeReplies, c.oversizeDocs, c.legacy, c.pools} {
 		ch <- d
 	}
 }
@@ -86,8 +94,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	gauge := func(d *prometheus.Desc, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	for _, rq := range s.Requests {
 		counter(c.requests, rq.Count, rq.Strategy, codeLabel(rq.Code))
@@ -102,10 +110,24 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.kvErrs, s.KVErrors)
 	counter(c.docs, s.DocumentsRejected)
 	counter(c.reconnects, s.Reconnects)
-	gauge(c.membersDesc, float64(s.Members))
-	gauge(c.eligibleDesc, float64(s.Eligible))
-	gauge(c.knownDesc, float64(s.Known))
-	gauge(c.revisionDesc, float64(s.Revision))
+	counter(c.oversizeReplies, s.OversizeReplies)
+	legacy := 0.0
+	if s.LegacyRouters {
+		legacy = 1
+	}
+	gauge(c.legacy, legacy)
+	gauge(c.pools, float64(len(s.Pools)))
+	for _, p := range s.Pools {
+		gauge(c.membersDesc, float64(p.Members), p.Name)
+		gauge(c.eligibleDesc, float64(p.Eligible), p.Name)
+		gauge(c.knownDesc, float64(p.Known), p.Name)
+		gauge(c.revisionDesc, float64(p.Revision), p.Name)
+		gauge(c.shedding, float64(p.Shedding), p.Name)
+		counter(c.oversizeDocs, p.OversizeDocuments, p.Name)
+		for _, rq := range p.Requests {
+			counter(c.poolRequests, rq.Count, p.Name, rq.Strategy, codeLabel(rq.Code))
+		}
+	}
 }
 
 type httpServer struct {
@@ -130,18 +152,28 @@ func startHTTP(addr string, nc *nats.Conn, r *bus.Router, m *metrics, log *slog.
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		doc, rev := r.Ring()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, q *http.Request) {
+		// ?pool=P shows that pool (default: the default pool); the nodes
+		// are the first page of route.nodes, with the total.
+		pool := q.URL.Query().Get("pool")
+		if pool == "" {
+			pool = bus.DefaultPool
+		}
+		doc, rev := r.PoolRing(pool)
+		nodes := r.NodesPage(pool, 0, 0)
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(map[string]any{
-			"nats":     map[string]any{"connected": nc.IsConnected(), "url": nc.ConnectedUrlRedacted()},
-			"ready":    r.Ready() == nil,
-			"revision": rev,
-			"ring":     doc,
-			"nodes":    r.Nodes().Nodes,
-			"stats":    r.Stats(),
+			"nats":        map[string]any{"connected": nc.IsConnected(), "url": nc.ConnectedUrlRedacted()},
+			"ready":       r.Ready() == nil,
+			"pool":        pool,
+			"pools":       r.Pools().Pools,
+			"revision":    rev,
+			"ring":        doc,
+			"nodes":       nodes.Nodes,
+			"nodes_total": nodes.Total,
+			"stats":       r.Stats(),
 		})
 	})
 	ln, err := net.Listen("tcp", addr)

@@ -210,7 +210,7 @@ func TestServeEmbeddedAndSubcommands(t *testing.T) {
 	}
 
 	_, metrics := httpGet(web + "/metrics")
-	for _, want := range []string{`natsroute_requests_total{code="200",strategy="ConsistentHash"}`, "natsroute_members 2", "natsroute_reports_accepted_total", "natsroute_request_duration_seconds_bucket", "natsroute_kv_writes_total"} {
+	for _, want := range []string{`natsroute_requests_total{code="200",strategy="ConsistentHash"}`, `natsroute_members{pool="default"} 2`, `natsroute_pool_requests_total{code="200",pool="default",strategy="ConsistentHash"}`, "natsroute_reports_accepted_total", "natsroute_request_duration_seconds_bucket", "natsroute_kv_writes_total"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -193,6 +193,12 @@ func serveFlags(o *options, out io.Writer) *flagSet {
 	fs.env("resync", "NATSROUTE_RESYNC", "Resync")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on shutdown, wait this long for in-flight requests")
 	fs.env("drain-timeout", "NATSROUTE_DRAIN_TIMEOUT", "DrainTimeout")
+	fs.IntVar(&c.MaxPools, "max-pools", c.MaxPools, "most pools one router serves; reports naming more are rejected")
+	fs.env("max-pools", "NATSROUTE_MAX_POOLS", "MaxPools")
+	fs.Float64Var(&c.BalanceFactor, "balance-factor", c.BalanceFactor, "load-aware ConsistentHash: members above this × the mean reported connections shed keys (0 = off; e.g. 1.25)")
+	fs.env("balance-factor", "NATSROUTE_BALANCE_FACTOR", "BalanceFactor")
+	fs.DurationVar(&c.ShedInterval, "shed-interval", c.ShedInterval, "recompute and write shed fractions at most this often")
+	fs.env("shed-interval", "NATSROUTE_SHED_INTERVAL", "ShedInterval")
 
 	fs.DurationVar(&b.Staleness, "staleness", b.Staleness, "a report older than this counts as neutral (score 0.5)")
 	fs.env("staleness", "NATSROUTE_STALENESS", "Staleness")
