@@ -101,7 +101,7 @@ func TestHostileInput(t *testing.T) {
 		{"key and keys", []byte(`{"key":"a","keys":["b"]}`), nil, "not both"},
 		{"ConsistentHash without a key", []byte(`{"strategy":"ConsistentHash"}`), nil, "needs a key"},
 		{"a batch with ResourceAware", []byte(`{"strategy":"ResourceAware","keys":["a"]}`), nil, "needs strategy ConsistentHash"},
-		{"unknown fields are ignored", []byte(`{"key":"user-42","pool":"gpu","future":{"x":1}}`), nil, ""},
+		{"unknown fields are ignored", []byte(`{"key":"user-42","tier":"gpu","future":{"x":1}}`), nil, ""},
 	}
 	for _, c := range requests {
 		t.Run("request/"+c.name, func(t *testing.T) {

@@ -229,7 +229,7 @@ func TestContract(t *testing.T) {
 			subjects = append(subjects, e.Subject+"@"+e.QueueGroup)
 		}
 		slices.Sort(subjects)
-		if info.Name != "natsroute" || !slices.Equal(subjects, []string{"route.nodes@natsroute", "route.request@natsroute", "route.ring@natsroute"}) {
+		if info.Name != "natsroute" || !slices.Equal(subjects, []string{"route.nodes@natsroute", "route.pools@natsroute", "route.request@natsroute", "route.ring@natsroute"}) {
 			t.Fatalf("micro info: %s", m.Data)
 		}
 	})

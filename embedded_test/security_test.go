@@ -25,7 +25,7 @@ import (
 // The permission sets of README's "Security" section, one per role.
 var rolePermissions = map[string]*server.Permissions{
 	"router": {
-		Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "$JS.FC.>", "$KV.natsroute.>", "_INBOX.>"}},
+		Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "$JS.FC.>", "$KV.natsroute.>", "$SRV.PING.natsroute", "_INBOX.>"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{"health.*", "route.>", "$SRV.>", "_INBOX.>"}},
 		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	},
@@ -34,7 +34,7 @@ var rolePermissions = map[string]*server.Permissions{
 		Subscribe: &server.SubjectPermission{Deny: []string{">"}},
 	},
 	"client": {
-		Publish:   &server.SubjectPermission{Allow: []string{"route.request", "route.ring", "route.nodes"}},
+		Publish:   &server.SubjectPermission{Allow: []string{"route.request", "route.ring", "route.nodes", "route.pools"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 	},
 	"cache": {
