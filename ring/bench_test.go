@@ -42,6 +42,49 @@ func BenchmarkGet(b *testing.B) {
 	}
 }
 
+// BenchmarkGetShed is BenchmarkGet with every tenth member shedding 30 % of
+// its keys (format 2); run it with BenchmarkGet to compare in one run.
+func BenchmarkGetShed(b *testing.B) {
+	keys := fixedKeys(1 << 16)
+	for _, n := range []int{100, 1000} {
+		ms := members(n)
+		for i := 0; i < n; i += 10 {
+			ms[i].Shed = 0.3
+		}
+		r := mustNew(b, Config{}, ms...)
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := r.Get(keys[i&(1<<16-1)]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}
+
+// BenchmarkAppendN3Shed is BenchmarkAppendN3 with every tenth member
+// shedding 30 % of its keys.
+func BenchmarkAppendN3Shed(b *testing.B) {
+	keys := fixedKeys(1 << 16)
+	ms := members(100)
+	for i := 0; i < len(ms); i += 10 {
+		ms[i].Shed = 0.3
+	}
+	r := mustNew(b, Config{}, ms...)
+	b.Run("nodes=100", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]string, 0, 3)
+		i := 0
+		for b.Loop() {
+			buf, _ = r.AppendN(buf[:0], keys[i&(1<<16-1)], 3)
+			i++
+		}
+	})
+}
+
 func BenchmarkGetParallel(b *testing.B) {
 	r := mustNew(b, Config{}, members(100)...)
 	keys := fixedKeys(1 << 16)
