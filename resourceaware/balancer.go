@@ -21,6 +21,7 @@ type Balancer struct {
 	nodes    map[string]*node    // every known node
 	byPos    []*node             // byPos[i] is the node at snapshot position i
 	stale    staleList           // nodes with a fresh report, by when it goes stale
+	ramps    rampQueue           // ramping nodes, by their next step
 	arena    arena               // the weight tree's nodes
 	positive [numClasses]int32   // nodes of positive weight, per class
 	dirty    [numClasses][]int32 // positions re-weighed since the last publish, by the classes they were in or are in now
@@ -36,16 +37,20 @@ type node struct {
 
 	report Report
 	at     time.Time // when the report was received; zero if none yet
+	seen   time.Time // last sign of life: at, or the Add that made it known
 
 	// As last weighed (see weigh), so a change re-weighs only its node.
-	w     float64   // selection weight: score × weight
-	c     class     //
-	fresh bool      // has a report no older than Staleness
-	held  overloads // thresholds that exclude it; none unless fresh
+	w        float64   // selection weight: score × weight × ramp
+	c        class     //
+	fresh    bool      // has a report no older than Staleness
+	held     overloads // thresholds that exclude it, hysteresis included; none unless fresh
+	ramp     float64   // slow start multiplier in use; 1 when not ramping
+	rampFrom time.Time // when its ramp started; zero when not ramping
 
 	staleAt              int64 // when its report goes stale, while in the stale list
 	stalePrev, staleNext *node // neighbours in the stale list
 	inStale              bool
+	rampIdx              int32 // index in the ramp queue; −1 when absent
 }
 
 // snapshot is an immutable view that selections read without locking.
@@ -57,7 +62,7 @@ type snapshot struct {
 	count    [numClasses]int32
 	positive [numClasses]int32 // members of positive weight
 	lowest   class             // the class picks come from: the lowest present
-	due      int64             // from then on (see Balancer.since) the view is out of date: a report goes stale; never if none will
+	due      int64             // from then on (see Balancer.since) the view is out of date: a report goes stale or a ramp step is due; never if nothing will
 }
 
 // New returns a Balancer with no nodes.
@@ -126,10 +131,15 @@ func (b *Balancer) Report(nodeID string, r Report) error {
 	b.advance(now)
 	n, known := b.nodes[nodeID]
 	if !known {
-		n = b.newNode(nodeID)
+		n = b.newNode(nodeID, now)
+	} else if now.Sub(n.seen) > b.cfg.Staleness {
+		b.startRamp(n, now) // back after going stale, or first heard of long after Add
 	}
-	n.report, n.at, n.fresh = r, now, true
-	n.held = b.cfg.over(r)
+	if !n.fresh {
+		n.held = 0 // hysteresis starts again after a stale spell
+	}
+	n.report, n.at, n.seen, n.fresh = r, now, now, true
+	n.held = b.cfg.held(r, n.held)
 	b.stale.set(n, addSat(b.since(now), int64(b.cfg.Staleness)))
 	if !known {
 		n.w, n.c = b.weigh(n)
@@ -157,7 +167,7 @@ func (b *Balancer) Add(nodeIDs ...string) error {
 	var added []string
 	for _, id := range nodeIDs {
 		if _, ok := b.nodes[id]; !ok {
-			n := b.newNode(id)
+			n := b.newNode(id, now)
 			n.w, n.c = b.weigh(n)
 			added = append(added, id)
 		}
@@ -181,6 +191,7 @@ func (b *Balancer) Forget(nodeIDs ...string) {
 		if n, ok := b.nodes[id]; ok {
 			delete(b.nodes, id)
 			b.stale.remove(n)
+			b.ramps.remove(n)
 			removed = true
 		}
 	}
@@ -198,22 +209,48 @@ func (b *Balancer) Forget(nodeIDs ...string) {
 	b.relayout(ids)
 }
 
-// newNode makes id known. With b.mu held; the caller weighs it and re-lays
-// the snapshot.
-func (b *Balancer) newNode(id string) *node {
-	n := &node{id: id}
+// newNode makes id known, ramping up if slow start is on. With b.mu held;
+// the caller weighs it and re-lays the snapshot.
+func (b *Balancer) newNode(id string, now time.Time) *node {
+	n := &node{id: id, seen: now, ramp: 1, rampIdx: -1}
 	b.nodes[id] = n
+	b.startRamp(n, now)
 	return n
 }
 
+// startRamp starts n's slow start at now (if slow start is on).
+func (b *Balancer) startRamp(n *node, now time.Time) {
+	if b.cfg.SlowStartWindow == 0 {
+		return
+	}
+	n.rampFrom = now
+	b.stepRamp(n, now)
+}
+
+// stepRamp sets n's slow start multiplier for now and queues its next step.
+func (b *Balancer) stepRamp(n *node, now time.Time) {
+	f, next, done := b.cfg.ramp(now.Sub(n.rampFrom))
+	n.ramp = f
+	if done {
+		n.rampFrom = time.Time{}
+		b.ramps.remove(n)
+		return
+	}
+	b.ramps.set(n, addSat(b.since(n.rampFrom), int64(next)))
+}
+
 // advance brings the nodes that are due up to now: reports that have gone
-// stale (older than Staleness: neutral). It touches only those nodes. With
-// b.mu held.
+// stale (older than Staleness: neutral, hysteresis forgotten) and ramp
+// steps. It touches only those nodes. With b.mu held.
 func (b *Balancer) advance(now time.Time) {
 	t := b.since(now)
 	for n := b.stale.head; n != nil && t > n.staleAt; n = b.stale.head {
 		b.stale.remove(n)
 		n.fresh, n.held = false, 0
+		b.reweigh(n)
+	}
+	for at, n := b.ramps.head(); n != nil && t >= at; at, n = b.ramps.head() {
+		b.stepRamp(n, now)
 		b.reweigh(n)
 	}
 }
@@ -243,7 +280,7 @@ func (b *Balancer) weigh(n *node) (float64, class) {
 	if r.Status == StatusDraining {
 		c = classDraining
 	}
-	return w, c
+	return w * n.ramp, c
 }
 
 // reweigh re-weighs a node that has a position and marks it for the next
@@ -337,9 +374,10 @@ func (b *Balancer) snapshot(ids []string, index map[string]int32, roots [numClas
 
 // nextDue returns when the snapshot goes out of date: 1 ns after the
 // earliest fresh report's staleAt (a report exactly Staleness old is still
-// fresh); never if there is none.
+// fresh) or the earliest ramp step, whichever is first; never if neither.
 func (b *Balancer) nextDue() int64 {
-	return addSat(b.stale.first(), 1)
+	ramp, _ := b.ramps.head()
+	return min(addSat(b.stale.first(), 1), ramp)
 }
 
 // current returns the snapshot, brought up to date first if it is due.
@@ -469,14 +507,23 @@ type NodeState struct {
 	ID        string
 	Status    string        // StatusUp or StatusDraining
 	Weight    float64       // the node's weight (1 unless reported)
-	Score     float64       // selection weight: composite score × Weight
+	Score     float64       // selection weight: composite score × Weight × SlowStart
 	Eligible  bool          // takes picks now (not excluded, not draining)
-	Reason    string        // why not eligible, e.g. "cpu 95.0% > 90.0%"
+	Reason    string        // why not eligible, e.g. "cpu 95.0% > 90.0%" or "recovering: cpu 87.0% > 85.0%"
 	HasReport bool          // a report has been received
 	Stale     bool          // the last report is older than Staleness
 	Age       time.Duration // since the last report; 0 if none
 	Report    Report        // the last report
 
+	// Recovering: excluded only by hysteresis, its value back at or under
+	// the threshold but not yet at or under threshold − margin.
+	Recovering bool
+	// SlowStart is the slow start multiplier in Score: in
+	// [SlowStartMinShare, 1) while the node ramps up, 1 otherwise.
+	SlowStart float64
+	// Note says what else shapes its picks, e.g. "slow start: 40% of its
+	// share"; "" when nothing does.
+	Note string
 }
 
 // Nodes returns the state of every known node, sorted by id.
@@ -491,15 +538,20 @@ func (b *Balancer) Nodes() []NodeState {
 		st := NodeState{
 			ID: n.id, Status: StatusUp, Weight: n.report.weight(), Score: n.w,
 			Eligible: n.c == classEligible, HasReport: !n.at.IsZero(), Report: n.report,
+			SlowStart: n.ramp,
 		}
 		if n.held != 0 { // only while fresh
-			st.Reason = b.cfg.describe(b.cfg.exclusion(n.report), n.report)
+			st.Reason = b.cfg.reason(n.report, n.held)
+			st.Recovering = b.cfg.exclusion(n.report) == underLimits
 		}
 		if n.report.Status == StatusDraining {
 			st.Status, st.Reason = StatusDraining, StatusDraining
 		}
 		if st.HasReport {
 			st.Age, st.Stale = now.Sub(n.at), !n.fresh
+		}
+		if n.ramp < 1 {
+			st.Note = fmt.Sprintf("slow start: %.0f%% of its share", 100*n.ramp)
 		}
 		out = append(out, st)
 	}

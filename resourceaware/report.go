@@ -92,19 +92,41 @@ type overloads uint8
 
 func (s overloads) has(o overload) bool { return s&(1<<o) != 0 }
 
-// over returns the thresholds a fresh report r is above.
-func (c *Config) over(r Report) overloads {
+// held returns the thresholds that exclude a node whose fresh report is r,
+// given those that excluded it before (hysteresis): a value above its
+// threshold excludes; a value that excluded before keeps excluding while it
+// is above the threshold minus its margin. With every margin 0 this is
+// exactly the seed's rule (exclusion).
+func (c *Config) held(r Report, before overloads) overloads {
 	var h overloads
-	if r.CPUUsage > c.CPUThresholdPercent {
+	if r.CPUUsage > c.CPUThresholdPercent || before.has(overCPU) && r.CPUUsage > c.CPUThresholdPercent-c.CPUMarginPercent {
 		h |= 1 << overCPU
 	}
-	if r.MemoryUsage > c.MemoryThresholdPercent {
+	if r.MemoryUsage > c.MemoryThresholdPercent || before.has(overMemory) && r.MemoryUsage > c.MemoryThresholdPercent-c.MemoryMarginPercent {
 		h |= 1 << overMemory
 	}
-	if r.ActiveConnections > c.MaxActiveConnections {
+	if r.ActiveConnections > c.MaxActiveConnections || before.has(overConnections) && r.ActiveConnections > c.MaxActiveConnections-c.ConnectionsMargin {
 		h |= 1 << overConnections
 	}
 	return h
+}
+
+// reason says why a node whose fresh report is r and that the thresholds h
+// exclude is excluded: the seed's text for a value above its threshold, else
+// "recovering: " and the value that hysteresis still holds against.
+func (c *Config) reason(r Report, h overloads) string {
+	if o := c.exclusion(r); o != underLimits {
+		return c.describe(o, r)
+	}
+	switch {
+	case h.has(overCPU):
+		return fmt.Sprintf("recovering: cpu %.1f%% > %.1f%%", r.CPUUsage, c.CPUThresholdPercent-c.CPUMarginPercent)
+	case h.has(overMemory):
+		return fmt.Sprintf("recovering: memory %.1f%% > %.1f%%", r.MemoryUsage, c.MemoryThresholdPercent-c.MemoryMarginPercent)
+	case h.has(overConnections):
+		return fmt.Sprintf("recovering: connections %d > %d", r.ActiveConnections, c.MaxActiveConnections-c.ConnectionsMargin)
+	}
+	return ""
 }
 
 // describe says why a report is excluded, for status pages.

@@ -127,11 +127,26 @@ func seedPicker(states []NodeState) func(u uint64) string {
 }
 
 // TestSameAsSeed: fed the same random bits, Select picks what the seed's
-// cumulative search picks from the same scores (up to rounding at interval
-// edges), through membership changes, heartbeats, staleness and every class.
+// cumulative search picks from the same selection weights and classes (as
+// Nodes reports them; up to rounding at interval edges), through membership
+// changes, heartbeats, staleness, every class, and slow start and hysteresis
+// when they are on.
 func TestSameAsSeed(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"defaults", Config{}},
+		{"slow start and hysteresis", Config{SlowStartWindow: 20 * time.Second, SlowStartAggression: 1.5, CPUMarginPercent: 5, MemoryMarginPercent: 3, ConnectionsMargin: 500}},
+	} {
+		t.Run(tt.name, func(t *testing.T) { testSameAsSeed(t, tt.cfg) })
+	}
+}
+
+func testSameAsSeed(t *testing.T, cfg Config) {
 	const seed = 7
-	b, clk := newTest(t, Config{Rand: rand.NewPCG(seed, 0)})
+	cfg.Rand = rand.NewPCG(seed, 0)
+	b, clk := newTest(t, cfg)
 	oracle := rand.NewPCG(seed, 0)
 	rnd := rand.New(rand.NewPCG(1, 1))
 	randomReport := func() Report {
@@ -148,7 +163,7 @@ func TestSameAsSeed(t *testing.T) {
 	if err := b.Add(ids[:500]...); err != nil {
 		t.Fatal(err)
 	}
-	picks, mismatches := 0, 0
+	picks, mismatches, ramping, recovering := 0, 0, 0, 0
 	for round := range 40 {
 		for range 300 {
 			report(t, b, ids[rnd.IntN(len(ids))], randomReport()) // some of them new nodes
@@ -161,7 +176,16 @@ func TestSameAsSeed(t *testing.T) {
 		default:
 			clk.Advance(time.Second)
 		}
-		seedPick := seedPicker(b.Nodes())
+		states := b.Nodes()
+		for _, st := range states {
+			if st.SlowStart < 1 {
+				ramping++
+			}
+			if st.Recovering {
+				recovering++
+			}
+		}
+		seedPick := seedPicker(states)
 		for range 500 {
 			got, err := b.Select(nil)
 			if err != nil {
@@ -173,7 +197,10 @@ func TestSameAsSeed(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d picks, %d differ from the seed's", picks, mismatches)
+	t.Logf("%d picks, %d differ from the seed's; %d ramping and %d recovering node states seen", picks, mismatches, ramping, recovering)
+	if cfg.SlowStartWindow > 0 && (ramping == 0 || recovering == 0) {
+		t.Fatal("slow start and hysteresis are on but no node ramped or recovered")
+	}
 	if mismatches > picks/10_000 {
 		t.Fatalf("%d of %d picks differ from the seed's, want (almost) none", mismatches, picks)
 	}
@@ -183,7 +210,7 @@ func TestSameAsSeed(t *testing.T) {
 // and arena compactions, every position of the published trees holds its
 // node's weight and class, and every slot the sum of what it covers.
 func TestTreesMatchNodes(t *testing.T) {
-	b, clk := newTest(t, Config{})
+	b, clk := newTest(t, Config{SlowStartWindow: 10 * time.Second, CPUMarginPercent: 5})
 	rnd := rand.New(rand.NewPCG(3, 3))
 	ids := benchIDs(300)
 	for step := range 20_000 {
