@@ -4,6 +4,7 @@ import (
 	"maps"
 	"time"
 
+	"github.com/natsroute/natsroute/resourceaware"
 	"github.com/natsroute/natsroute/ring"
 )
 
@@ -16,9 +17,14 @@ import (
 func (p *pool) updateShed() bool {
 	r := p.r
 	doc := p.ring.current().doc
-	want := map[string]float64{}
+	var states []resourceaware.NodeState
 	if !r.legacy.Load() {
-		states := p.balancer.Nodes()
+		states = p.balancer.Nodes()
+	}
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	want := map[string]float64{}
+	if states != nil {
 		byID := make(map[string]int, len(states))
 		for i, st := range states {
 			byID[st.ID] = i
@@ -42,8 +48,6 @@ func (p *pool) updateShed() bool {
 			}
 		}
 	}
-	r.healthMu.Lock()
-	defer r.healthMu.Unlock()
 	if maps.Equal(want, p.shed) {
 		return false
 	}
