@@ -1,7 +1,6 @@
 package bus
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/resourceaware"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Encoding is the body encoding of a message: msgpack or JSON.
@@ -51,7 +49,7 @@ func (e Encoding) Marshal(v any) ([]byte, error) {
 	if e == JSON {
 		return json.Marshal(v)
 	}
-	return msgpack.Marshal(v)
+	return marshalMsgpack(v) // msgpack.Marshal, pooled
 }
 
 // Unmarshal decodes exactly one value from data into v. It rejects
@@ -73,10 +71,7 @@ func (e Encoding) Unmarshal(data []byte, v any) error {
 	if err := scanMsgpack(data); err != nil {
 		return fmt.Errorf("invalid msgpack: %w", err)
 	}
-	dec := msgpack.GetDecoder()
-	defer msgpack.PutDecoder(dec)
-	dec.Reset(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
+	if err := unmarshalMsgpack(data, v); err != nil {
 		return fmt.Errorf("invalid msgpack: %w", err)
 	}
 	return nil
