@@ -318,22 +318,22 @@ func (b *Balancer) publish() {
 	if k == 0 && due == old.due {
 		return
 	}
-	roots := old.roots
-	if n := len(b.byPos); k > n/8 {
-		roots = b.arena.build(b.byPos)
-		b.copied += b.arena.used
+	roots, written := old.roots, b.arena.written
+	if n := len(b.byPos); cheaperToBuild(k, n) {
+		roots = b.arena.build(b.byPos, false)
+		b.copied += b.arena.written - written
 	} else if k > 0 {
 		if !b.arena.room(k, n) {
 			roots = b.arena.compact(roots, n)
-			b.copied += b.arena.used
+			b.copied += b.arena.written - written
+			written = b.arena.written
 		}
-		used := b.arena.used
 		for c, pos := range b.dirty {
 			if len(pos) > 0 {
 				roots[c] = b.arena.update(roots[c], 0, old.span, pos, b.byPos, class(c))
 			}
 		}
-		b.touched += b.arena.used - used
+		b.touched += b.arena.written - written
 	}
 	for c := range b.dirty {
 		b.dirty[c] = b.dirty[c][:0]
@@ -357,7 +357,7 @@ func (b *Balancer) relayout(ids []string) {
 	for c := range b.dirty {
 		b.dirty[c] = b.dirty[c][:0]
 	}
-	b.snap.Store(b.snapshot(ids, index, b.arena.build(b.byPos), b.nextDue()))
+	b.snap.Store(b.snapshot(ids, index, b.arena.build(b.byPos, true), b.nextDue()))
 }
 
 func (b *Balancer) snapshot(ids []string, index map[string]int32, roots [numClasses]uint32, due int64) *snapshot {

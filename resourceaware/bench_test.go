@@ -142,3 +142,14 @@ func BenchmarkAddMany(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCounts measures what a metrics scrape costs.
+func BenchmarkCounts(b *testing.B) {
+	bal := benchBalancer(b, 10_000)
+	b.ReportAllocs()
+	for b.Loop() {
+		if known, _ := bal.Counts(); known != 10_000 {
+			b.Fatal(known)
+		}
+	}
+}

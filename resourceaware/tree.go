@@ -29,15 +29,21 @@ const fanout = 8
 // and the garbage collector never scans the trees. When the arena is full
 // the live trees are copied into a new one four times their size (old
 // snapshots keep the old arena alive while readers use them), which costs
-// O(1) amortised per report.
+// O(1) amortised per report. When one publish re-weighs so many positions
+// that copying their paths would write more nodes than building the trees
+// afresh (many reports going stale at once, nodes that were added together
+// ramping together), it builds them instead, in the arena's free part when
+// they fit.
 //
 // Why, measured on the shared 2-core machine this was written on (CPU time
-// per heartbeat at 10,000 nodes, GC included): the seed rebuilt flat
-// cumulative arrays on every report, ~460 µs; copying a path of
-// heap-allocated binary nodes (15 allocations a report) cost ~4.5 µs, most of
-// it allocating them and collecting the garbage; one fanout-8 tree of all
-// classes in an arena (1.6 KB a path), ~2.3 µs; per-class trees (640 bytes
-// a path) are what is left after that.
+// per heartbeat at 10,000 nodes, GC included, three interleaved runs under a
+// load average of ~9): the seed rebuilt flat cumulative arrays on every
+// report, 290–460 µs; copying a path of heap-allocated binary nodes (15
+// allocations a report) 3.8–5.1 µs, most of it allocating them and
+// collecting them; this layout 1.4–2.4 µs (0.6–0.8 µs at 10 nodes). On the
+// way, one fanout-8 tree for all classes in an arena (1.6 KB a path) cost
+// ~2.3 µs: the bytes copied and zeroed per report are what is left to pay,
+// hence a tree per class.
 type tnode struct {
 	sum [fanout]float64 // weight per slot
 	cnt [fanout]int32   // members per slot
@@ -104,13 +110,23 @@ func (t *tnode) setKid(j int, ki uint32, k *tnode) {
 // arena is the writer's side of the trees: nodes[0] is the empty node,
 // nodes[1:used] are written (and never again), the rest is free.
 type arena struct {
-	nodes []tnode
-	used  int
+	nodes   []tnode
+	used    int
+	written int // nodes written since the first arena (tests read it)
 }
 
 func (a *arena) alloc() uint32 {
 	a.used++
+	a.written++
 	return uint32(a.used - 1)
+}
+
+// reset replaces the arena by a new one with room for trees over n
+// positions.
+func (a *arena) reset(n int) {
+	written := a.written
+	*a = newArena(n)
+	a.written = written
 }
 
 // newArena returns an empty arena with room for trees over n positions
@@ -119,11 +135,14 @@ func newArena(n int) arena {
 	return arena{nodes: make([]tnode, max(4*treeNodes(n), 64)), used: 1}
 }
 
-// build builds the trees over byPos into a new arena and returns their
-// roots.
-func (a *arena) build(byPos []*node) (roots [numClasses]uint32) {
+// build builds the trees over byPos and returns their roots: into the
+// free part of the arena when they fit and fresh is false, else into a new
+// arena.
+func (a *arena) build(byPos []*node, fresh bool) (roots [numClasses]uint32) {
 	n := len(byPos)
-	*a = newArena(n)
+	if fresh || a.used+numClasses*treeNodes(n) > len(a.nodes) {
+		a.reset(n)
+	}
 	if n == 0 {
 		return roots
 	}
@@ -159,7 +178,7 @@ func (a *arena) build(byPos []*node) (roots [numClasses]uint32) {
 // is full this is cheaper than building from the nodes.
 func (a *arena) compact(roots [numClasses]uint32, n int) [numClasses]uint32 {
 	old := a.nodes
-	*a = newArena(n)
+	a.reset(n)
 	var cp func(ti uint32, span int) uint32
 	cp = func(ti uint32, span int) uint32 {
 		if ti == 0 {
@@ -185,6 +204,12 @@ func (a *arena) compact(roots [numClasses]uint32, n int) [numClasses]uint32 {
 // the free part of the arena.
 func (a *arena) room(k, n int) bool {
 	return a.used+k*depth(rootSpan(n)) <= len(a.nodes)
+}
+
+// cheaperToBuild reports whether building the trees over n positions
+// writes fewer nodes than copying k paths.
+func cheaperToBuild(k, n int) bool {
+	return k*depth(rootSpan(n)) > treeNodes(n)
 }
 
 // update returns the root of a copy of class c's tree at ti (spanning from
