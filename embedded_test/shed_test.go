@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/natsroute/natsroute/bus"
 )
 
@@ -276,4 +277,51 @@ func TestSpreadFavoursHealthy(t *testing.T) {
 	if rep, err := client.Pick(ctx, key); err != nil || rep != owners[0] {
 		t.Fatalf("plain pick %s %v, want %s", rep, err, owners[0])
 	}
+}
+
+// TestLoadAwareWaitsForOldRouter: while a router of the previous release
+// (which refuses format 2) shares the bucket, no shed is published; once it
+// is gone, the overloaded node sheds.
+func TestLoadAwareWaitsForOldRouter(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := testConfig(t)
+	cfg.BalanceFactor = 1.25
+	cfg.ShedInterval = 20 * time.Millisecond
+	cfg.Resync = 200 * time.Millisecond
+	old, err := micro.AddService(connect(t, s.ClientURL()), micro.Config{Name: bus.ServiceName, Version: "0.1.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startRouter(t, connect(t, s.ClientURL()), cfg)
+	waitFor(t, 5*time.Second, "the old router to be seen", func() bool { return r.Stats().LegacyRouters })
+	report := func() {
+		for i := range 5 {
+			h := okHealth
+			h.ActiveConnections = 100
+			if i == 0 {
+				h.ActiveConnections = 1000
+			}
+			health(t, nc, fmt.Sprintf("node-%d", i), h)
+		}
+	}
+	report()
+	waitFor(t, 5*time.Second, "five members", func() bool { d, _ := r.Ring(); return len(d.Nodes) == 5 })
+	// 40 rounds of reports, each waited for: dozens of shed intervals pass.
+	for round := range 40 {
+		before := r.Stats().ReportsAccepted
+		report()
+		waitFor(t, 5*time.Second, "a round of reports", func() bool { return r.Stats().ReportsAccepted >= before+5 })
+		if d, _ := r.Ring(); d.Format != bus.DocumentFormat {
+			t.Fatalf("round %d: format %d published while an old router shares the bucket", round, d.Format)
+		}
+	}
+	if err := old.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "node-0 to shed once the old router is gone", func() bool {
+		report()
+		d, _ := r.Ring()
+		return d.Format == bus.DocumentFormatShed && shedOf(d, "node-0") > 0
+	})
 }
