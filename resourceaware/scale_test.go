@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -272,4 +273,51 @@ func checkSums(t *testing.T, tr *trees, ti uint32, lo, span int, byPos []*node, 
 		sum, cnt = sum+s, cnt+k
 	}
 	return sum, cnt
+}
+
+// TestConcurrentRamps: selections that bring the snapshot up to date (ramp
+// steps, reports going stale) race with reports, additions and removals;
+// every pick is a node that was known, and Counts never exceeds the nodes.
+func TestConcurrentRamps(t *testing.T) {
+	b, clk := newTest(t, Config{SlowStartWindow: time.Second, CPUMarginPercent: 5, Rand: rand.NewPCG(5, 5)})
+	ids := benchIDs(50)
+	known := map[string]bool{}
+	for _, id := range ids {
+		known[id] = true
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if id, err := b.Select(nil); err == nil && !known[id] {
+					t.Errorf("picked %q, never reported", id)
+				}
+				if n, e := b.Counts(); n > len(ids) || e > n {
+					t.Errorf("Counts() = %d, %d with %d nodes", n, e, len(ids))
+				}
+			}
+		})
+	}
+	for i := range 3000 {
+		id := ids[i%len(ids)]
+		switch i % 97 {
+		case 13:
+			b.Forget(id)
+		case 29:
+			_ = b.Add(ids[:10]...)
+		default:
+			if err := b.Report(id, Report{CPUUsage: float64(i % 100), MemoryUsage: 40}); err != nil {
+				t.Error(err)
+			}
+		}
+		clk.Advance(time.Duration(i%7) * 3 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
 }
