@@ -41,7 +41,7 @@ type node struct {
 
 	// As last weighed (see weigh), so a change re-weighs only its node.
 	w        float64   // selection weight: score × weight × ramp
-	c        class     //
+	c        class     // eligible, overloaded or draining
 	fresh    bool      // has a report no older than Staleness
 	held     overloads // thresholds that exclude it, hysteresis included; none unless fresh
 	ramp     float64   // slow start multiplier in use; 1 when not ramping
