@@ -23,21 +23,25 @@ func BenchmarkGet(b *testing.B) {
 		b.Run(fmt.Sprintf("impl=ring/nodes=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
+			cpu := cpuTime()
 			for b.Loop() {
 				if _, err := r.Get(keys[i&(1<<16-1)]); err != nil {
 					b.Fatal(err)
 				}
 				i++
 			}
+			reportCPU(b, cpu)
 		})
 		ref := newRef(DefaultVirtualNodes, ms...)
 		b.Run(fmt.Sprintf("impl=baseline/nodes=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
+			cpu := cpuTime()
 			for b.Loop() {
 				_ = ref.get(keys[i&(1<<16-1)])
 				i++
 			}
+			reportCPU(b, cpu)
 		})
 	}
 }
@@ -55,12 +59,14 @@ func BenchmarkGetShed(b *testing.B) {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
+			cpu := cpuTime()
 			for b.Loop() {
 				if _, err := r.Get(keys[i&(1<<16-1)]); err != nil {
 					b.Fatal(err)
 				}
 				i++
 			}
+			reportCPU(b, cpu)
 		})
 	}
 }
@@ -78,10 +84,12 @@ func BenchmarkAppendN3Shed(b *testing.B) {
 		b.ReportAllocs()
 		buf := make([]string, 0, 3)
 		i := 0
+		cpu := cpuTime()
 		for b.Loop() {
 			buf, _ = r.AppendN(buf[:0], keys[i&(1<<16-1)], 3)
 			i++
 		}
+		reportCPU(b, cpu)
 	})
 }
 
@@ -106,10 +114,12 @@ func BenchmarkAppendN3(b *testing.B) {
 			b.ReportAllocs()
 			buf := make([]string, 0, 3)
 			i := 0
+			cpu := cpuTime()
 			for b.Loop() {
 				buf, _ = r.AppendN(buf[:0], keys[i&(1<<16-1)], 3)
 				i++
 			}
+			reportCPU(b, cpu)
 		})
 	}
 }
@@ -121,10 +131,12 @@ func BenchmarkGetFrom(b *testing.B) {
 	b.ReportAllocs()
 	buf := make([]string, 0, 2)
 	i := 0
+	cpu := cpuTime()
 	for b.Loop() {
 		buf, _ = r.Snapshot().AppendFrom(buf[:0], keys[i&(1<<16-1)], cands, 2)
 		i++
 	}
+	reportCPU(b, cpu)
 }
 
 // BenchmarkBuild builds a ring of n members from scratch (New). It reports

@@ -182,7 +182,7 @@ func TestShedWithoutShedIsFormat1(t *testing.T) {
 // draining members passed over unless all are draining.
 func v1GetN(r *refRing, key string, n int) []string {
 	skip := len(r.draining) > 0 && len(r.draining) < r.members
-	h := r.hash(key)
+	h := r.keyHash(key)
 	start := sort.Search(len(r.hashes), func(i int) bool { return r.hashes[i] >= h })
 	var out []string
 	for k := 0; k < len(r.hashes) && len(out) < n; k++ {
