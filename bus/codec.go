@@ -271,7 +271,8 @@ type NodeScore struct {
 	ID       string  `json:"id" msgpack:"id"`
 	Score    float64 `json:"score" msgpack:"score"`
 	Eligible bool    `json:"eligible" msgpack:"eligible"`
-	Reason   string  `json:"reason,omitempty" msgpack:"reason,omitempty"`
+	Reason   string  `json:"reason,omitempty" msgpack:"reason,omitempty"` // why excluded, e.g. "recovering: cpu 87.0% > 85.0%"
+	Note     string  `json:"note,omitempty" msgpack:"note,omitempty"`     // e.g. "slow start: 40% of its share"
 }
 
 var errMalformed = errors.New("malformed body")

@@ -385,14 +385,16 @@ func (p *pool) syncBalancer(old, cur *view) {
 	if old.doc.shedding() || cur.doc.shedding() {
 		p.noteShedChanges(old.doc, cur.doc)
 	}
+	var gone []string
 	for _, n := range old.doc.Nodes {
 		if _, still := cur.doc.node(n.ID); still {
 			continue
 		}
 		if t := p.reporters[n.ID]; t == nil || !r.alive(t, now) {
-			p.balancer.Forget(n.ID)
+			gone = append(gone, n.ID)
 		}
 	}
+	p.balancer.Forget(gone...) // at once: each call re-lays the selection snapshot
 }
 
 // write is the pool's KV writer: it coalesces membership changes, writes

@@ -226,6 +226,13 @@ type NodeStatus struct {
 	Connections int64   `json:"active_connections" msgpack:"active_connections"`
 	LatencyMS   float64 `json:"avg_latency_ms" msgpack:"avg_latency_ms"`
 	Shed        float64 `json:"shed,omitempty" msgpack:"shed,omitempty"` // fraction of its keys it sheds (load-aware)
+	// Recovering: held out by hysteresis (back under the threshold, not yet
+	// under threshold − margin); Reason says by how much.
+	Recovering bool `json:"recovering,omitempty" msgpack:"recovering,omitempty"`
+	// SlowStart is the node's slow-start multiplier while it ramps up
+	// (absent once it has its full share); Note says so in words.
+	SlowStart float64 `json:"slow_start,omitempty" msgpack:"slow_start,omitempty"`
+	Note      string  `json:"note,omitempty" msgpack:"note,omitempty"`
 }
 
 // NodesState is the reply of route.nodes: one page of a pool's nodes.
@@ -277,6 +284,10 @@ func (r *Router) NodesPage(pool string, offset, limit int) NodesState {
 			Connections: n.Report.ActiveConnections,
 			LatencyMS:   float64(n.Report.AvgLatency) / float64(time.Millisecond),
 			Shed:        m.Shed,
+			Recovering:  n.Recovering, Note: n.Note,
+		}
+		if n.SlowStart < 1 {
+			st.SlowStart = n.SlowStart
 		}
 		if member && !n.HasReport {
 			st.Weight = m.Weight

@@ -191,7 +191,7 @@ func (s resourceAware) Select(ctx context.Context, q Request) (Reply, error) {
 		e := &Explanation{}
 		for _, n := range b.Nodes() {
 			if q.Candidates == nil || slices.Contains(q.Candidates, n.ID) {
-				e.Nodes = append(e.Nodes, NodeScore{ID: n.ID, Score: n.Score, Eligible: n.Eligible, Reason: n.Reason})
+				e.Nodes = append(e.Nodes, NodeScore{ID: n.ID, Score: n.Score, Eligible: n.Eligible, Reason: n.Reason, Note: n.Note})
 			}
 		}
 		reply.Explanation = e
