@@ -366,7 +366,7 @@ func DecodeHealth(node string, data []byte, h nats.Header) (Health, error) {
 		return Health{}, err
 	}
 	var w healthWire
-	if err := DetectEncoding(data, h).Unmarshal(data, &w); err != nil {
+	if err := DetectEncoding(data, h).unmarshalHealth(data, &w); err != nil {
 		return Health{}, fmt.Errorf("%w: %w: %w", ErrInvalidReport, errMalformed, err)
 	}
 	if w.Node != nil && *w.Node != node {

@@ -585,6 +585,27 @@ func (e Encoding) UnmarshalRequest(data []byte, q *Request) error {
 	return nil
 }
 
+// unmarshalHealth is Unmarshal for a health report, typed like
+// UnmarshalRequest so that w can stay on the caller's stack.
+func (e Encoding) unmarshalHealth(data []byte, w *healthWire) error {
+	if e == JSON || len(data) == 0 {
+		c := *w
+		err := e.Unmarshal(data, &c)
+		*w = c
+		return err
+	}
+	if err := scanMsgpack(data); err != nil {
+		return fmt.Errorf("invalid msgpack: %w", err)
+	}
+	m := getMsgpackReader(data)
+	err := w.DecodeMsgpack(m.d)
+	m.put()
+	if err != nil {
+		return fmt.Errorf("invalid msgpack: %w", err)
+	}
+	return nil
+}
+
 // AppendReply appends r, encoded in e, to dst. Unlike Marshal it does not
 // take an interface, so r can stay on the caller's stack: with a nil dst the
 // result is the only allocation.

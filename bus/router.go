@@ -333,11 +333,16 @@ func (r *Router) handleRoute(req micro.Request) {
 	reply, err := r.route(data, enc, &strategy, &p)
 	code := 200
 	if err == nil {
+		buf := replyBufs.Get().(*[]byte)
 		var out []byte
-		if out, err = enc.Marshal(&reply); err == nil {
+		if out, err = enc.AppendReply((*buf)[:0], &reply); err == nil {
 			err = r.send(req, out, "ask for fewer keys or a smaller count")
 		} else {
 			err = fmt.Errorf("%w: encode reply: %w", ErrInternal, err)
+		}
+		if cap(out) <= maxPooledReply { // Respond has copied it out
+			*buf = out
+			replyBufs.Put(buf)
 		}
 	}
 	if err != nil {
@@ -347,10 +352,16 @@ func (r *Router) handleRoute(req micro.Request) {
 	r.stats.request(p, strategy, code, time.Since(start), r.cfg)
 }
 
+// replyBufs hold encoded replies between requests, so that answering
+// allocates no reply buffer; batch-sized ones are let go.
+var replyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxPooledReply = 64 << 10
+
 // route decodes and validates a request, finds its pool and answers it.
 func (r *Router) route(data []byte, enc Encoding, strategy *string, p **pool) (Reply, error) {
 	var q Request
-	if err := enc.Unmarshal(data, &q); err != nil {
+	if err := enc.UnmarshalRequest(data, &q); err != nil {
 		return Reply{}, badRequest("%v", err)
 	}
 	s, err := r.validate(&q)

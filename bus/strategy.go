@@ -59,6 +59,18 @@ func (c consistentHash) Select(ctx context.Context, q Request) (Reply, error) {
 		return reply, nil
 	}
 	n := max(q.Count, q.Spread)
+	if n == 1 { // the common case, on a buffer that stays on the stack
+		var one [1]string
+		got, err := lookup(v.snap, one[:0], q.Key, 1, q)
+		if err != nil {
+			return Reply{}, err
+		}
+		reply.Node = got[0]
+		if q.Explain {
+			reply.Explanation = explainKey(v.snap, q, got[0])
+		}
+		return reply, nil
+	}
 	nodes, err := lookup(v.snap, make([]string, 0, n), q.Key, n, q)
 	if err != nil {
 		return Reply{}, err
@@ -70,9 +82,7 @@ func (c consistentHash) Select(ctx context.Context, q Request) (Reply, error) {
 			return Reply{}, fmt.Errorf("%w: %w", ErrInternal, err)
 		}
 	}
-	if n > 1 {
-		reply.Nodes = nodes
-	}
+	reply.Nodes = nodes
 	if q.Explain {
 		reply.Explanation = explainKey(v.snap, q, nodes[0])
 	}

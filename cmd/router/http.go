@@ -19,18 +19,32 @@ import (
 // metrics are the router's Prometheus series, all prefixed natsroute_.
 type metrics struct {
 	latency *prometheus.HistogramVec
+	// observers[strategy][code] are latency's children, looked up once so
+	// that recording a request allocates nothing.
+	observers map[string]map[int]prometheus.Observer
 }
 
 func newMetrics() *metrics {
-	return &metrics{latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	m := &metrics{latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "natsroute",
 		Name:      "request_duration_seconds",
 		Help:      "Time to answer a route.request, by strategy and code.",
 		Buckets:   []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3},
-	}, []string{"strategy", "code"})}
+	}, []string{"strategy", "code"}), observers: map[string]map[int]prometheus.Observer{}}
+	for _, s := range []string{bus.StrategyConsistentHash, bus.StrategyResourceAware, "unknown"} {
+		m.observers[s] = map[int]prometheus.Observer{}
+		for _, c := range []int{200, bus.CodeBadRequest, bus.CodeNoNodes, bus.CodeInternal} {
+			m.observers[s][c] = m.latency.WithLabelValues(s, codeLabel(c))
+		}
+	}
+	return m
 }
 
 func (m *metrics) observe(strategy string, code int, took time.Duration) {
+	if o, ok := m.observers[strategy][code]; ok {
+		o.Observe(took.Seconds())
+		return
+	}
 	m.latency.WithLabelValues(strategy, codeLabel(code)).Observe(took.Seconds())
 }
 
