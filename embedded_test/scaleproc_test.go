@@ -1,0 +1,259 @@
+package embedded_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natsroute/natsroute/bus"
+)
+
+// scaleProcEnv, set to a NATS URL, makes the test binary the router
+// process of BenchmarkScale: the router alone in its process, so its RSS
+// and CPU leave out the server and the load generator. scaleProcTTLEnv
+// carries the member TTL.
+const (
+	scaleProcEnv    = "NATSROUTE_SCALE_PROC"
+	scaleProcTTLEnv = "NATSROUTE_SCALE_PROC_TTL"
+)
+
+// scaleProcReply is the router process's answer to "stats".
+type scaleProcReply struct {
+	Stats  bus.Stats `json:"stats"`
+	CPU    int64     `json:"cpu_us"`  // user + system CPU of the process so far
+	TookUS int64     `json:"took_us"` // what Router.Stats cost
+}
+
+// processed is how many health reports the router accounted for since
+// before: accepted, rejected or dropped.
+func (r scaleProcReply) processed(before scaleProcReply) uint64 {
+	n := r.Stats.ReportsAccepted - before.Stats.ReportsAccepted + r.Stats.HealthDropped - before.Stats.HealthDropped
+	for reason, c := range r.Stats.ReportsRejected {
+		n += c - before.Stats.ReportsRejected[reason]
+	}
+	return n
+}
+
+// runScaleProc runs a router on url and serves the scale process protocol
+// on stdin and stdout, one line each way:
+//
+//	child:  ready
+//	parent: stats            child: <scaleProcReply as JSON>
+//	parent: profile <path>   child: ok (a CPU profile runs into path)
+//	parent: profile-stop     child: ok
+//
+// It closes the router and returns when stdin closes.
+func runScaleProc(url string, in io.Reader, out io.Writer) error {
+	ttl, err := time.ParseDuration(os.Getenv(scaleProcTTLEnv))
+	if err != nil {
+		return fmt.Errorf("scale process: %s: %w", scaleProcTTLEnv, err)
+	}
+	nc, err := nats.Connect(url, nats.Name("natsroute-scale-router"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cfg := bus.DefaultConfig()
+	cfg.MemberTTL = ttl
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("proc", "scale-router")
+	r, err := bus.NewRouter(nc, cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err = r.Start(ctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+
+	var profile *os.File
+	defer func() {
+		if profile != nil {
+			pprof.StopCPUProfile()
+			profile.Close()
+		}
+	}()
+	w := bufio.NewWriter(out)
+	say := func(s string) error {
+		if _, err := w.WriteString(s + "\n"); err != nil {
+			return err
+		}
+		return w.Flush()
+	}
+	if err := say("ready"); err != nil {
+		return err
+	}
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		cmd, arg, _ := strings.Cut(sc.Text(), " ")
+		reply := "ok"
+		switch {
+		case cmd == "stats":
+			t0 := time.Now()
+			s := r.Stats()
+			took := time.Since(t0)
+			var ru syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			data, err := json.Marshal(scaleProcReply{Stats: s, CPU: cpu.Microseconds(), TookUS: took.Microseconds()})
+			if err != nil {
+				return err
+			}
+			reply = string(data)
+		case cmd == "profile" && arg != "" && profile == nil:
+			if profile, err = os.Create(arg); err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(profile); err != nil {
+				return err
+			}
+		case cmd == "profile-stop" && profile != nil:
+			pprof.StopCPUProfile()
+			if err := profile.Close(); err != nil {
+				return err
+			}
+			profile = nil
+		default:
+			return fmt.Errorf("scale process: bad command %q", sc.Text())
+		}
+		if err := say(reply); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// scaleProc is the parent's end of the router process.
+type scaleProc struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Scanner
+	done chan error // the child's exit
+}
+
+func startScaleProc(b *testing.B, url string, ttl time.Duration) *scaleProc {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), scaleProcEnv+"="+url, scaleProcTTLEnv+"="+ttl.String())
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &scaleProc{cmd: cmd, in: in, out: bufio.NewScanner(out), done: make(chan error, 1)}
+	p.out.Buffer(nil, 1<<20)
+	b.Cleanup(func() {
+		in.Close() // the child closes its router and exits
+		go func() { p.done <- cmd.Wait() }()
+		select {
+		case err := <-p.done:
+			if err != nil {
+				b.Errorf("router process: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			b.Errorf("router process %d did not exit within 30 s of stdin closing; killing it", cmd.Process.Pid)
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	if line := p.line(b, "ready"); line != "ready" {
+		b.Fatalf("router process said %q, want ready", line)
+	}
+	return p
+}
+
+// line reads the child's next line; a child that says nothing within a
+// minute has hung.
+func (p *scaleProc) line(b *testing.B, what string) string {
+	b.Helper()
+	got := make(chan bool, 1)
+	go func() { got <- p.out.Scan() }()
+	select {
+	case ok := <-got:
+		if !ok {
+			b.Fatalf("router process ended while we waited for %s: %v", what, p.out.Err())
+		}
+	case <-time.After(time.Minute):
+		b.Fatalf("router process: no %s within 1 minute", what)
+	}
+	return strings.TrimSpace(p.out.Text())
+}
+
+func (p *scaleProc) do(b *testing.B, command string) string {
+	b.Helper()
+	if _, err := fmt.Fprintln(p.in, command); err != nil {
+		b.Fatalf("router process: %s: %v", command, err)
+	}
+	return p.line(b, "the answer to "+command)
+}
+
+func (p *scaleProc) stats(b *testing.B) scaleProcReply {
+	b.Helper()
+	var r scaleProcReply
+	if line := p.do(b, "stats"); json.Unmarshal([]byte(line), &r) != nil {
+		b.Fatalf("router process: stats: got %q", line)
+	}
+	return r
+}
+
+// profile starts a CPU profile into path; "" does nothing. It returns the
+// function that stops it.
+func (p *scaleProc) profile(b *testing.B, path string) (stop func()) {
+	b.Helper()
+	if path == "" {
+		return func() {}
+	}
+	if line := p.do(b, "profile "+path); line != "ok" {
+		b.Fatalf("router process: profile: got %q", line)
+	}
+	return func() {
+		if line := p.do(b, "profile-stop"); line != "ok" {
+			b.Fatalf("router process: profile-stop: got %q", line)
+		}
+	}
+}
+
+// memory returns the child's resident set now and at its peak, in MB, from
+// /proc/<pid>/status (VmRSS, VmHWM).
+func (p *scaleProc) memory(b *testing.B) (rss, peak float64) {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatalf("router process memory: %v", err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			peak = kb / 1024
+		}
+	}
+	return rss, peak
+}
