@@ -152,8 +152,25 @@ func TestRingDocument(t *testing.T) {
 	if err != nil || len(got.Nodes) != 2 || got.Nodes[1] != (RingNode{ID: "b", Weight: 2, Status: StatusDraining}) {
 		t.Fatalf("decoded %+v, %v", got, err)
 	}
+	two := `{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.25},{"id":"b","weight":1}]}`
+	got, err = DecodeRingDocument([]byte(two))
+	if err != nil || got.Nodes[0].Shed != 0.25 || got.Nodes[1].Shed != 0 || got.Format != DocumentFormatShed {
+		t.Fatalf("format 2: %+v, %v", got, err)
+	}
+	if b, err := got.Encode(); err != nil || string(b) != two {
+		t.Fatalf("format 2 re-encoded as %s, %v", b, err)
+	}
 	for _, bad := range []string{
 		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[]}`,
+		`{"format":3,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.5}]}`,
+		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1}]}`,             // format 2, nobody sheds
+		`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.5}]}`,  // format 1 with shed
+		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0}]}`,    // "shed": 0
+		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":-0.1}]}`, // negative
+		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":1.5}]}`,  // > 1
+		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":null}]}`,
+		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":"0.5"}]}`,
+		`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":NaN}]}`,
 		`{"format":1,"hash":"md5","vnodes":150,"nodes":[]}`,
 		`{"format":1,"hash":"xxhash64","vnodes":0,"nodes":[]}`,
 		`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a.b","weight":1}]}`,
@@ -240,6 +257,8 @@ func FuzzDecodeHealth(f *testing.F) {
 func FuzzDecodeRingDocument(f *testing.F) {
 	f.Add([]byte(`{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1},{"id":"b","weight":2,"status":"draining"}]}`))
 	f.Add([]byte(`{"format":1,"hash":"xxhash64","vnodes":3,"nodes":[]}`))
+	f.Add([]byte(`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.25},{"id":"b","weight":2,"status":"draining"}]}`))
+	f.Add([]byte(`{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := DecodeRingDocument(data)
 		if err != nil {

@@ -44,11 +44,48 @@ func newDocument(vnodes int) RingDocument {
 // an unknown format or hash is refused: routing on a ring built differently
 // from the router's would send keys to the wrong nodes.
 func DecodeRingDocument(data []byte) (RingDocument, error) {
-	var d RingDocument
-	if err := JSON.Unmarshal(data, &d); err != nil {
-		return d, fmt.Errorf("%w: %w", ErrInvalidDocument, err)
+	var w struct {
+		RingDocument
+		Nodes []struct {
+			RingNode
+			Shed *wireShed `json:"shed"`
+		} `json:"nodes"`
+	}
+	if err := JSON.Unmarshal(data, &w); err != nil {
+		return RingDocument{}, fmt.Errorf("%w: %w", ErrInvalidDocument, err)
+	}
+	d := w.RingDocument
+	if w.Nodes != nil {
+		d.Nodes = make([]RingNode, len(w.Nodes))
+	}
+	for i, n := range w.Nodes {
+		d.Nodes[i] = n.RingNode
+		if n.Shed != nil {
+			// A shed field is a fraction in (0, 1]; "shed": 0 is refused
+			// (a member that does not shed has no field).
+			if !(n.Shed.v > 0 && n.Shed.v <= 1) {
+				return RingDocument{}, fmt.Errorf("%w: node %q has shed %s, want a number in (0, 1] (a member that does not shed has no shed field)", ErrInvalidDocument, clip(n.ID), n.Shed.raw)
+			}
+			d.Nodes[i].Shed = n.Shed.v
+		}
 	}
 	return d, d.Validate()
+}
+
+// wireShed is a shed field as it was written: null and non-numbers are
+// errors, and 0 stays distinguishable from an absent field.
+type wireShed struct {
+	v   float64
+	raw string
+}
+
+func (s *wireShed) UnmarshalJSON(b []byte) error {
+	s.raw = string(b)
+	if string(b) == "null" {
+		s.v = math.NaN()
+		return nil
+	}
+	return json.Unmarshal(b, &s.v)
 }
 
 // Validate checks the format, hash, vnodes and every node. Format 1 has no
