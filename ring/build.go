@@ -295,53 +295,102 @@ func (s *Snapshot) merge(old *Snapshot, remap []int32, added []rawPoint) {
 
 // mergeSameSlots is merge when old and s have the same table bits, as they
 // do from 2^16 points up (the table stops growing at 2^17 slots). A kept
-// point then stays in its slot and keeps its word but for the owner bits,
-// and the table needs one entry per slot, not a check per point. Only the
-// slots that receive new points take the general path.
+// point then keeps its word but for the owner bits, so the kept points are
+// copied in flat runs that renumber owners, each added point is spliced in
+// where a short scan of its slot puts it, and the new table is the old one
+// shifted by the points added and removed before each slot. The loops call
+// nothing: with a call inside, the compiler spilled and reloaded a dozen
+// values an iteration (34 instructions a point; now 17, in renumber). Per
+// Add at 10,000 members that is 32 M instructions against 100 M for the
+// 16-byte layout's merge (valgrind --tool=cachegrind).
 func (s *Snapshot) mergeSameSlots(old *Snapshot, remap []int32, added []rawPoint) {
-	mask := s.mask
-	out := s.points
-	k, a := 0, 0
-	nextSlot := uint64(len(s.table)) // slot of added[a]
-	if len(added) > 0 {
-		nextSlot = added[0].hash >> s.shift
+	k, i := 0, 0
+	for _, p := range added {
+		end := old.insertAt(p, remap, i)
+		k += renumber(s.points[k:], old.points[i:end], remap, s.mask)
+		s.points[k] = p.hash<<(s.bits&63) | uint64(p.owner)
+		k, i = k+1, end
 	}
-	for p := range len(s.table) - 1 {
-		s.table[p] = uint32(k)
-		in := old.points[old.table[p]:old.table[p+1]]
-		if uint64(p) != nextSlot {
-			for _, v := range in {
-				if o := remap[v&mask]; o >= 0 {
-					out[k] = v&^mask | uint64(o)
-					k++
-				}
-			}
+	renumber(s.points[k:], old.points[i:], remap, s.mask)
+
+	// The slots that lose points: those of the members that go, hashed
+	// again (usually one member's 150 points) rather than noted in the copy.
+	var gone []uint64
+	ph := pointHasher{fn: s.hash}
+	for o, m := range old.members {
+		if remap[o] >= 0 {
 			continue
 		}
-		top := uint64(p) << s.shift
-		for _, v := range in {
-			o := remap[v&mask]
-			if o < 0 {
-				continue
-			}
-			h := top | v>>s.bits
-			for a < len(added) && added[a].hash>>s.shift == uint64(p) && (added[a].hash < h || (added[a].hash == h && added[a].owner < uint32(o))) {
-				out[k] = added[a].hash<<s.bits | uint64(added[a].owner)
-				k, a = k+1, a+1
-			}
-			out[k] = v&^mask | uint64(o)
-			k++
-		}
-		for a < len(added) && added[a].hash>>s.shift == uint64(p) {
-			out[k] = added[a].hash<<s.bits | uint64(added[a].owner)
-			k, a = k+1, a+1
-		}
-		nextSlot = uint64(len(s.table))
-		if a < len(added) {
-			nextSlot = added[a].hash >> s.shift
+		ph.start(m.ID)
+		for range points(old.vnodes, m.Weight) {
+			gone = append(gone, ph.sum()>>(s.shift&63))
+			ph.next()
 		}
 	}
-	s.table[len(s.table)-1] = uint32(k)
+	slices.Sort(gone)
+
+	// table[p] counts the points in slots before p: a point added to or
+	// removed from slot e changes table[p] for every p > e.
+	p, delta := 0, uint32(0) // delta wraps around when negative
+	for a, g := 0, 0; a < len(added) || g < len(gone); {
+		e, d := uint64(0), uint32(0)
+		if g == len(gone) || (a < len(added) && added[a].hash>>(s.shift&63) < gone[g]) {
+			e, d, a = added[a].hash>>(s.shift&63), 1, a+1
+		} else {
+			e, d, g = gone[g], ^uint32(0), g+1 // -1
+		}
+		p = shiftTable(s.table, old.table, p, int(e)+1, delta)
+		delta += d
+	}
+	shiftTable(s.table, old.table, p, len(s.table), delta)
+}
+
+// renumber copies the points of in whose owner stays to out, renumbering
+// the owner, and returns how many it copied. It is kept out of line: inlined
+// into mergeSameSlots, its loop spilled the point and reloaded the mask on
+// every iteration (23 instructions a point; out of line, 17).
+//
+//go:noinline
+func renumber(out, in []uint64, remap []int32, mask uint64) int {
+	k, keep := 0, ^mask
+	for _, v := range in {
+		if o := remap[v&mask]; o >= 0 {
+			out[k] = v&keep | uint64(uint32(o))
+			k++
+		}
+	}
+	return k
+}
+
+// shiftTable sets dst[p] = src[p] + delta for p in [from, to), if to > from,
+// and returns max(from, to).
+func shiftTable(dst, src []uint32, from, to int, delta uint32) int {
+	if to <= from {
+		return from
+	}
+	d, s := dst[from:to], src[from:to]
+	s = s[:len(d)]
+	for j := range d {
+		d[j] = s[j] + delta
+	}
+	return to
+}
+
+// insertAt returns where a new point goes among old's points from index
+// from on: after every point of its slot with a smaller hash, or the same
+// hash and a smaller (renumbered) owner. A point whose owner goes (remap
+// -1) sorts first among equal hashes; it is dropped anyway.
+func (old *Snapshot) insertAt(p rawPoint, remap []int32, from int) int {
+	slot := p.hash >> (old.shift & 63)
+	x := p.hash << (old.bits & 63)
+	j, hi := max(from, int(old.table[slot])), int(old.table[slot+1])
+	for ; j < hi; j++ {
+		v := old.points[j]
+		if h := v &^ old.mask; h > x || (h == x && remap[v&old.mask] > int32(p.owner)) {
+			break
+		}
+	}
+	return j
 }
 
 // pointWriter appends points in ring order and fills the prefix table.

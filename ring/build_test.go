@@ -137,6 +137,13 @@ func TestLayoutCrowdedSlot(t *testing.T) {
 	}
 	r.Remove("node-4")
 	ms = append(slices.Delete(ms, 4, 5), Member{ID: "late", Weight: 2})
+	checkLayout(t, r.Snapshot(), newRefHash(20, h, ms...), rng)
+	// Re-weighting removes and adds the same member's points in one merge,
+	// every one of them equal in hash to dozens of others.
+	ms[7].Weight, ms[20].Weight = 2.5, 0.3
+	if err := r.Set(ms); err != nil {
+		t.Fatal(err)
+	}
 	ref := newRefHash(20, h, ms...)
 	checkLayout(t, r.Snapshot(), ref, rng)
 	for _, k := range fixedKeys(300) {
