@@ -127,7 +127,10 @@ func (s *Snapshot) skipDraining() bool {
 	return s.nDrain > 0 && s.nDrain < len(s.members)
 }
 
-// Get returns the member that owns key.
+// Get returns the member that owns key: clockwise from the key's point, the
+// first member that is not draining and does not shed key; failing that, the
+// first that is not draining; if every member is draining, the first member
+// (see the package doc).
 func (s *Snapshot) Get(key string) (string, error) {
 	if len(s.points) == 0 {
 		return "", ErrEmpty
@@ -147,8 +150,10 @@ func (s *Snapshot) Get(key string) (string, error) {
 }
 
 // Walk calls fn for each distinct member clockwise from key's position,
-// draining or not, until fn returns false or every member was visited. It
-// shows what a lookup passes over; it allocates, so it is not for hot paths.
+// draining, shedding or not, until fn returns false or every member was
+// visited. It shows what a lookup passes over: draining members, and members
+// m for which Sheds(key, m.ID, m.Shed) holds. It allocates, so it is not for
+// hot paths.
 func (s *Snapshot) Walk(key string, fn func(Member) bool) {
 	if len(s.points) == 0 {
 		return
@@ -192,9 +197,11 @@ func (s *Snapshot) Shares() map[string]float64 {
 // KeyHash returns the hash the ring uses for key (XXH64, seed 0).
 func (s *Snapshot) KeyHash(key string) uint64 { return s.hashKey(key) }
 
-// GetN returns up to n distinct members for key, primary first, in ring
-// order. It returns fewer than n only when fewer members are usable (members
-// that are not draining, or all of them if all are draining).
+// GetN returns up to n distinct members for key, primary first: in ring
+// order, except that members that shed key come after all members that do
+// not (format 2; see the package doc). It returns fewer than n only when
+// fewer members are usable (members that are not draining, or all of them if
+// all are draining).
 func (s *Snapshot) GetN(key string, n int) ([]string, error) {
 	return s.AppendN(nil, key, n)
 }
