@@ -88,7 +88,7 @@ func (r *Router) observe(node string, h Health) error {
 			if !slices.Contains(pools, name) {
 				if p := r.pool(name); p != nil {
 					delete(p.reporters, node)
-					p.balancer.Forget(node)
+					p.forget(node)
 					p.wake()
 				}
 			}
@@ -332,6 +332,7 @@ func (p *pool) flushOnce(ctx context.Context, reread bool) error {
 		}
 		p.noteOversize(fmt.Errorf("%w: new members wait; %d bytes with them", errDocTooLarge, full))
 	}
+	p.ring.expect(data, want)
 	var newRev uint64
 	if rev == 0 {
 		newRev, err = p.ring.bucket().Create(ctx, p.key, data)

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,22 @@ type ringFollower struct {
 	ring    *ring.Ring    // reused across documents so unchanged members keep their points
 	changed chan struct{} // closed and replaced whenever the view changes
 	view    atomic.Pointer[view]
+
+	own atomic.Pointer[ownWrite] // the document this process is writing
+}
+
+// ownWrite is a document a router is writing, kept so that when the watch
+// brings it back (often before the write's acknowledgement) it is applied
+// without decoding it again: 12 % of a router's CPU in a burst of 10,000
+// joins went to decoding its own 310 KB documents.
+type ownWrite struct {
+	data []byte
+	doc  RingDocument
+}
+
+// expect notes a document about to be written.
+func (f *ringFollower) expect(data []byte, doc RingDocument) {
+	f.own.Store(&ownWrite{data: data, doc: doc})
 }
 
 func newRingFollower(vnodes int, key string, log *slog.Logger) (*ringFollower, error) {
@@ -141,6 +158,10 @@ func (f *ringFollower) applyEntry(e jetstream.KeyValueEntry) {
 	}
 	if e.Operation() != jetstream.KeyValuePut {
 		f.apply(newDocument(f.vnodes), e.Revision())
+		return
+	}
+	if w := f.own.Load(); w != nil && bytes.Equal(w.data, e.Value()) {
+		f.apply(w.doc, e.Revision())
 		return
 	}
 	d, err := DecodeRingDocument(e.Value())

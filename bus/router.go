@@ -37,10 +37,11 @@ type Router struct {
 	healthMu sync.Mutex // guards tracker and every pool's reporters and shed
 	tracker  map[string]*track
 
-	kick       chan struct{}   // restarts the bucket watch (after a reconnect)
-	legacy     atomic.Bool     // a router of an earlier release shares the bucket
-	shedPolicy ring.ShedPolicy // load-aware ConsistentHash (BalanceFactor)
-	caughtUp   atomic.Int64    // unix nanos (cfg.Now) when the health queue was last empty
+	kick         chan struct{}   // restarts the bucket watch (after a reconnect)
+	legacy       atomic.Bool     // a router of an earlier release shares the bucket
+	shedPolicy   ring.ShedPolicy // load-aware ConsistentHash (BalanceFactor)
+	caughtUp     atomic.Int64    // unix nanos (cfg.Now) when the health queue was last empty
+	joinsWaiting atomic.Bool     // some pool has first reports waiting (pool.report)
 
 	stats    counters
 	inflight atomic.Int64
@@ -303,6 +304,7 @@ func (r *Router) onHealth(m *nats.Msg) {
 	}
 	if n, _, perr := m.Sub.Pending(); perr == nil && n == 0 {
 		r.caughtUp.Store(r.cfg.Now().UnixNano()) // see silenceNow
+		r.flushAllJoins()
 	}
 	if err != nil {
 		reason := rejectReason(err)

@@ -19,7 +19,7 @@ func (p *pool) updateShed() bool {
 	doc := p.ring.current().doc
 	var states []resourceaware.NodeState
 	if !r.legacy.Load() {
-		states = p.balancer.Nodes()
+		states = p.settle().Nodes()
 	}
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()

@@ -198,7 +198,7 @@ func (p *pool) stats() PoolStats {
 		Name: p.name, Key: p.key, Members: len(v.doc.Nodes), Revision: v.rev, Format: v.doc.Format,
 		Shedding: v.snap.Shedding(), OversizeDocuments: p.oversize.Load(),
 	}
-	ps.Known, ps.Eligible = p.balancer.Counts()
+	ps.Known, ps.Eligible = p.settle().Counts()
 	for si, sn := range strategyNames {
 		for ci, code := range codes {
 			if n := p.requests[si][ci].Load(); n > 0 {
@@ -264,7 +264,7 @@ func (r *Router) NodesPage(pool string, offset, limit int) NodesState {
 		out.Pool = p.name
 	}
 	v := p.ring.current()
-	all := p.balancer.Nodes()
+	all := p.settle().Nodes()
 	out.Revision, out.Total = v.rev, len(all)
 	if offset >= len(all) {
 		return out
@@ -323,7 +323,7 @@ func (r *Router) Pools() PoolsState {
 	out := PoolsState{Pools: []PoolInfo{}}
 	for _, p := range r.sortedPools() {
 		v := p.ring.current()
-		known, _ := p.balancer.Counts()
+		known, _ := p.settle().Counts()
 		out.Pools = append(out.Pools, PoolInfo{Name: p.name, Key: p.key, Members: len(v.doc.Nodes), Known: known, Revision: v.rev, Format: v.doc.Format})
 	}
 	return out

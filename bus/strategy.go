@@ -78,7 +78,7 @@ func (c consistentHash) Select(ctx context.Context, q Request) (Reply, error) {
 	reply.Node = nodes[0]
 	if q.Spread > 1 {
 		// A hot key: ResourceAware's pick among its first owners.
-		if reply.Node, err = p.balancer.Select(nodes); err != nil {
+		if reply.Node, err = p.settle().Select(nodes); err != nil {
 			return Reply{}, fmt.Errorf("%w: %w", ErrInternal, err)
 		}
 	}
@@ -140,26 +140,25 @@ func (resourceAware) Name() string { return StrategyResourceAware }
 // Report gives the report to the balancer of every pool the node reports
 // for (observe, which runs first, has made sure they exist).
 func (s resourceAware) Report(node string, h Health) error {
-	for _, name := range poolsOf(h) {
-		p := s.r.pool(name)
-		if p == nil {
-			continue
-		}
-		if h.Status == StatusLeaving {
-			p.balancer.Forget(node)
-			continue
-		}
-		if err := p.balancer.Report(node, h.report()); err != nil {
-			return err
-		}
-	}
 	if h.Status == StatusLeaving { // it leaves every pool it was in
 		s.r.healthMu.Lock()
-		pools := slices.Clone(s.r.tracker[node].pools)
+		var pools []string
+		if t := s.r.tracker[node]; t != nil {
+			pools = slices.Clone(t.pools)
+		}
 		s.r.healthMu.Unlock()
-		for _, name := range pools {
+		for _, name := range append(pools, poolsOf(h)...) {
 			if p := s.r.pool(name); p != nil {
-				p.balancer.Forget(node)
+				p.forget(node)
+			}
+		}
+		return nil
+	}
+	rep := h.report()
+	for _, name := range poolsOf(h) {
+		if p := s.r.pool(name); p != nil {
+			if err := p.report(node, rep); err != nil {
+				return err
 			}
 		}
 	}
@@ -177,7 +176,7 @@ func (s resourceAware) Select(ctx context.Context, q Request) (Reply, error) {
 	if p == nil {
 		return Reply{}, noMembers(q.Pool)
 	}
-	b := p.balancer
+	b := p.settle()
 	reply := Reply{Strategy: StrategyResourceAware, Revision: p.ring.current().rev}
 	var err error
 	if q.Count == 1 {

@@ -151,6 +151,61 @@ func (b *Balancer) Report(nodeID string, r Report) error {
 	return nil
 }
 
+// ReportAll records reports[i] for nodeIDs[i], received now, as Report
+// would one by one, but re-lays the snapshot at most once: a burst of k new
+// nodes costs O(n + k log k) instead of k × O(n). It validates every report
+// first; if one is invalid it returns that error and changes nothing. A node
+// listed twice keeps its last report.
+func (b *Balancer) ReportAll(nodeIDs []string, reports []Report) error {
+	if len(nodeIDs) != len(reports) {
+		return fmt.Errorf("resourceaware: ReportAll: %d ids and %d reports", len(nodeIDs), len(reports))
+	}
+	for i, id := range nodeIDs {
+		if err := ValidateID(id); err != nil {
+			return err
+		}
+		if err := reports[i].Validate(); err != nil {
+			return fmt.Errorf("%w (node %q)", err, id)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.cfg.Now()
+	b.advance(now)
+	var added []string
+	for i, id := range nodeIDs {
+		n, known := b.nodes[id]
+		if !known {
+			n = b.newNode(id, now)
+			added = append(added, id)
+		} else if now.Sub(n.seen) > b.cfg.Staleness {
+			b.startRamp(n, now)
+		}
+		if !n.fresh {
+			n.held = 0
+		}
+		r := reports[i]
+		n.report, n.at, n.seen, n.fresh = r, now, now, true
+		n.held = b.cfg.held(r, n.held)
+		b.stale.set(n, addSat(b.since(now), int64(b.cfg.Staleness)))
+		n.w, n.c = b.weigh(n)
+	}
+	if len(added) == 0 {
+		b.relayout(b.snap.Load().ids) // weights changed everywhere: one pass
+		return nil
+	}
+	slices.Sort(added)
+	b.relayout(mergeSorted(b.snap.Load().ids, slices.Compact(added)))
+	return nil
+}
+
+// Known reports whether the balancer knows nodeID (from a report or Add).
+// It reads the snapshot without locking.
+func (b *Balancer) Known(nodeID string) bool {
+	_, ok := b.snap.Load().index[nodeID]
+	return ok
+}
+
 // Add makes nodes known without a report (they count as neutral until they
 // report). Known nodes are left as they are. However many nodes it adds, it
 // re-lays the snapshot once, O(n + k log k).
