@@ -27,6 +27,9 @@ import (
 const (
 	scaleProcEnv    = "NATSROUTE_SCALE_PROC"
 	scaleProcTTLEnv = "NATSROUTE_SCALE_PROC_TTL"
+	// scaleProcMemLimitEnv, e.g. 48MiB, becomes the router process's
+	// GOMEMLIMIT (and not the load generator's).
+	scaleProcMemLimitEnv = "NATSROUTE_SCALE_ROUTER_GOMEMLIMIT"
 )
 
 // scaleProcReply is the router process's answer to "stats".
@@ -149,6 +152,9 @@ func startScaleProc(b *testing.B, url string, ttl time.Duration) *scaleProc {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), scaleProcEnv+"="+url, scaleProcTTLEnv+"="+ttl.String())
+	if limit := os.Getenv(scaleProcMemLimitEnv); limit != "" { // the router's GOMEMLIMIT only
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+limit)
+	}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
