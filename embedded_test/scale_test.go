@@ -169,6 +169,11 @@ func runScale(b *testing.B, n int) scaleResult {
 	r.singleJoins()         // 6
 	// 5: the router process's memory, now and at its peak.
 	r.res.rssMB, r.res.peakMB = r.router.memory(b)
+	heapProfile := ""
+	if r.profiles != "" {
+		heapProfile = filepath.Join(r.profiles, fmt.Sprintf("scale-%d-heap.pprof", n))
+	}
+	r.logf("router memory: RSS %.1f MB (peak %.1f MB); %s", r.res.rssMB, r.res.peakMB, r.router.heap(b, heapProfile))
 	end := r.router.stats(b)
 	r.res.kvWrites, r.res.kvErrors = end.Stats.KVWrites, end.Stats.KVErrors
 	return r.res

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -123,6 +124,22 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 			}
 			if err := pprof.StartCPUProfile(profile); err != nil {
 				return err
+			}
+		case cmd == "heap": // what takes the memory: after a GC, and a heap profile if asked
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			reply = fmt.Sprintf("live heap %.1f MB, heap in use %.1f MB, heap idle not returned %.1f MB, stacks %.1f MB, from the OS %.1f MB",
+				mb(ms.HeapAlloc), mb(ms.HeapInuse), mb(ms.HeapIdle-ms.HeapReleased), mb(ms.StackInuse), mb(ms.Sys))
+			if arg != "" {
+				f, err := os.Create(arg)
+				if err != nil {
+					return err
+				}
+				if err := pprof.WriteHeapProfile(f); err != nil {
+					return err
+				}
+				f.Close()
 			}
 		case cmd == "profile-stop" && profile != nil:
 			pprof.StopCPUProfile()
@@ -242,6 +259,15 @@ func (p *scaleProc) profile(b *testing.B, path string) (stop func()) {
 
 // memory returns the child's resident set now and at its peak, in MB, from
 // /proc/<pid>/status (VmRSS, VmHWM).
+func mb(n uint64) float64 { return float64(n) / (1 << 20) }
+
+// heap asks the router process what its memory holds (and writes a heap
+// profile to path, if set).
+func (p *scaleProc) heap(b *testing.B, path string) string {
+	b.Helper()
+	return p.do(b, strings.TrimSpace("heap "+path))
+}
+
 func (p *scaleProc) memory(b *testing.B) (rss, peak float64) {
 	b.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
