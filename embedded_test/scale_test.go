@@ -38,6 +38,13 @@ import (
 // load generator, which share the parent. Everything shares the machine's
 // cores, so on a small machine the figures are noisy and pessimistic.
 func BenchmarkScale(b *testing.B) {
+	scalePools = 0
+	if s := os.Getenv("NATSROUTE_SCALE_POOLS"); s != "" {
+		var err error
+		if scalePools, err = strconv.Atoi(s); err != nil || scalePools < 1 || scalePools > 1000 {
+			b.Fatalf("NATSROUTE_SCALE_POOLS=%q: want 1 to 1000", s)
+		}
+	}
 	sizes := []int{1000, 10000}
 	if s := os.Getenv("NATSROUTE_SCALE_N"); s != "" {
 		sizes = nil
@@ -51,7 +58,11 @@ func BenchmarkScale(b *testing.B) {
 	}
 	results := map[int]scaleResult{}
 	for _, n := range sizes {
-		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
+		name := fmt.Sprintf("members=%d", n)
+		if scalePools > 0 {
+			name += fmt.Sprintf("/pools=%d", scalePools)
+		}
+		b.Run(name, func(b *testing.B) {
 			res := runScale(b, n)
 			res.report(b)
 			results[n] = res
@@ -357,7 +368,11 @@ func (r *scaleRun) singleJoins() {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cache, err := bus.WatchRing(context.Background(), js, "", bus.WithRingCacheLogger(testLogger(b)))
+	opts := []bus.RingCacheOption{bus.WithRingCacheLogger(testLogger(b))}
+	if p := scalePool("join"); p != "" {
+		opts = append(opts, bus.WithPool(p))
+	}
+	cache, err := bus.WatchRing(context.Background(), js, "", opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -392,8 +407,31 @@ func (r *scaleRun) singleJoins() {
 }
 
 // encodeHealth is one ordinary heartbeat: same load, weight and status.
-func encodeHealth(b *testing.B, id string, seq uint64) []byte {
+// scalePools, from NATSROUTE_SCALE_POOLS, spreads the members over that
+// many pools (node-i is in pool p<i mod pools>); 0 keeps them all in the
+// default pool.
+var scalePools int
+
+// scalePool returns the pool of a node id, or "" for the default pool.
+func scalePool(id string) string {
+	if scalePools == 0 {
+		return ""
+	}
+	i, _ := strconv.Atoi(strings.TrimPrefix(id, "node-")) // other ids: pool p000
+	return fmt.Sprintf("p%03d", i%scalePools)
+}
+
+// scaleHealth is okHealth for a node, in its pool.
+func scaleHealth(id string) bus.Health {
 	h := okHealth
+	if p := scalePool(id); p != "" {
+		h.Pools = []string{p}
+	}
+	return h
+}
+
+func encodeHealth(b *testing.B, id string, seq uint64) []byte {
+	h := scaleHealth(id)
 	h.Seq = seq
 	data, err := bus.EncodeHealth(id, h, bus.Msgpack)
 	if err != nil {
@@ -447,7 +485,7 @@ func (h *heartbeats) start(b *testing.B, silent int) <-chan time.Time {
 					continue
 				}
 				h.seq[i]++
-				r := okHealth
+				r := scaleHealth(h.ids[i])
 				r.Seq = h.seq[i]
 				data, err := bus.EncodeHealth(h.ids[i], r, bus.Msgpack)
 				if err == nil {
@@ -492,7 +530,8 @@ func startRequests(ctx context.Context, b *testing.B, nc *nats.Conn) *requestLoa
 	bodies := make([][]byte, 4096)
 	for i := range bodies {
 		var err error
-		bodies[i], err = msgpack.Marshal(&bus.Request{Strategy: bus.StrategyConsistentHash, Key: fmt.Sprintf("user-%d", rand.Uint64())})
+		bodies[i], err = msgpack.Marshal(&bus.Request{Strategy: bus.StrategyConsistentHash, Key: fmt.Sprintf("user-%d", rand.Uint64()),
+			Pool: scalePool(fmt.Sprintf("node-%d", i))})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -542,9 +581,7 @@ func (d *docState) member(id string) (bus.RingNode, bool) {
 	return d.doc.Nodes[i], true
 }
 
-// docWatch follows the ring key with a plain KV watch. When it falls
-// behind it skips to the newest entry delivered, so an entry's arrival is
-// late by at most one decode.
+// docWatch follows every pool's ring key with a plain KV watch.
 type docWatch struct {
 	cur atomic.Pointer[docState]
 }
@@ -561,11 +598,14 @@ func watchDoc(b *testing.B, nc *nats.Conn) *docWatch {
 		cancel()
 		b.Fatalf("bucket %s: %v", bus.DefaultBucket, err)
 	}
-	w, err := kv.Watch(ctx, bus.RingKey)
+	// Every pool's key; the state is their members together (a member is
+	// in one pool here), the sum of their sizes and the newest revision.
+	w, err := kv.WatchFiltered(ctx, []string{bus.RingKey, bus.RingKey + ".>"})
 	if err != nil {
 		cancel()
 		b.Fatal(err)
 	}
+	perKey := map[string]docState{}
 	dw := &docWatch{}
 	dw.cur.Store(&docState{})
 	done := make(chan struct{})
@@ -573,14 +613,19 @@ func watchDoc(b *testing.B, nc *nats.Conn) *docWatch {
 	go func() {
 		defer close(done)
 		for {
-			var e jetstream.KeyValueEntry
-			var ok bool
+			// The newest entry of each key delivered so far: when the watch
+			// falls behind it skips to those, so an entry's arrival is late
+			// by at most a decode per key.
+			latest := map[string]jetstream.KeyValueEntry{}
 			select {
 			case <-ctx.Done():
 				return
-			case e, ok = <-w.Updates():
+			case e, ok := <-w.Updates():
 				if !ok {
 					return
+				}
+				if e != nil {
+					latest[e.Key()] = e
 				}
 			}
 			for more := true; more; {
@@ -590,22 +635,35 @@ func watchDoc(b *testing.B, nc *nats.Conn) *docWatch {
 						return
 					}
 					if next != nil {
-						e = next
+						latest[next.Key()] = next
 					}
 				default:
 					more = false
 				}
 			}
-			if e == nil {
+			if len(latest) == 0 {
 				continue
 			}
 			at := time.Now()
-			d, err := bus.DecodeRingDocument(e.Value())
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "scale: ring document at revision %d: %v\n", e.Revision(), err)
-				continue
+			var rev uint64
+			for key, e := range latest {
+				d, err := bus.DecodeRingDocument(e.Value())
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "scale: ring document %s at revision %d: %v\n", key, e.Revision(), err)
+					continue
+				}
+				perKey[key] = docState{doc: d, rev: e.Revision(), size: len(e.Value())}
+				rev = max(rev, e.Revision())
 			}
-			dw.cur.Store(&docState{doc: d, rev: e.Revision(), size: len(e.Value()), at: at})
+			all := docState{rev: rev, at: at}
+			for _, k := range perKey {
+				all.doc.Nodes = append(all.doc.Nodes, k.doc.Nodes...)
+				all.size += k.size
+			}
+			if len(perKey) > 1 {
+				slices.SortFunc(all.doc.Nodes, func(a, b bus.RingNode) int { return strings.Compare(a.ID, b.ID) })
+			}
+			dw.cur.Store(&all)
 		}
 	}()
 	return dw
