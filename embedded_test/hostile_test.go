@@ -102,6 +102,15 @@ func TestHostileInput(t *testing.T) {
 		{"ConsistentHash without a key", []byte(`{"strategy":"ConsistentHash"}`), nil, "needs a key"},
 		{"a batch with ResourceAware", []byte(`{"strategy":"ResourceAware","keys":["a"]}`), nil, "needs strategy ConsistentHash"},
 		{"unknown fields are ignored", []byte(`{"key":"user-42","tier":"gpu","future":{"x":1}}`), nil, ""},
+		{"spread -1", []byte(`{"key":"a","spread":-1}`), nil, "spread -1 is out of range"},
+		{"spread over max_count", []byte(`{"key":"a","spread":33}`), nil, "spread 33 is out of range: want 1 to 32"},
+		{"spread is a string", []byte(`{"key":"a","spread":"2"}`), nil, "invalid JSON"},
+		{"msgpack: spread is a float", mp(map[string]any{"key": "a", "spread": 2.5}), nil, "invalid msgpack"},
+		{"spread with count", []byte(`{"key":"a","spread":2,"count":2}`), nil, "does not go with count > 1"},
+		{"spread with keys", []byte(`{"keys":["a"],"spread":2}`), nil, "does not go with keys"},
+		{"spread with ResourceAware", []byte(`{"strategy":"ResourceAware","key":"a","spread":2}`), nil, "spread needs ConsistentHash"},
+		{"spread 0 means 1", []byte(`{"key":"user-42","spread":0}`), nil, ""},
+		{"spread 1 is plain", []byte(`{"key":"user-42","spread":1}`), nil, ""},
 	}
 	for _, c := range requests {
 		t.Run("request/"+c.name, func(t *testing.T) {

@@ -78,7 +78,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg := bus.DefaultConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg.Balancer.Staleness = 2 * time.Second
-	cfg.BalanceFactor = 1.25 // load-aware ConsistentHash: an overloaded node sheds keys
+	cfg.BalanceFactor = 1.5 // load-aware ConsistentHash: an overloaded node sheds keys
 	cfg.ShedInterval = 300 * time.Millisecond
 	router, err := bus.NewRouter(nc, cfg)
 	if err != nil {
@@ -96,7 +96,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	nodes := []*simNode{
 		{id: "node-a", cpu: 20}, {id: "node-b", cpu: 45, pools: []string{bus.DefaultPool, "search"}},
-		{id: "node-c", cpu: 35}, {id: "node-d", cpu: 60}, {id: "node-e", cpu: 30},
+		{id: "node-c", cpu: 35}, {id: "node-d", cpu: 50}, {id: "node-e", cpu: 30},
 		{id: "search-1", cpu: 25, pools: []string{"search"}}, {id: "search-2", cpu: 50, pools: []string{"search"}},
 	}
 	for _, n := range nodes {
@@ -123,7 +123,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "natsroute demo: embedded NATS at %s, a router, seven simulated nodes in two pools:\n", ns.ClientURL())
 	fmt.Fprintln(stdout, "pool default has node-a..node-e; pool search has search-1, search-2 and node-b (a node may serve several pools).")
 	fmt.Fprintln(stdout, "Every second: 1,000 keys through ConsistentHash and 1,000 picks through ResourceAware in the default pool,")
-	fmt.Fprintln(stdout, "and 1,000 keys in pool search. Load-aware ConsistentHash is on (--balance-factor 1.25).")
+	fmt.Fprintln(stdout, "and 1,000 keys in pool search. Load-aware ConsistentHash is on (--balance-factor 1.5).")
 	phases := []struct {
 		at   float64 // fraction of the run
 		say  string

@@ -66,6 +66,7 @@ type statsCollector struct {
 	requests, accepted, rejected, dropped, writes, conflicts, kvErrs, docs *prometheus.Desc
 	reconnects, membersDesc, eligibleDesc, knownDesc, revisionDesc         *prometheus.Desc
 	poolRequests, shedding, oversizeReplies, oversizeDocs, legacy, pools   *prometheus.Desc
+	memberShed                                                             *prometheus.Desc
 }
 
 func newStatsCollector(r *bus.Router) *statsCollector {
@@ -81,6 +82,7 @@ func newStatsCollector(r *bus.Router) *statsCollector {
 		oversizeDocs:    d("oversize_documents_total", "Ring writes refused because the document would exceed the server's max_payload, by pool.", "pool"),
 		legacy:          d("legacy_routers", "1 while a router of an earlier release (no pools, no format 2) shares the bucket."),
 		pools:           d("pools", "Pools this router serves."),
+		memberShed:      d("member_shed", "Fraction of its keys a member sheds to the next members (load-aware ConsistentHash); only members that shed.", "pool", "node"),
 		accepted:        d("reports_accepted_total", "Health reports accepted."),
 		rejected:        d("reports_rejected_total", "Health reports rejected, by reason.", "reason"),
 		dropped:         d("reports_dropped_total", "Health reports lost because the router fell behind (slow consumer)."),
@@ -98,7 +100,7 @@ func newStatsCollector(r *bus.Router) *statsCollector {
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.accepted, c.rejected, c.dropped, c.writes, c.conflicts, c.kvErrs, c.docs, c.reconnects, c.membersDesc, c.eligibleDesc, c.knownDesc, c.revisionDesc,
-		c.poolRequests, c.shedding, c.oversizeReplies, c.oversizeDocs, c.legacy, c.pools} {
+		c.poolRequests, c.shedding, c.oversizeReplies, c.oversizeDocs, c.legacy, c.pools, c.memberShed} {
 		ch <- d
 	}
 }
@@ -140,6 +142,14 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.oversizeDocs, p.OversizeDocuments, p.Name)
 		for _, rq := range p.Requests {
 			counter(c.poolRequests, rq.Count, p.Name, rq.Strategy, codeLabel(rq.Code))
+		}
+		if p.Shedding > 0 {
+			doc, _ := c.r.PoolRing(p.Name)
+			for _, n := range doc.Nodes {
+				if n.Shed > 0 {
+					gauge(c.memberShed, n.Shed, p.Name, n.ID)
+				}
+			}
 		}
 	}
 }
