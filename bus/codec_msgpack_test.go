@@ -591,3 +591,20 @@ func TestMsgpackRefusalsKeepTheirErrors(t *testing.T) {
 		t.Fatalf("JSON: %+v, %v", q, err)
 	}
 }
+
+// TestResultFastPathBytes: the bytes appended for a result without nodes
+// are msgpack.Marshal's, at every string length class.
+func TestResultFastPathBytes(t *testing.T) {
+	for _, n := range []int{0, 1, 31, 32, 255, 256, 65535, 65536, 70000} {
+		key := strings.Repeat("k", n)
+		r := Reply{Strategy: StrategyConsistentHash, Revision: 3, Results: []Result{{Key: key, Node: "node-1"}, {Key: "x", Node: key}}}
+		want, err := msgpack.Marshal(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Msgpack.AppendReply(nil, &r)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("length %d: AppendReply differs from msgpack.Marshal (%v)", n, err)
+		}
+	}
+}
