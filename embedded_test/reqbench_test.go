@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -178,58 +177,21 @@ func runReqProc(url, role string, in io.Reader, out io.Writer) error {
 		return fmt.Errorf("request process: %s=%q: want router or noop", reqProcRoleEnv, role)
 	}
 
-	var profile *os.File
-	defer func() {
-		if profile != nil {
-			pprof.StopCPUProfile()
-			profile.Close()
-		}
-	}()
-	w := bufio.NewWriter(out)
-	say := func(s string) error {
-		if _, err := w.WriteString(s + "\n"); err != nil {
-			return err
-		}
-		return w.Flush()
-	}
-	if err := say("ready"); err != nil {
-		return err
-	}
-	sc := bufio.NewScanner(in)
-	for sc.Scan() {
-		cmd, arg, _ := strings.Cut(sc.Text(), " ")
-		reply := "ok"
+	return serveChild(in, out, "request process", func(cmd, arg string) (string, bool, error) {
 		switch {
 		case cmd == "cpu":
-			reply = strconv.FormatInt(int64(selfCPU()), 10)
-		case cmd == "profile" && arg != "" && profile == nil:
-			if profile, err = os.Create(arg); err != nil {
-				return err
-			}
-			if err := pprof.StartCPUProfile(profile); err != nil {
-				return err
-			}
-		case cmd == "profile-stop" && profile != nil:
-			pprof.StopCPUProfile()
-			if err := profile.Close(); err != nil {
-				return err
-			}
-			profile = nil
+			return strconv.FormatInt(int64(selfCPU()), 10), true, nil
 		case cmd == "batch-reply" && role == "noop":
 			n, err := strconv.Atoi(arg)
 			if err != nil || n < 0 {
-				return fmt.Errorf("request process: bad command %q", sc.Text())
+				return "", false, nil
 			}
 			data := make([]byte, n)
 			batchReply.Store(&data)
-		default:
-			return fmt.Errorf("request process: bad command %q", sc.Text())
+			return "ok", true, nil
 		}
-		if err := say(reply); err != nil {
-			return err
-		}
-	}
-	return sc.Err()
+		return "", false, nil
+	})
 }
 
 // reqProc is the parent's end of a responder process.

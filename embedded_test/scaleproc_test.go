@@ -84,29 +84,9 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	}
 	defer r.Close()
 
-	var profile *os.File
-	defer func() {
-		if profile != nil {
-			pprof.StopCPUProfile()
-			profile.Close()
-		}
-	}()
-	w := bufio.NewWriter(out)
-	say := func(s string) error {
-		if _, err := w.WriteString(s + "\n"); err != nil {
-			return err
-		}
-		return w.Flush()
-	}
-	if err := say("ready"); err != nil {
-		return err
-	}
-	sc := bufio.NewScanner(in)
-	for sc.Scan() {
-		cmd, arg, _ := strings.Cut(sc.Text(), " ")
-		reply := "ok"
-		switch {
-		case cmd == "stats":
+	return serveChild(in, out, "scale process", func(cmd, arg string) (string, bool, error) {
+		switch cmd {
+		case "stats":
 			t0 := time.Now()
 			s := r.Stats()
 			took := time.Since(t0)
@@ -114,47 +94,27 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 			data, err := json.Marshal(scaleProcReply{Stats: s, CPU: cpu.Microseconds(), TookUS: took.Microseconds()})
-			if err != nil {
-				return err
-			}
-			reply = string(data)
-		case cmd == "profile" && arg != "" && profile == nil:
-			if profile, err = os.Create(arg); err != nil {
-				return err
-			}
-			if err := pprof.StartCPUProfile(profile); err != nil {
-				return err
-			}
-		case cmd == "heap": // what takes the memory: after a GC, and a heap profile if asked
+			return string(data), true, err
+		case "heap": // what takes the memory: after a GC, and a heap profile if asked
 			runtime.GC()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			reply = fmt.Sprintf("live heap %.1f MB, heap in use %.1f MB, heap idle not returned %.1f MB, stacks %.1f MB, from the OS %.1f MB",
+			reply := fmt.Sprintf("live heap %.1f MB, heap in use %.1f MB, heap idle not returned %.1f MB, stacks %.1f MB, from the OS %.1f MB",
 				mb(ms.HeapAlloc), mb(ms.HeapInuse), mb(ms.HeapIdle-ms.HeapReleased), mb(ms.StackInuse), mb(ms.Sys))
 			if arg != "" {
 				f, err := os.Create(arg)
 				if err != nil {
-					return err
+					return "", true, err
 				}
+				defer f.Close()
 				if err := pprof.WriteHeapProfile(f); err != nil {
-					return err
+					return "", true, err
 				}
-				f.Close()
 			}
-		case cmd == "profile-stop" && profile != nil:
-			pprof.StopCPUProfile()
-			if err := profile.Close(); err != nil {
-				return err
-			}
-			profile = nil
-		default:
-			return fmt.Errorf("scale process: bad command %q", sc.Text())
+			return reply, true, nil
 		}
-		if err := say(reply); err != nil {
-			return err
-		}
-	}
-	return sc.Err()
+		return "", false, nil
+	})
 }
 
 // scaleProc is the parent's end of the router process.
