@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -101,20 +100,7 @@ type cacheProc struct {
 
 func startCacheProc(b *testing.B, url string) *cacheProc {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), cacheProcEnv+"="+url)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	cmd, in, out := startChild(b, cacheProcEnv+"="+url)
 	p := &cacheProc{cmd: cmd, in: in, out: bufio.NewScanner(out)}
 	b.Cleanup(func() {
 		in.Close() // the child's command loop ends

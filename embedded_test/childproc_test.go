@@ -2,12 +2,62 @@ package embedded_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natsroute/natsroute/bus"
 )
+
+// startChild runs this test binary again as a child process with env added
+// (TestMain picks the child's role from it), its stderr on ours, and
+// returns its stdin and stdout.
+func startChild(b *testing.B, env ...string) (*exec.Cmd, io.WriteCloser, io.Reader) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return cmd, in, out
+}
+
+// startChildRouter starts a router, logging warnings and worse to stderr,
+// on a connection of its own to url. stop closes both.
+func startChildRouter(url, name string, cfg bus.Config) (r *bus.Router, stop func(), err error) {
+	nc, err := nats.Connect(url, nats.Name(name))
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("proc", name)
+	if r, err = bus.NewRouter(nc, cfg); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = r.Start(ctx)
+		cancel()
+	}
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return r, func() { r.Close(); nc.Close() }, nil
+}
 
 // serveChild is the child's side of the benchmarks' line protocol: it says
 // "ready", then answers each line of stdin with one line until stdin

@@ -2,11 +2,9 @@ package embedded_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,19 +145,11 @@ func runReqProc(url, role string, in io.Reader, out io.Writer) error {
 	var batchReply atomic.Pointer[[]byte]
 	switch role {
 	case "router":
-		cfg := bus.DefaultConfig()
-		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("proc", "reqproc-router")
-		r, err := bus.NewRouter(nc, cfg)
+		_, stop, err := startChildRouter(url, "natsroute-reqproc-router", bus.DefaultConfig())
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = r.Start(ctx)
-		cancel()
-		if err != nil {
-			return err
-		}
-		defer r.Close()
+		defer stop()
 	case "noop":
 		reply := make([]byte, reqProcNoopReply)
 		if _, err := nc.QueueSubscribe(reqProcNoopSubject, "q", func(m *nats.Msg) { _ = m.Respond(reply) }); err != nil {
@@ -204,20 +194,7 @@ type reqProc struct {
 
 func startReqProc(b *testing.B, url, role string) *reqProc {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), reqProcEnv+"="+url, reqProcRoleEnv+"="+role)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	cmd, in, out := startChild(b, reqProcEnv+"="+url, reqProcRoleEnv+"="+role)
 	p := &reqProc{role: role, cmd: cmd, in: in, lines: make(chan string)}
 	go func() { // ends when the child does
 		defer close(p.lines)

@@ -2,11 +2,9 @@ package embedded_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"runtime"
@@ -17,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
 )
 
@@ -64,25 +61,13 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("scale process: %s: %w", scaleProcTTLEnv, err)
 	}
-	nc, err := nats.Connect(url, nats.Name("natsroute-scale-router"))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
 	cfg := bus.DefaultConfig()
 	cfg.MemberTTL = ttl
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("proc", "scale-router")
-	r, err := bus.NewRouter(nc, cfg)
+	r, stop, err := startChildRouter(url, "natsroute-scale-router", cfg)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	err = r.Start(ctx)
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer r.Close()
+	defer stop()
 
 	return serveChild(in, out, "scale process", func(cmd, arg string) (string, bool, error) {
 		switch cmd {
@@ -127,23 +112,11 @@ type scaleProc struct {
 
 func startScaleProc(b *testing.B, url string, ttl time.Duration) *scaleProc {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), scaleProcEnv+"="+url, scaleProcTTLEnv+"="+ttl.String())
+	env := []string{scaleProcEnv + "=" + url, scaleProcTTLEnv + "=" + ttl.String()}
 	if limit := os.Getenv(scaleProcMemLimitEnv); limit != "" { // the router's GOMEMLIMIT only
-		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+limit)
+		env = append(env, "GOMEMLIMIT="+limit)
 	}
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	cmd, in, out := startChild(b, env...)
 	p := &scaleProc{cmd: cmd, in: in, out: bufio.NewScanner(out), done: make(chan error, 1)}
 	p.out.Buffer(nil, 1<<20)
 	b.Cleanup(func() {
