@@ -123,6 +123,11 @@ func (r *Router) Start(ctx context.Context) error {
 			r.stop()
 		}
 	}()
+	// The loaded pools' writers start before anything can add a pool:
+	// from here on ensurePool starts the writer of each new one.
+	for _, p := range r.sortedPools() {
+		r.wg.Go(func() { p.write(r.ctx) })
+	}
 	r.caughtUp.Store(r.cfg.Now().UnixNano())
 	if r.healthSub, err = r.nc.Subscribe(SubjectHealthAll, r.onHealth); err != nil {
 		return fmt.Errorf("bus: subscribe %s: %w", SubjectHealthAll, err)
@@ -134,9 +139,6 @@ func (r *Router) Start(ctx context.Context) error {
 	r.wg.Go(func() {
 		watchKeys(r.ctx, def.ring.bucket, []string{RingKey, RingKey + ".>"}, def.ring.resync, r.applyEntry, r.kick, r.log)
 	})
-	for _, p := range r.sortedPools() {
-		r.wg.Go(func() { p.write(r.ctx) })
-	}
 	r.wg.Go(func() { r.watchLegacy(r.ctx) })
 	r.svc, err = micro.AddService(r.nc, micro.Config{
 		Name:        ServiceName,
