@@ -50,13 +50,7 @@ func runCacheProc(url string, in io.Reader, out io.Writer) error {
 		defer c.Close()
 		caches = append(caches, c)
 	}
-	w := bufio.NewWriter(out)
-	say := func(s string) error {
-		if _, err := w.WriteString(s + "\n"); err != nil {
-			return err
-		}
-		return w.Flush()
-	}
+	say := lineWriter(out)
 	if err := say("ready"); err != nil {
 		return err
 	}

@@ -59,6 +59,17 @@ func startChildRouter(url, name string, cfg bus.Config) (r *bus.Router, stop fun
 	return r, func() { r.Close(); nc.Close() }, nil
 }
 
+// lineWriter returns a function that writes one line to out at once.
+func lineWriter(out io.Writer) func(string) error {
+	w := bufio.NewWriter(out)
+	return func(s string) error {
+		if _, err := w.WriteString(s + "\n"); err != nil {
+			return err
+		}
+		return w.Flush()
+	}
+}
+
 // serveChild is the child's side of the benchmarks' line protocol: it says
 // "ready", then answers each line of stdin with one line until stdin
 // closes. "profile <path>" and "profile-stop" run a CPU profile; handle
@@ -71,13 +82,7 @@ func serveChild(in io.Reader, out io.Writer, name string, handle func(cmd, arg s
 			profile.Close()
 		}
 	}()
-	w := bufio.NewWriter(out)
-	say := func(s string) error {
-		if _, err := w.WriteString(s + "\n"); err != nil {
-			return err
-		}
-		return w.Flush()
-	}
+	say := lineWriter(out)
 	if err := say("ready"); err != nil {
 		return err
 	}

@@ -247,6 +247,25 @@ func chiSquare(obs []int, p []float64, total int) float64 {
 	return x
 }
 
+// selectChiSquare makes picks selections from b and fails unless their
+// counts fit the shares p of ids: chi-square at most critical.
+func selectChiSquare(t *testing.T, b *Balancer, ids []string, p []float64, picks int, critical float64) {
+	t.Helper()
+	obs := make([]int, len(ids))
+	for range picks {
+		id, err := b.Select(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obs[slices.Index(ids, id)]++
+	}
+	if x := chiSquare(obs, p, picks); x > critical {
+		t.Fatalf("chi-square %.2f > %v: observed %v, expected shares %v", x, critical, obs, p)
+	} else {
+		t.Logf("chi-square %.2f (critical %v), observed %v", x, critical, obs)
+	}
+}
+
 // TestDistribution: over 200,000 picks with a fixed seed, frequencies match
 // score shares (chi-square, p = 0.001).
 func TestDistribution(t *testing.T) {
@@ -279,21 +298,8 @@ func TestDistribution(t *testing.T) {
 	for i := range w {
 		p[i] = w[i] / total
 	}
-	const picks = 200_000
-	obs := make([]int, len(ids))
-	for range picks {
-		id, err := b.Select(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		obs[slices.Index(ids, id)]++
-	}
 	// Critical value of chi-square with 5 degrees of freedom at p = 0.001.
-	if x := chiSquare(obs, p, picks); x > 20.515 {
-		t.Fatalf("chi-square %.2f > 20.515: observed %v, expected shares %v", x, obs, p)
-	} else {
-		t.Logf("chi-square %.2f (critical 20.515), observed %v", x, obs)
-	}
+	selectChiSquare(t, b, ids, p, 200_000, 20.515)
 
 	// SelectN(2): ordered pairs follow sampling without replacement,
 	// P(i, j) = w_i/W · w_j/(W − w_i).

@@ -2,7 +2,6 @@ package resourceaware
 
 import (
 	"math"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,19 +91,6 @@ func TestDefaultsUnchanged(t *testing.T) {
 			t.Fatalf("%+v: want eligible at full share", st)
 		}
 	}
-	const picks = 100_000
-	obs := make([]int, len(ids))
-	for range picks {
-		id, err := b.Select(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		obs[slices.Index(ids, id)]++
-	}
 	// 3 degrees of freedom at p = 0.001.
-	if x := chiSquare(obs, p, picks); x > 16.266 {
-		t.Fatalf("chi-square %.2f > 16.266: observed %v, expected shares %v", x, obs, p)
-	} else {
-		t.Logf("chi-square %.2f (critical 16.266), observed %v", x, obs)
-	}
+	selectChiSquare(t, b, ids, p, 100_000, 16.266)
 }
