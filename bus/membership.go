@@ -135,7 +135,7 @@ func (r *Router) silenceNow() time.Time {
 	if r.healthSub == nil {
 		return now
 	}
-	if n, _, err := r.healthSub.Pending(); err != nil || n == 0 {
+	if queueEmpty(r.healthSub) {
 		return now
 	}
 	caught := time.Unix(0, r.caughtUp.Load())

@@ -31,9 +31,11 @@ type pool struct {
 	shed      map[string]float64   // shed fractions the load policy wants
 	shedAt    map[string]time.Time // when each member's shed last changed
 
-	joinMu   sync.Mutex // guards joinIDs and joinReps
-	joinIDs  []string   // first reports of nodes the balancer does not know yet
-	joinReps []resourceaware.Report
+	// Changes waiting for the balancer, at most one per node: the newest.
+	// pendMu also serializes every change handed to the balancer from the
+	// health path, so a waiting change and a direct one never cross.
+	pendMu sync.Mutex
+	pend   map[string]pendingChange
 
 	requests        [len(strategyNames)][len(codes)]atomic.Uint64
 	oversize        atomic.Uint64 // ring writes refused: the document is over max_payload
@@ -63,6 +65,7 @@ func (r *Router) newPool(name string) (*pool, error) {
 		name: name, key: PoolKey(name), r: r, ring: f, balancer: b,
 		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
 		reporters: map[string]*track{}, shed: map[string]float64{}, shedAt: map[string]time.Time{},
+		pend: map[string]pendingChange{},
 	}
 	f.onApply = p.syncBalancer
 	f.onReject = func(uint64, error) { r.stats.docRejected.Add(1) }
@@ -157,57 +160,80 @@ func noMembers(pool string) error {
 	return fmt.Errorf("%w: pool %s has no members", ErrNoNodes, pool)
 }
 
-// report gives a node's report to the pool's balancer. The first report of
-// a node the balancer does not know waits in a batch: adding nodes one at a
-// time re-lays the balancer's snapshot per node (a burst of 10,000 joins took
-// 23 s that way), a batch re-lays it once. The batch goes in when the health
-// queue runs empty (see onHealth), when it reaches an eighth of the pool, or
-// before the pool's balancer is read.
+// pendingChange is a change to a pool's balancer that waits in its batch:
+// a report (stamped with when it arrived) or, with forget set, a leave.
+type pendingChange struct {
+	rep    resourceaware.Report
+	forget bool
+}
+
+// report gives a node's report to the pool's balancer. Joins and leaves
+// wait in a batch: each re-lays the balancer's snapshot, O(n), so one at a
+// time a burst of 10,000 joins took 23 s and a mass leave as long; a batch
+// re-lays it once. A report of a node with a change waiting replaces that
+// change (the newest wins), so the batch never applies an older report over
+// a newer one; the balancer ignores older reports too (Report.Received).
+// The batch goes in when the health queue runs empty (see onHealth), when
+// it reaches an eighth of the pool, or before the pool's balancer is read.
 func (p *pool) report(node string, rep resourceaware.Report) error {
-	if p.balancer.Known(node) {
+	p.pendMu.Lock()
+	if _, waiting := p.pend[node]; !waiting && p.balancer.Known(node) {
+		defer p.pendMu.Unlock()
 		return p.balancer.Report(node, rep)
 	}
-	p.joinMu.Lock()
-	p.joinIDs, p.joinReps = append(p.joinIDs, node), append(p.joinReps, rep)
-	n := len(p.joinIDs)
-	p.joinMu.Unlock()
-	p.r.joinsWaiting.Store(true)
+	return p.queue(node, pendingChange{rep: rep})
+}
+
+// forget drops a node from the pool's balancer, through the batch.
+func (p *pool) forget(node string) {
+	p.pendMu.Lock()
+	if !p.balancer.Known(node) {
+		delete(p.pend, node) // never applied: nothing to undo
+		p.pendMu.Unlock()
+		return
+	}
+	_ = p.queue(node, pendingChange{forget: true})
+}
+
+// queue puts a change in the batch, with p.pendMu held, and releases it.
+func (p *pool) queue(node string, c pendingChange) error {
+	p.pend[node] = c
+	n := len(p.pend)
+	p.r.joinsWaiting.Store(true) // before unlocking: a read that misses it finds the change applied
+	p.pendMu.Unlock()
 	if n >= max(64, p.balancer.Len()/8) {
 		p.flushJoins()
 	}
 	return nil
 }
 
-// flushJoins hands the waiting first reports to the balancer at once.
+// flushJoins hands the waiting changes to the balancer: leaves first, then
+// reports, each kind in one call.
 func (p *pool) flushJoins() {
-	p.joinMu.Lock()
-	ids, reps := p.joinIDs, p.joinReps
-	p.joinIDs, p.joinReps = nil, nil
-	p.joinMu.Unlock()
-	if len(ids) == 0 {
+	p.pendMu.Lock()
+	defer p.pendMu.Unlock()
+	if len(p.pend) == 0 {
 		return
+	}
+	var gone, ids []string
+	var reps []resourceaware.Report
+	for id, c := range p.pend {
+		if c.forget {
+			gone = append(gone, id)
+		} else {
+			ids, reps = append(ids, id), append(reps, c.rep)
+		}
+	}
+	clear(p.pend)
+	if len(gone) > 0 {
+		p.balancer.Forget(gone...)
 	}
 	if err := p.balancer.ReportAll(ids, reps); err != nil { // validated already; should not happen
 		p.r.log.Error("batched reports refused", "pool", p.name, "err", err)
 	}
 }
 
-// forget drops a node from the pool's balancer, and its waiting first
-// report if it has one.
-func (p *pool) forget(node string) {
-	p.joinMu.Lock()
-	for i := 0; i < len(p.joinIDs); i++ {
-		if p.joinIDs[i] == node {
-			p.joinIDs = slices.Delete(p.joinIDs, i, i+1)
-			p.joinReps = slices.Delete(p.joinReps, i, i+1)
-			i--
-		}
-	}
-	p.joinMu.Unlock()
-	p.balancer.Forget(node)
-}
-
-// settle hands waiting first reports to the balancer before it is read.
+// settle hands waiting changes to the balancer before it is read.
 func (p *pool) settle() *resourceaware.Balancer {
 	if p.r.joinsWaiting.Load() {
 		p.flushJoins()
@@ -215,7 +241,7 @@ func (p *pool) settle() *resourceaware.Balancer {
 	return p.balancer
 }
 
-// flushAllJoins settles every pool with first reports waiting.
+// flushAllJoins settles every pool with changes waiting.
 func (r *Router) flushAllJoins() {
 	if !r.joinsWaiting.Swap(false) {
 		return

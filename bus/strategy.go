@@ -155,6 +155,7 @@ func (s resourceAware) Report(node string, h Health) error {
 		return nil
 	}
 	rep := h.report()
+	rep.Received = s.r.cfg.Now() // a report that waits in a batch keeps its time
 	for _, name := range poolsOf(h) {
 		if p := s.r.pool(name); p != nil {
 			if err := p.report(node, rep); err != nil {

@@ -112,8 +112,10 @@ func ValidateID(id string) error {
 	return nil
 }
 
-// Report records a health report for nodeID, received now. An invalid
-// report returns an error wrapping ErrInvalidReport and changes nothing.
+// Report records a health report for nodeID, received at r.Received (or
+// now). An invalid report returns an error wrapping ErrInvalidReport and
+// changes nothing; a report received before the node's current one changes
+// nothing either (the newest report wins).
 //
 // A report of a known node does O(log n) work: it moves the node in the
 // stale queue and copies the node's path in the weight tree. A new node
@@ -132,15 +134,10 @@ func (b *Balancer) Report(nodeID string, r Report) error {
 	n, known := b.nodes[nodeID]
 	if !known {
 		n = b.newNode(nodeID, now)
-	} else if now.Sub(n.seen) > b.cfg.Staleness {
-		b.startRamp(n, now) // back after going stale, or first heard of long after Add
 	}
-	if !n.fresh {
-		n.held = 0 // hysteresis starts again after a stale spell
+	if !b.take(n, r, now) {
+		return nil
 	}
-	n.report, n.at, n.seen, n.fresh = r, now, now, true
-	n.held = b.cfg.held(r, n.held)
-	b.stale.set(n, addSat(b.since(now), int64(b.cfg.Staleness)))
 	if !known {
 		n.w, n.c = b.weigh(n)
 		b.relayout(mergeSorted(b.snap.Load().ids, []string{nodeID}))
@@ -151,11 +148,43 @@ func (b *Balancer) Report(nodeID string, r Report) error {
 	return nil
 }
 
-// ReportAll records reports[i] for nodeIDs[i], received now, as Report
-// would one by one, but re-lays the snapshot at most once: a burst of k new
-// nodes costs O(n + k log k) instead of k × O(n). It validates every report
-// first; if one is invalid it returns that error and changes nothing. A node
-// listed twice keeps its last report.
+// take makes r the report n holds, unless n holds a newer one; it reports
+// whether r was taken. With b.mu held; the caller weighs n and publishes.
+func (b *Balancer) take(n *node, r Report, now time.Time) bool {
+	at := r.Received
+	if at.IsZero() || at.After(now) {
+		at = now
+	}
+	if at.Before(n.at) {
+		return false // superseded: a newer report is in
+	}
+	if at.Sub(n.seen) > b.cfg.Staleness {
+		b.startRamp(n, at) // back after going stale, or first heard of long after Add
+	}
+	if !n.fresh {
+		n.held = 0 // hysteresis starts again after a stale spell
+	}
+	r.Received = time.Time{} // n.at holds it
+	n.report, n.at = r, at
+	if at.After(n.seen) {
+		n.seen = at
+	}
+	n.fresh = now.Sub(at) <= b.cfg.Staleness
+	if n.fresh {
+		n.held = b.cfg.held(r, n.held)
+		b.stale.set(n, addSat(b.since(at), int64(b.cfg.Staleness)))
+	} else {
+		n.held = 0
+		b.stale.remove(n)
+	}
+	return true
+}
+
+// ReportAll records reports[i] for nodeIDs[i], as Report would one by one
+// (each at its Received time, the newest report winning), but re-lays the
+// snapshot at most once: a burst of k new nodes costs O(n + k log k)
+// instead of k × O(n). It validates every report first; if one is invalid
+// it returns that error and changes nothing.
 func (b *Balancer) ReportAll(nodeIDs []string, reports []Report) error {
 	if len(nodeIDs) != len(reports) {
 		return fmt.Errorf("resourceaware: ReportAll: %d ids and %d reports", len(nodeIDs), len(reports))
@@ -178,16 +207,8 @@ func (b *Balancer) ReportAll(nodeIDs []string, reports []Report) error {
 		if !known {
 			n = b.newNode(id, now)
 			added = append(added, id)
-		} else if now.Sub(n.seen) > b.cfg.Staleness {
-			b.startRamp(n, now)
 		}
-		if !n.fresh {
-			n.held = 0
-		}
-		r := reports[i]
-		n.report, n.at, n.seen, n.fresh = r, now, now, true
-		n.held = b.cfg.held(r, n.held)
-		b.stale.set(n, addSat(b.since(now), int64(b.cfg.Staleness)))
+		b.take(n, reports[i], now)
 		n.w, n.c = b.weigh(n)
 	}
 	if len(added) == 0 {

@@ -26,6 +26,12 @@ type Report struct {
 	AvgLatency        time.Duration // >= 0
 	Weight            float64       // selection multiplier; 0 means 1, else (0, MaxWeight]
 	Status            string        // "" or StatusUp, or StatusDraining
+
+	// Received is when the report arrived, on the Balancer's clock (Config.Now);
+	// zero means when the Balancer takes it, and a time after that counts as
+	// then. A report received before the one the node holds is ignored, so
+	// the newest report wins whatever order reports are handed in.
+	Received time.Time
 }
 
 // Validate returns an error wrapping ErrInvalidReport for NaN, infinite,

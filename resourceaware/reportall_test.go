@@ -56,3 +56,56 @@ func TestReportAllIsReportOneByOne(t *testing.T) {
 		t.Fatal("Known")
 	}
 }
+
+// TestNewestReportWins: a report received before the one a node holds
+// changes nothing, through Report and ReportAll alike, and staleness runs
+// from when a report was received, not from when it was handed in.
+func TestNewestReportWins(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b, _ := New(Config{Now: func() time.Time { return now }})
+	t1, t2 := now.Add(-2*time.Second), now.Add(-time.Second)
+	if err := b.Report("a", Report{CPUUsage: 97, Received: t2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Report("a", Report{CPUUsage: 20, Received: t1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ReportAll([]string{"a", "b"}, []Report{{CPUUsage: 21, Received: t1}, {CPUUsage: 30, Received: t1}}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]NodeState{}
+	for _, n := range b.Nodes() {
+		got[n.ID] = n
+	}
+	if a := got["a"]; a.Report.CPUUsage != 97 || a.Eligible || a.Age != time.Second {
+		t.Fatalf("a: cpu %v eligible %v age %v; want the newer report (97, excluded, 1s old)", a.Report.CPUUsage, a.Eligible, a.Age)
+	}
+	if bb := got["b"]; bb.Report.CPUUsage != 30 || bb.Age != 2*time.Second {
+		t.Fatalf("b: cpu %v age %v; want 30, 2s", bb.Report.CPUUsage, bb.Age)
+	}
+	// b's report was received 2 s ago: stale 30 s after that, not after now.
+	now = t1.Add(DefaultStaleness)
+	if n := stateOf(b, "b"); n.Stale {
+		t.Fatal("b stale at exactly Staleness after it was received")
+	}
+	now = now.Add(time.Nanosecond)
+	if n := stateOf(b, "b"); !n.Stale {
+		t.Fatal("b fresh past Staleness after it was received")
+	}
+	// Equal times: the later call wins (ReportAll's "listed twice").
+	if err := b.Report("a", Report{CPUUsage: 50, Received: t2}); err != nil {
+		t.Fatal(err)
+	}
+	if n := stateOf(b, "a"); n.Report.CPUUsage != 50 {
+		t.Fatalf("a: cpu %v after a report received at the same time; want 50", n.Report.CPUUsage)
+	}
+}
+
+func stateOf(b *Balancer, id string) NodeState {
+	for _, n := range b.Nodes() {
+		if n.ID == id {
+			return n
+		}
+	}
+	return NodeState{}
+}
