@@ -312,8 +312,8 @@ func (p *pool) flushOnce(ctx context.Context, reread bool) error {
 		base = newDocument(base.VNodes)
 	}
 	want := p.desired(base, true)
-	if want.equal(base) {
-		return nil
+	if want.equal(base) && (rev != 0 || len(want.Nodes) == 0) {
+		return nil // revision 0 with members: a bucket created anew, to republish
 	}
 	data, err := want.Encode()
 	if err != nil {
@@ -376,13 +376,17 @@ func (p *pool) noteOversize(err error) {
 func (p *pool) syncBalancer(old, cur *view) {
 	r := p.r
 	now := r.cfg.Now()
-	ids := make([]string, len(cur.doc.Nodes))
-	for i, n := range cur.doc.Nodes {
-		ids[i] = n.ID
-	}
-	_ = p.balancer.Add(ids...)
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
+	// A document written before a node's leave still lists it: that must
+	// not make a node that left known again.
+	ids := make([]string, 0, len(cur.doc.Nodes))
+	for _, n := range cur.doc.Nodes {
+		if t := r.tracker[n.ID]; t == nil || r.alive(t, now) {
+			ids = append(ids, n.ID)
+		}
+	}
+	_ = p.balancer.Add(ids...)
 	if old.doc.shedding() || cur.doc.shedding() {
 		p.noteShedChanges(old.doc, cur.doc)
 	}
@@ -467,6 +471,7 @@ func (p *pool) write(ctx context.Context) {
 			p.noteOversize(err)
 		default:
 			r.stats.kvErrors.Add(1)
+			r.suspectBucket()
 			r.log.Warn("ring write failed; retrying", "pool", p.name, "err", err, "in", backoff)
 			retry.Reset(backoff)
 			backoff = min(2*backoff, 2*time.Second)
@@ -494,6 +499,7 @@ func (p *pool) resync(ctx context.Context) {
 	d, _, err := p.ring.resync(opCtx)
 	if err != nil {
 		if ctx.Err() == nil {
+			p.r.suspectBucket()
 			p.r.log.Debug("ring resync failed", "pool", p.name, "err", err)
 		}
 		return

@@ -34,8 +34,9 @@ type pool struct {
 	// Changes waiting for the balancer, at most one per node: the newest.
 	// pendMu also serializes every change handed to the balancer from the
 	// health path, so a waiting change and a direct one never cross.
-	pendMu sync.Mutex
-	pend   map[string]pendingChange
+	pendMu  sync.Mutex
+	pend    map[string]pendingChange
+	waiting atomic.Bool // pend is not empty, or its changes are being applied
 
 	requests        [len(strategyNames)][len(codes)]atomic.Uint64
 	oversize        atomic.Uint64 // ring writes refused: the document is over max_payload
@@ -69,6 +70,7 @@ func (r *Router) newPool(name string) (*pool, error) {
 	}
 	f.onApply = p.syncBalancer
 	f.onReject = func(uint64, error) { r.stats.docRejected.Add(1) }
+	f.onBehind = r.suspectBucket
 	return p, nil
 }
 
@@ -199,7 +201,8 @@ func (p *pool) forget(node string) {
 func (p *pool) queue(node string, c pendingChange) error {
 	p.pend[node] = c
 	n := len(p.pend)
-	p.r.joinsWaiting.Store(true) // before unlocking: a read that misses it finds the change applied
+	p.waiting.Store(true) // before unlocking: a read that misses it finds the change applied
+	p.r.joinsWaiting.Store(true)
 	p.pendMu.Unlock()
 	if n >= max(64, p.balancer.Len()/8) {
 		p.flushJoins()
@@ -213,6 +216,7 @@ func (p *pool) flushJoins() {
 	p.pendMu.Lock()
 	defer p.pendMu.Unlock()
 	if len(p.pend) == 0 {
+		p.waiting.Store(false)
 		return
 	}
 	var gone, ids []string
@@ -231,11 +235,14 @@ func (p *pool) flushJoins() {
 	if err := p.balancer.ReportAll(ids, reps); err != nil { // validated already; should not happen
 		p.r.log.Error("batched reports refused", "pool", p.name, "err", err)
 	}
+	p.waiting.Store(false) // only now: a read meanwhile waits for the lock
 }
 
-// settle hands waiting changes to the balancer before it is read.
+// settle hands waiting changes to the balancer before it is read: a read
+// sees every change handed to the pool before it, even while another
+// goroutine is applying them.
 func (p *pool) settle() *resourceaware.Balancer {
-	if p.r.joinsWaiting.Load() {
+	if p.waiting.Load() {
 		p.flushJoins()
 	}
 	return p.balancer
@@ -247,7 +254,9 @@ func (r *Router) flushAllJoins() {
 		return
 	}
 	for _, p := range *r.pools.Load() {
-		p.flushJoins()
+		if p.waiting.Load() {
+			p.flushJoins()
+		}
 	}
 }
 

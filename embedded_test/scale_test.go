@@ -124,6 +124,9 @@ type scaleResult struct {
 	hbAccepted   uint64        // and accepted by the router in it
 	silentLeave  time.Duration // last report → gone from the KV document
 	silentMissed bool          // not gone within scaleSilentWait
+	leaveBurst   time.Duration // every member says leaving → KV document has none
+	leaveCPU     time.Duration // router CPU during it
+	leaveWrite   uint64        // KV writes it took
 	joinsTimed   int           // single joins timed (the rest missed scaleJoinWait)
 	joinToKV     time.Duration // median over the joins timed
 	joinToCache  time.Duration // median
@@ -178,13 +181,15 @@ func runScale(b *testing.B, n int) scaleResult {
 	r.ingest()              // 2
 	r.requestsWhileSilent() // 3 and 4
 	r.singleJoins()         // 6
-	// 5: the router process's memory, now and at its peak.
+	// 5: the router process's memory, now and at its peak, heartbeats
+	// running (the leave burst stops them).
 	r.res.rssMB, r.res.peakMB = r.router.memory(b)
 	heapProfile := ""
 	if r.profiles != "" {
 		heapProfile = filepath.Join(r.profiles, fmt.Sprintf("scale-%d-heap.pprof", n))
 	}
 	r.logf("router memory: RSS %.1f MB (peak %.1f MB); %s", r.res.rssMB, r.res.peakMB, r.router.heap(b, heapProfile))
+	r.leaveBurst() // 7
 	end := r.router.stats(b)
 	r.res.kvWrites, r.res.kvErrors = end.Stats.KVWrites, end.Stats.KVErrors
 	return r.res
@@ -396,7 +401,6 @@ func (r *scaleRun) singleJoins() {
 		}
 		toCache, toKV = append(toCache, seen.Sub(t0)), append(toKV, at.Sub(t0))
 	}
-	r.hb.stop()
 	res.joinsTimed = len(toCache)
 	if len(toCache) > 0 {
 		slices.Sort(toKV)
@@ -404,6 +408,55 @@ func (r *scaleRun) singleJoins() {
 		res.joinToKV, res.joinToCache, res.joinCacheMax = toKV[len(toKV)/2], toCache[len(toCache)/2], toCache[len(toCache)-1]
 	}
 	r.logf("%d of %d joins timed: → KV median %v, → RingCache median %v, max %v", res.joinsTimed, scaleJoins, res.joinToKV, res.joinToCache, res.joinCacheMax)
+}
+
+// leaveBurst has every member say leaving as fast as one connection
+// publishes it (heartbeats stopped: a zone outage, or a deploy whose
+// Reporters close together), and times it until the KV document lists no
+// member of the fleet. The TTL is far off: only the leaves can do it.
+func (r *scaleRun) leaveBurst() {
+	b, hb := r.b, r.hb
+	hb.stop()
+	leave := make([][]byte, r.n)
+	for i := range leave {
+		hb.seq[i]++
+		h := scaleHealth(r.ids[i])
+		h.Seq, h.Status = hb.seq[i], bus.StatusLeaving
+		var err error
+		if leave[i], err = bus.EncodeHealth(r.ids[i], h, bus.Msgpack); err != nil {
+			b.Fatal(err)
+		}
+	}
+	before := r.router.stats(b)
+	stopProfile := r.profile("leave")
+	t0 := time.Now()
+	for i := range leave {
+		if err := r.pubs[0].Publish(r.subjects[i], leave[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	flush(b, r.pubs[0])
+	limit := scaleTTL / 2 // a leave must not wait for expiry
+	fleet := func(d *docState) int {
+		n := 0
+		for _, m := range d.doc.Nodes {
+			if strings.HasPrefix(m.ID, "node-") {
+				n++
+			}
+		}
+		return n
+	}
+	at, _, ok := r.doc.wait(limit, fmt.Sprintf("the KV document to lose all %d members after the leave burst", r.n),
+		func(d *docState) bool { return fleet(d) == 0 })
+	if !ok {
+		b.Fatalf("leave burst: the KV document still listed members %v after the leaves", limit)
+	}
+	stopProfile()
+	after := r.router.stats(b)
+	r.res.leaveBurst = at.Sub(t0)
+	r.res.leaveCPU = time.Duration(after.CPU-before.CPU) * time.Microsecond
+	r.res.leaveWrite = after.Stats.KVWrites - before.Stats.KVWrites
+	r.logf("leave burst: %v to the KV document (%d writes)", r.res.leaveBurst.Round(time.Millisecond), r.res.leaveWrite)
 }
 
 // encodeHealth is one ordinary heartbeat: same load, weight and status.
@@ -724,6 +777,7 @@ func (r scaleResult) report(b *testing.B) {
 	if r.joinsTimed > 0 {
 		b.ReportMetric(ms(r.joinToCache), "join-to-cache-ms")
 	}
+	b.ReportMetric(ms(r.leaveBurst), "leave-burst-ms")
 	b.ReportMetric(r.rssMB, "rss-MB")
 	b.ReportMetric(r.peakMB, "rss-peak-MB")
 }
@@ -780,6 +834,9 @@ func printScaleTable(rs []scaleResult) {
 		{"join → KV, median (ms)", "", func(r scaleResult) string { return r.joinMS(r.joinToKV) }},
 		{"join → RingCache, median (ms)", "goal ≤ 20", func(r scaleResult) string { return r.joinMS(r.joinToCache) }},
 		{"join → RingCache, max (ms)", "", func(r scaleResult) string { return r.joinMS(r.joinCacheMax) }},
+		{"leave burst → KV (ms)", "≤ 1000 (floor 2000)", func(r scaleResult) string { return ms(r.leaveBurst) }},
+		{"  router CPU in leave burst (ms)", "", func(r scaleResult) string { return ms(r.leaveCPU) }},
+		{"  KV writes in leave burst", "", func(r scaleResult) string { return strconv.FormatUint(r.leaveWrite, 10) }},
 		{"router RSS at end (MB)", "≤ 64", func(r scaleResult) string { return strconv.FormatFloat(r.rssMB, 'f', 1, 64) }},
 		{"router RSS peak (MB)", "", func(r scaleResult) string { return strconv.FormatFloat(r.peakMB, 'f', 1, 64) }},
 		{"KV writes / errors, whole run", "", func(r scaleResult) string { return fmt.Sprintf("%d / %d", r.kvWrites, r.kvErrors) }},
