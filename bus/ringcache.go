@@ -25,6 +25,9 @@ type RingCache struct {
 	errMu   sync.Mutex // guards lastErr
 	lastErr error
 
+	suspect chan struct{} // the bucket may have been created anew (see ringFollower.onBehind)
+	gen     time.Time     // when the bucket's stream was created; run's own
+
 	cancel    context.CancelFunc
 	done      chan struct{}
 	closeOnce sync.Once
@@ -78,7 +81,13 @@ func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts 
 	if err != nil {
 		return nil, err
 	}
-	c := &RingCache{f: f, js: js, bucket: bucket, pool: DefaultPool, done: make(chan struct{})}
+	c := &RingCache{f: f, js: js, bucket: bucket, pool: DefaultPool, done: make(chan struct{}), suspect: make(chan struct{}, 1)}
+	f.onBehind = func() {
+		select {
+		case c.suspect <- struct{}{}:
+		default:
+		}
+	}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -132,6 +141,9 @@ func (c *RingCache) run(ctx context.Context) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	if gen, err := bucketGeneration(ctx, c.f.bucket()); err == nil {
+		c.gen = gen
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { c.f.watch(ctx) })
 	wg.Go(func() { followReconnects(ctx, c.js.Conn(), c.f.kick, nil) })
@@ -146,7 +158,31 @@ func (c *RingCache) run(ctx context.Context) {
 			attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
 			_, _, _ = c.f.resync(attempt)
 			cancel()
+		case <-c.suspect:
+			attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+			c.checkBucket(attempt)
+			cancel()
 		}
+	}
+}
+
+// checkBucket follows a bucket that was deleted and created again (its
+// revisions start again from 1): it takes the new bucket's document and
+// watches it, instead of waiting for a revision it will never reach.
+func (c *RingCache) checkBucket(ctx context.Context) {
+	gen, err := bucketGeneration(ctx, c.f.bucket())
+	if err != nil || gen.Equal(c.gen) {
+		return
+	}
+	if !c.gen.IsZero() {
+		c.f.log.Warn("the ring bucket was created anew; following the new one", "bucket", c.bucket, "key", c.f.key)
+	}
+	c.gen = gen
+	c.f.reset()
+	_, _, _ = c.f.resync(ctx)
+	select {
+	case c.f.kick <- struct{}{}:
+	default:
 	}
 }
 

@@ -30,6 +30,10 @@ type ringFollower struct {
 	log      *slog.Logger
 	onReject func(rev uint64, err error) // a document in the bucket was refused
 	onApply  func(old, cur *view)        // a new view was stored; called under mu
+	// onBehind is called when the bucket holds an older revision of the key
+	// than the view: the bucket was deleted and created anew (revisions
+	// start again from 1), so the caller checks it (see bucketGeneration).
+	onBehind func()
 
 	kvMu sync.Mutex // guards kv
 	kv   jetstream.KeyValue
@@ -147,9 +151,42 @@ func (f *ringFollower) read(ctx context.Context) (RingDocument, uint64, error) {
 func (f *ringFollower) resync(ctx context.Context) (RingDocument, uint64, error) {
 	d, rev, err := f.read(ctx)
 	if err == nil {
+		if rev < f.current().rev && f.onBehind != nil {
+			f.onBehind()
+		}
 		f.apply(d, rev)
 	}
 	return d, rev, err
+}
+
+// reset forgets the view's revision and keeps its members: in a bucket
+// created anew revisions start again from 1, and the next document read
+// or watched there must be taken (and a router republishes the members).
+func (f *ringFollower) reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := f.view.Load()
+	if old.rev == 0 {
+		return
+	}
+	f.view.Store(&view{doc: old.doc, snap: old.snap})
+	f.own.Store(nil)
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// bucketGeneration returns when the bucket's stream was created: a bucket
+// deleted and created again under the same name has a new one.
+func bucketGeneration(ctx context.Context, kv jetstream.KeyValue) (time.Time, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return time.Time{}, fmt.Errorf("bus: bucket status of type %T", st)
+	}
+	return bs.StreamInfo().Created, nil
 }
 
 func (f *ringFollower) applyEntry(e jetstream.KeyValueEntry) {

@@ -37,7 +37,10 @@ type Router struct {
 	healthMu sync.Mutex // guards tracker and every pool's reporters and shed
 	tracker  map[string]*track
 
-	kick         chan struct{}   // restarts the bucket watch (after a reconnect)
+	kick         chan struct{} // restarts the bucket watch (after a reconnect)
+	suspect      chan struct{} // asks keepBucket to check the bucket
+	bucketGen    time.Time     // when the bucket's stream was created; keepBucket's own
+	js           jetstream.JetStream
 	legacy       atomic.Bool     // a router of an earlier release shares the bucket
 	shedPolicy   ring.ShedPolicy // load-aware ConsistentHash (BalanceFactor)
 	caughtUp     atomic.Int64    // unix nanos (cfg.Now) when the health queue was last empty
@@ -74,7 +77,7 @@ func newRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	cfg = cfg.withDefaults()
 	r := &Router{
 		nc: nc, cfg: cfg, log: cfg.Logger.With("component", "router"), tracker: map[string]*track{},
-		kick: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1), suspect: make(chan struct{}, 1),
 	}
 	def, err := r.newPool(DefaultPool)
 	if err != nil {
@@ -104,9 +107,13 @@ func (r *Router) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bus: jetstream: %w", err)
 	}
+	r.js = js
 	kv, err := openBucket(ctx, js, r.cfg.Bucket, r.cfg.KVReplicas, r.log)
 	if err != nil {
 		return err
+	}
+	if r.bucketGen, err = bucketGeneration(ctx, kv); err != nil {
+		r.log.Warn("bucket status unreadable; a bucket created anew will be noticed by its revisions only", "err", err)
 	}
 	def := r.pool(DefaultPool)
 	def.ring.setKV(kv)
@@ -140,6 +147,7 @@ func (r *Router) Start(ctx context.Context) error {
 		watchKeys(r.ctx, def.ring.bucket, []string{RingKey, RingKey + ".>"}, def.ring.resync, r.applyEntry, r.kick, r.log)
 	})
 	r.wg.Go(func() { r.watchLegacy(r.ctx) })
+	r.wg.Go(func() { r.keepBucket(r.ctx) })
 	r.svc, err = micro.AddService(r.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     ServiceVersion,
@@ -220,6 +228,74 @@ func (r *Router) applyEntry(e jetstream.KeyValueEntry) {
 		return
 	}
 	p.ring.applyEntry(e)
+}
+
+// suspectBucket asks keepBucket to check that the bucket is still there: a
+// write or read failed, or the bucket holds an older revision than a view.
+func (r *Router) suspectBucket() {
+	select {
+	case r.suspect <- struct{}{}:
+	default:
+	}
+}
+
+// keepBucket checks the bucket whenever something suggests it is gone (an
+// operator deleted it; the server restarted on an empty store) or was
+// created anew, at most four times a second, until ctx ends. Without it a
+// router retried its writes against a missing bucket for ever.
+func (r *Router) keepBucket(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.suspect:
+		}
+		attempt, cancel := context.WithTimeout(ctx, jsAttempt)
+		r.checkBucket(attempt)
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// checkBucket creates the bucket again, with the configured settings, if it
+// is gone, and then has every pool republish its ring from memory; a bucket
+// that another router created anew is re-read the same way.
+func (r *Router) checkBucket(ctx context.Context) {
+	kv, created, err := bindBucket(ctx, r.js, r.cfg.Bucket, r.cfg.KVReplicas)
+	if err != nil {
+		r.log.Debug("bucket check failed", "bucket", r.cfg.Bucket, "err", err)
+		return
+	}
+	gen, err := bucketGeneration(ctx, kv)
+	if err != nil {
+		r.log.Debug("bucket check failed", "bucket", r.cfg.Bucket, "err", err)
+		return
+	}
+	if !created && gen.Equal(r.bucketGen) {
+		return
+	}
+	r.bucketGen = gen
+	pools := r.sortedPools()
+	if created {
+		r.stats.recreated.Add(1)
+		r.log.Warn("the ring bucket was gone; created it again and republishing every pool's ring from memory",
+			"bucket", r.cfg.Bucket, "replicas", r.cfg.KVReplicas, "pools", len(pools))
+	} else {
+		r.log.Warn("the ring bucket was created anew by someone else; re-reading it", "bucket", r.cfg.Bucket, "pools", len(pools))
+	}
+	for _, p := range pools {
+		p.ring.setKV(kv)
+		p.ring.reset()
+		p.wake()
+	}
+	select { // the watch of the old bucket delivers nothing more
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
 // reconnected counts a reconnect and has every writer re-read its ring.

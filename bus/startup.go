@@ -68,21 +68,30 @@ func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, repl
 	var kv jetstream.KeyValue
 	err := retryStartup(ctx, log, fmt.Sprintf("open bucket %q", bucket), func(error) bool { return true }, func(ctx context.Context) error {
 		var err error
-		kv, err = js.KeyValue(ctx, bucket)
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-				Bucket:      bucket,
-				Description: "natsroute ring membership",
-				History:     1,
-				Replicas:    replicas,
-			})
-			if errors.Is(err, jetstream.ErrBucketExists) {
-				kv, err = js.KeyValue(ctx, bucket)
-			}
-		}
+		kv, _, err = bindBucket(ctx, js, bucket, replicas)
 		return err
 	})
 	return kv, err
+}
+
+// bindBucket binds to the bucket, creating it if it does not exist; created
+// says whether this call created it.
+func bindBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (kv jetstream.KeyValue, created bool, err error) {
+	kv, err = js.KeyValue(ctx, bucket)
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return kv, false, err
+	}
+	kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "natsroute ring membership",
+		History:     1,
+		Replicas:    replicas,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) { // another router was first
+		kv, err = js.KeyValue(ctx, bucket)
+		return kv, false, err
+	}
+	return kv, err == nil, err
 }
 
 // notInvalid retries everything but a document that was refused.

@@ -54,6 +54,7 @@ type counters struct {
 	kvErrors    atomic.Uint64
 	docRejected atomic.Uint64
 	reconnects  atomic.Uint64
+	recreated   atomic.Uint64 // the bucket was gone and this router created it again
 	requests    [len(strategyNames)][len(codes)]atomic.Uint64
 
 	oversizeReplies atomic.Uint64 // replies refused: over max_payload
@@ -117,6 +118,7 @@ type Stats struct {
 	KVErrors          uint64            `json:"kv_errors"`
 	DocumentsRejected uint64            `json:"documents_rejected"`
 	Reconnects        uint64            `json:"reconnects"`
+	BucketRecreated   uint64            `json:"bucket_recreated"`   // times the bucket was gone and this router created it again
 	OversizeReplies   uint64            `json:"oversize_replies"`   // replies refused as over max_payload
 	OversizeDocuments uint64            `json:"oversize_documents"` // ring writes refused as over max_payload
 	LegacyRouters     bool              `json:"legacy_routers"`     // a router of an earlier release shares the bucket
@@ -161,6 +163,7 @@ func (r *Router) Stats() Stats {
 		KVErrors:          c.kvErrors.Load(),
 		DocumentsRejected: c.docRejected.Load(),
 		Reconnects:        c.reconnects.Load(),
+		BucketRecreated:   c.recreated.Load(),
 		OversizeReplies:   c.oversizeReplies.Load(),
 		LegacyRouters:     c.legacyRouters.Load() != 0,
 	}
