@@ -175,7 +175,7 @@ func (p *pool) desired(base RingDocument, joins bool) RingDocument {
 		} else if !startup {
 			continue
 		}
-		if legacy {
+		if legacy || r.cfg.BalanceFactor == 0 { // shedding off: no shed stays behind
 			n.Shed = 0
 		}
 		out.Nodes = append(out.Nodes, n)
@@ -389,6 +389,9 @@ func (p *pool) syncBalancer(old, cur *view) {
 	_ = p.balancer.Add(ids...)
 	if old.doc.shedding() || cur.doc.shedding() {
 		p.noteShedChanges(old.doc, cur.doc)
+	}
+	if cur.doc.shedding() && r.cfg.BalanceFactor == 0 {
+		p.wake() // a router with shedding on wrote it; this one removes it
 	}
 	var gone []string
 	for _, n := range old.doc.Nodes {

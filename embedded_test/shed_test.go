@@ -325,3 +325,32 @@ func TestLoadAwareWaitsForOldRouter(t *testing.T) {
 		return d.Format == bus.DocumentFormatShed && shedOf(d, "node-0") > 0
 	})
 }
+
+// TestShedOffRemovesSheds: a router with --balance-factor off that finds
+// sheds in the document (written by a router that had it on) removes them
+// and writes format 1, without waiting for the members to report again.
+func TestShedOffRemovesSheds(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	js, _ := jetstream.New(nc)
+	kv, err := js.CreateKeyValue(ctxT(t), jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := `{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.3},{"id":"b","weight":1}]}`
+	if _, err := kv.Put(ctxT(t), bus.RingKey, []byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t)) // BalanceFactor 0: off
+	waitFor(t, 5*time.Second, "the router to write format 1 without the shed", func() bool {
+		d, _ := r.Ring()
+		return d.Format == bus.DocumentFormat && members(r) == "a,b" && !slices.ContainsFunc(d.Nodes, func(n bus.RingNode) bool { return n.Shed != 0 })
+	})
+	e, err := bucketGet(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := bus.DecodeRingDocument(e.Value()); err != nil || d.Format != bus.DocumentFormat || d.Nodes[0].Shed != 0 {
+		t.Fatalf("bucket holds %s (%v)", e.Value(), err)
+	}
+}
