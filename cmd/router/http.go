@@ -66,7 +66,7 @@ type statsCollector struct {
 	requests, accepted, rejected, dropped, writes, conflicts, kvErrs, docs *prometheus.Desc
 	reconnects, membersDesc, eligibleDesc, knownDesc, revisionDesc         *prometheus.Desc
 	poolRequests, shedding, oversizeReplies, oversizeDocs, legacy, pools   *prometheus.Desc
-	memberShed                                                             *prometheus.Desc
+	memberShed, recreated                                                  *prometheus.Desc
 }
 
 func newStatsCollector(r *bus.Router) *statsCollector {
@@ -91,6 +91,7 @@ func newStatsCollector(r *bus.Router) *statsCollector {
 		kvErrs:          d("kv_errors_total", "Failed ring writes (retried)."),
 		docs:            d("documents_rejected_total", "Ring documents in the bucket that this router refused."),
 		reconnects:      d("reconnects_total", "Reconnections to NATS."),
+		recreated:       d("bucket_recreated_total", "Times the KV bucket was gone and this router created it again (and republished every pool's ring)."),
 		membersDesc:     d("members", "Members of the ring, by pool.", "pool"),
 		eligibleDesc:    d("eligible_nodes", "Nodes ResourceAware would pick from now, by pool.", "pool"),
 		knownDesc:       d("known_nodes", "Nodes ResourceAware knows (members and reporters), by pool.", "pool"),
@@ -100,7 +101,7 @@ func newStatsCollector(r *bus.Router) *statsCollector {
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.accepted, c.rejected, c.dropped, c.writes, c.conflicts, c.kvErrs, c.docs, c.reconnects, c.membersDesc, c.eligibleDesc, c.knownDesc, c.revisionDesc,
-		c.poolRequests, c.shedding, c.oversizeReplies, c.oversizeDocs, c.legacy, c.pools, c.memberShed} {
+		c.poolRequests, c.shedding, c.oversizeReplies, c.oversizeDocs, c.legacy, c.pools, c.memberShed, c.recreated} {
 		ch <- d
 	}
 }
@@ -126,6 +127,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.kvErrs, s.KVErrors)
 	counter(c.docs, s.DocumentsRejected)
 	counter(c.reconnects, s.Reconnects)
+	counter(c.recreated, s.BucketRecreated)
 	counter(c.oversizeReplies, s.OversizeReplies)
 	legacy := 0.0
 	if s.LegacyRouters {
