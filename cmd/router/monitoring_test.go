@@ -33,7 +33,7 @@ const (
 	rulesPath     = "../../deploy/prometheus/natsroute-rules.yaml"
 	rulesTestPath = "../../deploy/prometheus/natsroute-rules.test.yaml"
 	dashboardPath = "../../deploy/grafana/natsroute-dashboard.json"
-	sectionPath   = "../../deploy/MONITORING-README-SECTION.md"
+	sectionPath   = "../../README.md"
 )
 
 // promTool returns the path of prometheus or promtool (Debian's package
