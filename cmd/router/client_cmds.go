@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,19 +21,14 @@ import (
 // connects. It returns the exit code to use if it fails.
 func clientCommand(name string, args []string, stderr io.Writer, define func(fs *flagSet)) (*nats.Conn, *connOptions, int) {
 	var c connOptions
-	fs := newFlagSet("router "+name, stderr)
+	fs := newFlagSet(name, stderr)
 	c.register(fs)
 	define(fs)
 	if err := fs.parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, nil, 0
-		}
-		fmt.Fprintln(stderr, "router:", err)
-		return nil, nil, 2
+		return nil, nil, fs.failed(err)
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "router %s: unexpected arguments %q\n", name, fs.Args())
-		return nil, nil, 2
+		return nil, nil, fs.failed(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
 	if errs := c.validate(); len(errs) > 0 {
 		for _, e := range errs {

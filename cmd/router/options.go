@@ -49,12 +49,22 @@ type options struct {
 type flagSet struct {
 	*flag.FlagSet
 	settings []setting
+	out      io.Writer // where the flags are listed for -h and errors go
+	help     string    // the command line that lists the flags
 }
 
-func newFlagSet(name string, out io.Writer) *flagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(out)
-	return &flagSet{FlagSet: fs}
+// newFlagSet returns the flags of a subcommand ("serve", "select", ...).
+// The FlagSet itself prints nothing: parse lists the flags for -h, and
+// failed prints a bad flag's one error and a hint, not the whole usage
+// (97 lines for serve, which buried the error).
+func newFlagSet(cmd string, out io.Writer) *flagSet {
+	fs := flag.NewFlagSet("router "+cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	help := "router " + cmd + " --help"
+	if cmd == "serve" { // the default command
+		help = "router --help"
+	}
+	return &flagSet{FlagSet: fs, out: out, help: help}
 }
 
 // env registers the environment variable (and bus.Config field) of a flag
@@ -79,7 +89,24 @@ func (fs *flagSet) parse(args []string) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return fs.Parse(args)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(fs.out, "Usage of %s:\n", fs.Name())
+		fs.SetOutput(fs.out)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	return err
+}
+
+// failed prints what went wrong in parse, if anything is left to print,
+// and returns the exit code: 0 after -h (parse listed the flags), else 2.
+func (fs *flagSet) failed(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintf(fs.out, "router: %v\nRun '%s' for the flags.\n", err, fs.help)
+	return 2
 }
 
 // explain rewrites configuration errors to name the flag and variable of
@@ -157,7 +184,7 @@ func (c *connOptions) validate() []string {
 
 // serveFlags defines the flags of "router serve".
 func serveFlags(o *options, out io.Writer) *flagSet {
-	fs := newFlagSet("router serve", out)
+	fs := newFlagSet("serve", out)
 	o.conn.register(fs)
 	o.cfg = bus.DefaultConfig()
 	o.weights = resourceaware.DefaultWeights()
