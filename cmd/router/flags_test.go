@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
+	"io"
+	"os"
 	"strings"
 	"testing"
 )
@@ -47,4 +50,77 @@ func TestBadFlagOneError(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestZeroFlags goes through every flag of serve with its zero value (0,
+// 0s or ""): either the flag refuses it with a message that names the flag,
+// or 0 has a meaning of its own that the flag's help and README's table
+// both state. A new flag must be added here.
+func TestZeroFlags(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const refused = "refused"
+	cases := map[string]string{ // flag → refused, or what its zero means ("" for a name or file left unset)
+		"server": "empty runs an embedded server", "creds": "", "nkey": "", "user": "", "password": "",
+		"token": "", "tlscert": "", "tlskey": "", "tlsca": "", "timeout": refused,
+		"listen": refused, "store-dir": refused, "embedded-config": "", "http": "empty disables",
+		"log-format": refused, "log-level": refused, "check": "",
+		"bucket": refused, "kv-replicas": refused, "queue-group": refused, "vnodes": refused,
+		"member-ttl": refused, "coalesce": refused, "resync": refused, "drain-timeout": refused,
+		"max-pools": refused, "balance-factor": "0 is off", "shed-interval": refused,
+		"staleness": refused, "cpu-threshold": refused, "memory-threshold": refused,
+		"max-connections": refused, "latency-ceiling": refused,
+		"cpu-weight": "0 leaves it out of the score", "memory-weight": "0 leaves it out of the score",
+		"connections-weight": "0 leaves it out of the score", "latency-weight": "0 leaves it out of the score",
+		"cpu-margin": "0 is off", "memory-margin": "0 is off", "connections-margin": "0 is off",
+		"slow-start-window": "0 is off", "slow-start-aggression": refused, "slow-start-min-share": refused,
+		"max-key-bytes": refused, "max-candidates": refused, "max-batch": refused, "max-count": refused,
+	}
+	var o options
+	serveFlags(&o, io.Discard).VisitAll(func(f *flag.Flag) {
+		t.Run(f.Name, func(t *testing.T) {
+			means, ok := cases[f.Name]
+			if !ok {
+				t.Fatalf("--%s is not in this table: refuse its zero value in options.validate, or say in its help and in README what 0 means", f.Name)
+			}
+			var o options
+			fs := serveFlags(&o, io.Discard)
+			zero := zeroText(f)
+			if zero == `""` {
+				zero = ""
+			}
+			if zero == "false" { // --check: false is its default, and means serve
+				return
+			}
+			if err := fs.parse([]string{"--" + f.Name + "=" + zero}); err != nil {
+				t.Fatal(err)
+			}
+			errs := o.validate(fs)
+			if means == refused {
+				if len(errs) != 1 || !strings.HasPrefix(errs[0], "--"+f.Name+" ") && !strings.HasPrefix(errs[0], "--"+f.Name+":") {
+					t.Fatalf("--%s=%s: want one problem naming --%s, got %q", f.Name, zero, f.Name, errs)
+				}
+				return
+			}
+			if len(errs) > 0 {
+				t.Fatalf("--%s=%s: %q", f.Name, zero, errs)
+			}
+			row := readmeRow(string(readme), f.Name)
+			if !strings.Contains(f.Usage, means) || !strings.Contains(row, means) {
+				t.Errorf("--%s=%s is accepted: its help and README's row must say %q\nhelp: %s\nREADME: %s", f.Name, zero, means, f.Usage, row)
+			}
+		})
+	})
+}
+
+// readmeRow returns the line of README's configuration table for a flag.
+func readmeRow(readme, flag string) string {
+	for _, line := range strings.Split(readme, "\n") {
+		if strings.HasPrefix(line, "| `--"+flag+"` |") {
+			return line
+		}
+	}
+	return ""
 }

@@ -250,6 +250,11 @@ func TestCheck(t *testing.T) {
 			t.Errorf("--check output does not name %s:\n%s", want, errOut)
 		}
 	}
+	// 0 would silently mean the default (0.1): refused, naming the flag.
+	_, errOut, code = runCmd(t, nil, "--check", "--slow-start-min-share", "0")
+	if code != 2 || !strings.Contains(errOut, "--slow-start-min-share: 0 is not allowed") {
+		t.Fatalf("--slow-start-min-share 0: %d %q", code, errOut)
+	}
 	_, errOut, code = runCmd(t, []string{"NATSROUTE_VNODES=many"}, "--check")
 	if code != 2 || !strings.Contains(errOut, "NATSROUTE_VNODES") {
 		t.Fatalf("a bad environment variable: %d %q", code, errOut)
