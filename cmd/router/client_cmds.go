@@ -44,6 +44,21 @@ func clientCommand(name string, args []string, stderr io.Writer, define func(fs 
 	return nc, &c, -1
 }
 
+// requestFailed prints a Client's error once ("router: natsroute: ...";
+// the client's errors name the subject when it matters) and returns the
+// exit code: 2 for a request the router called bad, else 1.
+func requestFailed(stderr io.Writer, err error) int {
+	if errors.Is(err, bus.ErrNoRouter) || errors.Is(err, bus.ErrTimeout) {
+		fmt.Fprintf(stderr, "router: %v (is a router running?)\n", err)
+	} else {
+		fmt.Fprintln(stderr, "router:", err)
+	}
+	if errors.Is(err, bus.ErrBadRequest) {
+		return 2
+	}
+	return 1
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -84,11 +99,7 @@ func selectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		Candidates: splitList(candidates), Explain: explain, Pool: pool, Spread: spread,
 	})
 	if err != nil {
-		fmt.Fprintln(stderr, "router:", err)
-		if errors.Is(err, bus.ErrBadRequest) {
-			return 2
-		}
-		return 1
+		return requestFailed(stderr, err)
 	}
 	switch {
 	case asJSON || explain:
@@ -208,30 +219,19 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "router:", err)
 		return 2
 	}
-	fail := func(what string, err error) int {
-		if errors.Is(err, bus.ErrNoRouter) || errors.Is(err, bus.ErrTimeout) {
-			fmt.Fprintf(stderr, "router: %s: %v (is a router running?)\n", what, err)
-		} else {
-			fmt.Fprintf(stderr, "router: %s: %v\n", what, err)
-		}
-		if errors.Is(err, bus.ErrBadRequest) {
-			return 2
-		}
-		return 1
-	}
 	var pools []bus.PoolInfo
 	if pool == "" {
 		if pools, err = client.Pools(ctx); err != nil {
-			return fail(bus.SubjectPools, err)
+			return requestFailed(stderr, err)
 		}
 	}
 	nodes, err := client.Nodes(ctx, pool)
 	if err != nil {
-		return fail(bus.SubjectNodes, err)
+		return requestFailed(stderr, err)
 	}
 	rs, ringErr := client.Ring(ctx, pool)
 	if ringErr != nil && !errors.Is(ringErr, bus.ErrBadRequest) {
-		return fail(bus.SubjectRing, ringErr)
+		return requestFailed(stderr, ringErr)
 	}
 	if asJSON {
 		enc := json.NewEncoder(stdout)

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natsroute/natsroute/bus"
 )
 
 // TestBadFlagOneError: a bad flag value prints that one error and where to
@@ -123,4 +127,23 @@ func readmeRow(readme, flag string) string {
 		}
 	}
 	return ""
+}
+
+// TestRequestFailed: a client's error is printed once, after "router: ",
+// with a hint when no router answered; the exit code is 2 for a bad request.
+func TestRequestFailed(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+		code int
+	}{
+		{&bus.ServiceError{Code: 503, Message: "natsroute: no node available: the ring has no members"}, "router: natsroute: no node available: the ring has no members (503)\n", 1},
+		{&bus.ServiceError{Code: 400, Message: "natsroute: bad request: count -1 is out of range"}, "router: natsroute: bad request: count -1 is out of range (400)\n", 2},
+		{fmt.Errorf("%w on route.pools: %w", bus.ErrNoRouter, nats.ErrNoResponders), "router: natsroute: no router answered on route.pools: nats: no responders available for request (is a router running?)\n", 1},
+	} {
+		var out bytes.Buffer
+		if code := requestFailed(&out, c.err); code != c.code || out.String() != c.want {
+			t.Errorf("%v: exit %d, %q; want %d, %q", c.err, code, out.String(), c.code, c.want)
+		}
+	}
 }

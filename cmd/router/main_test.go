@@ -179,6 +179,10 @@ func TestServeEmbeddedAndSubcommands(t *testing.T) {
 	waitFor(t, 10*time.Second, "watch to start", func() bool { return strings.Contains(watch.stdout.String(), "watching") })
 
 	env := []string{"NATS_URL=" + url} // the nats CLI's variable works too
+	// An empty ring: the error says "natsroute:" once.
+	if _, errOut, code := runCmd(t, env, "select", "--key", "user-42"); code != 1 || errOut != "router: natsroute: no node available: the ring has no members (503)\n" {
+		t.Fatalf("select on an empty ring: %d %q", code, errOut)
+	}
 	if out, errOut, code := runCmd(t, env, "report", "--node", "node-a", "--cpu", "20", "--memory", "30", "--connections", "5", "--latency", "3ms"); code != 0 || !strings.Contains(out, "reported node-a") {
 		t.Fatalf("report: %d %q %q", code, out, errOut)
 	}
