@@ -284,9 +284,11 @@ func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 		if !n.Eligible {
 			elig = "no: " + n.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.3f\t%s\t%.1f\t%.1f\t%d\t%.1fms\t%s\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS, shedLabel(n.Shed))
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.4f\t%s\t%.1f\t%.1f\t%d\t%.1fms\t%s\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS, shedLabel(n.Shed))
 	}
 	_ = tw.Flush()
+	fmt.Fprintln(w, "SCORE = health (0 to 1) × WEIGHT × slow-start share: ResourceAware picks in proportion to it, so it can be above 1.")
+	fmt.Fprintln(w, "SHED: the fraction of its keys a member hands to the next members (load-aware ConsistentHash).")
 	fmt.Fprintf(w, "\nring: revision %d, %d members, vnodes %d\n", rs.Revision, len(rs.Ring.Nodes), rs.Ring.VNodes)
 	if len(rs.Ring.Nodes) == 0 {
 		return
@@ -305,6 +307,7 @@ func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 		fmt.Fprintf(tw, "%s\t%g\t%s\t%.1f%%\t%s\n", n.ID, n.Weight, st, 100*shares[n.ID], shedLabel(n.Shed))
 	}
 	_ = tw.Flush()
+	fmt.Fprintln(w, "KEY SHARE counts ring points (by weight): it does not move when a member sheds; SHED of those keys go on.")
 }
 
 // shedLabel shows a member's shed fraction, or "-".

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -211,6 +212,10 @@ func TestServeEmbeddedAndSubcommands(t *testing.T) {
 	out, _, code := runCmd(t, env, "status")
 	if code != 0 || !strings.Contains(out, "node-a") || !strings.Contains(out, "KEY SHARE") || !strings.Contains(out, "2 members") {
 		t.Fatalf("status: %d\n%s", code, out)
+	}
+	// A legend says what SCORE and KEY SHARE count; scores have 4 decimals.
+	if !strings.Contains(out, "\nSCORE = health (0 to 1) × WEIGHT") || !strings.Contains(out, "\nKEY SHARE counts ring points") || !regexp.MustCompile(`\s0\.\d{4}\s+yes`).MatchString(out) {
+		t.Errorf("status lacks its legend or 4-decimal scores:\n%s", out)
 	}
 
 	_, metrics := httpGet(web + "/metrics")
