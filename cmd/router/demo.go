@@ -170,7 +170,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case <-tick.C:
 		}
 		if *duration > 0 && time.Since(start) >= *duration {
-			fmt.Fprintln(stdout, "\ndemo over. Run the real thing with: go run ./cmd/router")
+			fmt.Fprintln(stdout, "\ndemo over. Run the real thing: go build -o router ./cmd/router && ./router")
 			return 0
 		}
 	}

@@ -227,6 +227,9 @@ func TestServeEmbeddedAndSubcommands(t *testing.T) {
 	if code, body := httpGet(web + "/status"); code != 200 || !strings.Contains(body, `"node-b"`) {
 		t.Errorf("/status: %d %s", code, body)
 	}
+	if code, body := httpGet(web + "/status?pool=default"); code != 200 || !strings.Contains(body, `"pool": "default"`) || !strings.Contains(body, `"nodes_total": 2`) {
+		t.Errorf("/status?pool=default: %d %s", code, body)
+	}
 
 	if code, _ := watch.stop(t); code != 0 {
 		t.Errorf("watch exit code %d", code)
@@ -326,7 +329,7 @@ func TestDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"node-c overloaded", "draining", "leaves", "RA PICKS", "demo over"} {
+	for _, want := range []string{"seven simulated nodes in two pools", "--balance-factor 1.5", "node-c overloaded", "draining", "leaves", "RA PICKS", "demo over"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

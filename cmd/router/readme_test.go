@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/natsroute/natsroute/ring"
 )
 
 // TestREADMEGoExample builds the program under README's "Use it from Go"
@@ -81,4 +83,67 @@ func readmeGoExample(t *testing.T) string {
 		t.Fatal(`README's "Use it from Go" go block does not end`)
 	}
 	return code + "\n"
+}
+
+// TestREADMEClaims checks what README says about the program against the
+// program: the demo, the shed steps and cap, the binary its commands run,
+// /status?pool=P and where the Go examples are.
+func TestREADMEClaims(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	flat := strings.Join(strings.Fields(readme), " ") // prose wraps anywhere
+	t.Run("demo", func(t *testing.T) {
+		// demo.go's own banner says the same; TestDemo checks that it prints it.
+		for _, want := range []string{"seven simulated nodes in two pools", "(`--balance-factor 1.5`)"} {
+			if !strings.Contains(flat, want) {
+				t.Errorf("README does not describe the demo as it is: no %q", want)
+			}
+		}
+	})
+	t.Run("shed", func(t *testing.T) {
+		for _, want := range []string{
+			fmt.Sprintf("up by at most %g %% of the member's keys, down by at most %g %%", 100*ring.DefaultShedRise, 100*ring.DefaultShedFall),
+			fmt.Sprintf("No member sheds more than %g %% of its keys", 100*ring.DefaultMaxShed),
+			"Shedding needs nodes that keep reporting",
+			"names shedding members only when the key's owner",
+		} {
+			if !strings.Contains(flat, want) {
+				t.Errorf("README lacks %q", want)
+			}
+		}
+	})
+	t.Run("binary", func(t *testing.T) {
+		// go run exits 1 for any failure and leaves the router running on
+		// SIGTERM: README's commands run the binary; go run is for the demo.
+		for _, line := range strings.Split(readme, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "go run ./cmd/router") {
+				t.Errorf("README runs the router through go run: %s", line)
+			}
+		}
+		if !strings.Contains(readme, "go build -o router ./cmd/router") {
+			t.Error("README does not say how to build the router binary")
+		}
+	})
+	t.Run("status pool", func(t *testing.T) {
+		if !strings.Contains(readme, "`/status?pool=P`") {
+			t.Error("README does not document /status?pool=P")
+		}
+	})
+	t.Run("examples", func(t *testing.T) {
+		src, err := os.ReadFile("../../bus/example_test.go")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fn := range []string{"ExampleClient", "ExampleReporter", "ExampleRingCache"} {
+			if !strings.Contains(string(src), "func "+fn+"()") {
+				t.Errorf("bus/example_test.go has no %s, which README promises", fn)
+			}
+		}
+		if !strings.Contains(flat, "are in `bus/example_test.go`") || strings.Contains(flat, "(`go doc ./bus`) has runnable examples") {
+			t.Error("README must say the examples are in bus/example_test.go: go doc does not print them")
+		}
+	})
 }
