@@ -258,9 +258,9 @@ func (c *Client) request(ctx context.Context, subject string, data []byte) (*nat
 	case errors.Is(err, nats.ErrNoResponders):
 		return nil, fmt.Errorf("%w on %s: %w", ErrNoRouter, subject, err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return nil, fmt.Errorf("%w: %w", ErrTimeout, err)
+		return nil, fmt.Errorf("%w on %s: %w", ErrTimeout, subject, err)
 	case err != nil:
-		return nil, fmt.Errorf("natsroute: request: %w", err)
+		return nil, fmt.Errorf("natsroute: request on %s: %w", subject, err)
 	}
 	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
 		return nil, &ServiceError{Code: parseCode(code), Message: m.Header.Get("Nats-Service-Error")}

@@ -6,8 +6,8 @@
 // documented for users in subjects.md at the root of the repository.
 //
 // A Router subscribes to health.* (every replica sees every report), serves
-// route.request, route.ring and route.nodes as a NATS micro service in a
-// queue group, and keeps the ring membership in the KV bucket with
-// compare-and-set writes. Lookups never block on I/O: they read immutable
-// snapshots of the ring and of the health of every node.
+// route.request, route.ring, route.nodes and route.pools as a NATS micro
+// service in a queue group, and keeps the ring membership in the KV bucket
+// with compare-and-set writes. Lookups never block on I/O: they read
+// immutable snapshots of the ring and of the health of every node.
 package bus

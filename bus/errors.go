@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 var (
@@ -40,9 +41,17 @@ type ServiceError struct {
 	Message string // the router's message
 }
 
+// Error is the router's message with the code, prefixed "natsroute: "
+// once: a router's message already starts with it (it is the text of the
+// router's own error), and the prefix used to appear twice
+// ("natsroute: natsroute: no node available: ...").
 func (e *ServiceError) Error() string {
-	return fmt.Sprintf("natsroute: %s (%d)", e.Message, e.Code)
+	return fmt.Sprintf("%s%s (%d)", errPrefix, strings.TrimPrefix(e.Message, errPrefix), e.Code)
 }
+
+// errPrefix starts the text of every error of this package that is not
+// about a bad argument to one of its functions (those say "bus: ").
+const errPrefix = "natsroute: "
 
 // Is maps the code onto the sentinel errors.
 func (e *ServiceError) Is(target error) bool {

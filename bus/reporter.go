@@ -69,7 +69,7 @@ func (r *Reporter) SetPools(pools ...string) error {
 		return nil
 	}
 	if err := validatePools(pools); err != nil {
-		return fmt.Errorf("bus: %w", err)
+		return fmt.Errorf("bus: SetPools: %w", err)
 	}
 	p := slices.Clone(pools)
 	r.pools.Store(&p)

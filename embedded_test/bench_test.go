@@ -2,9 +2,11 @@ package embedded_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,14 +55,54 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	return env
 }
 
-func (e *benchEnv) do(b *testing.B, subject string, body []byte) {
+// do sends one request and returns what went wrong, if anything. It does
+// not fail the benchmark itself: b.Fatal may be called only from the
+// benchmark's own goroutine, and inflight's workers call do too.
+func (e *benchEnv) do(subject string, body []byte) error {
 	m, err := e.nc.Request(subject, body, 5*time.Second)
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	if m.Header.Get("Nats-Service-Error") != "" {
-		b.Fatalf("error reply: %s", m.Header.Get("Nats-Service-Error"))
+		return fmt.Errorf("error reply: %s", m.Header.Get("Nats-Service-Error"))
 	}
+	return nil
+}
+
+// inflight calls do(0) to do(n-1) from workers goroutines and returns the
+// first error; after one, the remaining calls are skipped. The caller fails
+// the benchmark from its own goroutine.
+func inflight(n, workers int, do func(i int) error) error {
+	var (
+		wg       sync.WaitGroup
+		failed   atomic.Bool
+		errMu    sync.Mutex // guards firstErr
+		firstErr error
+	)
+	work := make(chan int, workers)
+	for range workers {
+		wg.Go(func() {
+			for i := range work { // drain even after a failure, so the sender never blocks
+				if failed.Load() {
+					continue
+				}
+				if err := do(i); err != nil {
+					errMu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("request %d: %w", i, err)
+					}
+					errMu.Unlock()
+					failed.Store(true)
+				}
+			}
+		})
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	return firstErr
 }
 
 // BenchmarkRequest compares route.request (ConsistentHash, msgpack, 150
@@ -75,7 +117,9 @@ func BenchmarkRequest(b *testing.B) {
 			i := 0
 			for b.Loop() {
 				t0 := time.Now()
-				env.do(b, target.subject, env.single[i&1023])
+				if err := env.do(target.subject, env.single[i&1023]); err != nil {
+					b.Fatal(err)
+				}
 				if len(lat) < cap(lat) {
 					lat = append(lat, time.Since(t0))
 				}
@@ -86,27 +130,19 @@ func BenchmarkRequest(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 		})
 		b.Run("target="+target.name+"/mode=inflight64", func(b *testing.B) {
-			var wg sync.WaitGroup
-			work := make(chan int, 64)
 			start := time.Now()
-			for range 64 {
-				wg.Go(func() {
-					for i := range work {
-						env.do(b, target.subject, env.single[i&1023])
-					}
-				})
+			err := inflight(b.N, 64, func(i int) error { return env.do(target.subject, env.single[i&1023]) })
+			if err != nil {
+				b.Fatal(err)
 			}
-			for i := range b.N {
-				work <- i
-			}
-			close(work)
-			wg.Wait()
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
 		})
 	}
 	b.Run("target=router/mode=batch100", func(b *testing.B) {
 		for b.Loop() {
-			env.do(b, bus.SubjectRequest, env.batch)
+			if err := env.do(bus.SubjectRequest, env.batch); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }
@@ -263,5 +299,21 @@ func BenchmarkPropagation(b *testing.B) {
 			}
 			report(b, lat)
 		})
+	}
+}
+
+// TestInflight: inflight makes every call once when none fails, and after
+// a failure returns the first error to its caller without blocking, even
+// when every worker would fail.
+func TestInflight(t *testing.T) {
+	var calls atomic.Int64
+	if err := inflight(1000, 64, func(int) error { calls.Add(1); return nil }); err != nil || calls.Load() != 1000 {
+		t.Fatalf("no failure: %v after %d calls, want nil after 1000", err, calls.Load())
+	}
+	boom := errors.New("boom")
+	calls.Store(0)
+	err := inflight(100000, 64, func(i int) error { calls.Add(1); return boom })
+	if !errors.Is(err, boom) || calls.Load() > 64 {
+		t.Fatalf("all failing: %v after %d calls, want boom after at most 64", err, calls.Load())
 	}
 }

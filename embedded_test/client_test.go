@@ -42,6 +42,9 @@ func TestClient(t *testing.T) {
 			if !errors.Is(err, bus.ErrNoNodes) || !errors.As(err, &se) || se.Code != 503 || !strings.Contains(se.Message, "no members") {
 				t.Fatalf("empty ring: %v, want ErrNoNodes with the router's message", err)
 			}
+			if want := "natsroute: no node available: the ring has no members (503)"; err.Error() != want {
+				t.Fatalf("empty ring: %q, want %q", err, want)
+			}
 		})
 	}
 	for _, id := range []string{"a", "b", "c", "d"} {
@@ -90,6 +93,9 @@ func TestClient(t *testing.T) {
 		if !errors.Is(err, bus.ErrNoRouter) || !errors.Is(err, nats.ErrNoResponders) || errors.Is(err, bus.ErrTimeout) {
 			t.Fatalf("no router: %v", err)
 		}
+		if want := "natsroute: no router answered on nobody.listens: nats: no responders available for request"; err.Error() != want {
+			t.Fatalf("no router: %q, want %q", err, want)
+		}
 	})
 	t.Run("timeout", func(t *testing.T) {
 		sub, err := nc.Subscribe("silent.route", func(*nats.Msg) {}) // never answers
@@ -101,6 +107,9 @@ func TestClient(t *testing.T) {
 		_, err = c.Pick(ctx, "k")
 		if !errors.Is(err, bus.ErrTimeout) || errors.Is(err, bus.ErrNoRouter) {
 			t.Fatalf("silent router: %v", err)
+		}
+		if want := "natsroute: request timed out on silent.route: context deadline exceeded"; err.Error() != want {
+			t.Fatalf("silent router: %q, want %q", err, want)
 		}
 	})
 }

@@ -3,6 +3,7 @@ package embedded_test
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"reflect"
 	"slices"
 	"strconv"
@@ -231,6 +232,17 @@ func TestContract(t *testing.T) {
 		slices.Sort(subjects)
 		if info.Name != "natsroute" || !slices.Equal(subjects, []string{"route.nodes@natsroute", "route.pools@natsroute", "route.request@natsroute", "route.ring@natsroute"}) {
 			t.Fatalf("micro info: %s", m.Data)
+		}
+		// The package documentation names every subject the Router serves.
+		doc, err := os.ReadFile("../bus/doc.go")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Join(strings.Fields(strings.ReplaceAll(string(doc), "//", "")), " ")
+		for _, e := range info.Endpoints {
+			if !strings.Contains(text, e.Subject) {
+				t.Errorf("bus/doc.go does not name %s among the subjects the Router serves", e.Subject)
+			}
 		}
 	})
 }

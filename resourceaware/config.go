@@ -22,12 +22,14 @@ const (
 	DefaultSlowStartMinShare   = 0.1 // Envoy's min_weight_percent of 10 %
 )
 
-// Weights are the coefficients of the composite health score.
+// Weights are the coefficients of the composite health score. Unlike
+// Config's fields, a zero weight is not a default: it leaves its term out
+// of the score (Config.Weights nil means DefaultWeights).
 type Weights struct {
-	CPU         float64 // default 0.3
-	Memory      float64 // default 0.3
-	Connections float64 // default 0.2
-	Latency     float64 // default 0.2
+	CPU         float64 // 0.3 in DefaultWeights
+	Memory      float64 // 0.3 in DefaultWeights
+	Connections float64 // 0.2 in DefaultWeights
+	Latency     float64 // 0.2 in DefaultWeights
 }
 
 // DefaultWeights returns 0.3/0.3/0.2/0.2.

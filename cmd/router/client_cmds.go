@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,19 +21,14 @@ import (
 // connects. It returns the exit code to use if it fails.
 func clientCommand(name string, args []string, stderr io.Writer, define func(fs *flagSet)) (*nats.Conn, *connOptions, int) {
 	var c connOptions
-	fs := newFlagSet("router "+name, stderr)
+	fs := newFlagSet(name, stderr)
 	c.register(fs)
 	define(fs)
 	if err := fs.parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, nil, 0
-		}
-		fmt.Fprintln(stderr, "router:", err)
-		return nil, nil, 2
+		return nil, nil, fs.failed(err)
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "router %s: unexpected arguments %q\n", name, fs.Args())
-		return nil, nil, 2
+		return nil, nil, fs.failed(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
 	if errs := c.validate(); len(errs) > 0 {
 		for _, e := range errs {
@@ -48,6 +42,21 @@ func clientCommand(name string, args []string, stderr io.Writer, define func(fs 
 		return nil, nil, 1
 	}
 	return nc, &c, -1
+}
+
+// requestFailed prints a Client's error once ("router: natsroute: ...";
+// the client's errors name the subject when it matters) and returns the
+// exit code: 2 for a request the router called bad, else 1.
+func requestFailed(stderr io.Writer, err error) int {
+	if errors.Is(err, bus.ErrNoRouter) || errors.Is(err, bus.ErrTimeout) {
+		fmt.Fprintf(stderr, "router: %v (is a router running?)\n", err)
+	} else {
+		fmt.Fprintln(stderr, "router:", err)
+	}
+	if errors.Is(err, bus.ErrBadRequest) {
+		return 2
+	}
+	return 1
 }
 
 func splitList(s string) []string {
@@ -90,11 +99,7 @@ func selectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		Candidates: splitList(candidates), Explain: explain, Pool: pool, Spread: spread,
 	})
 	if err != nil {
-		fmt.Fprintln(stderr, "router:", err)
-		if errors.Is(err, bus.ErrBadRequest) {
-			return 2
-		}
-		return 1
+		return requestFailed(stderr, err)
 	}
 	switch {
 	case asJSON || explain:
@@ -214,30 +219,19 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "router:", err)
 		return 2
 	}
-	fail := func(what string, err error) int {
-		if errors.Is(err, bus.ErrNoRouter) || errors.Is(err, bus.ErrTimeout) {
-			fmt.Fprintf(stderr, "router: %s: %v (is a router running?)\n", what, err)
-		} else {
-			fmt.Fprintf(stderr, "router: %s: %v\n", what, err)
-		}
-		if errors.Is(err, bus.ErrBadRequest) {
-			return 2
-		}
-		return 1
-	}
 	var pools []bus.PoolInfo
 	if pool == "" {
 		if pools, err = client.Pools(ctx); err != nil {
-			return fail(bus.SubjectPools, err)
+			return requestFailed(stderr, err)
 		}
 	}
 	nodes, err := client.Nodes(ctx, pool)
 	if err != nil {
-		return fail(bus.SubjectNodes, err)
+		return requestFailed(stderr, err)
 	}
 	rs, ringErr := client.Ring(ctx, pool)
 	if ringErr != nil && !errors.Is(ringErr, bus.ErrBadRequest) {
-		return fail(bus.SubjectRing, ringErr)
+		return requestFailed(stderr, ringErr)
 	}
 	if asJSON {
 		enc := json.NewEncoder(stdout)
@@ -290,9 +284,11 @@ func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 		if !n.Eligible {
 			elig = "no: " + n.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.3f\t%s\t%.1f\t%.1f\t%d\t%.1fms\t%s\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS, shedLabel(n.Shed))
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.4f\t%s\t%.1f\t%.1f\t%d\t%.1fms\t%s\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS, shedLabel(n.Shed))
 	}
 	_ = tw.Flush()
+	fmt.Fprintln(w, "SCORE = health (0 to 1) × WEIGHT × slow-start share: ResourceAware picks in proportion to it, so it can be above 1.")
+	fmt.Fprintln(w, "SHED: the fraction of its keys a member hands to the next members (load-aware ConsistentHash).")
 	fmt.Fprintf(w, "\nring: revision %d, %d members, vnodes %d\n", rs.Revision, len(rs.Ring.Nodes), rs.Ring.VNodes)
 	if len(rs.Ring.Nodes) == 0 {
 		return
@@ -311,6 +307,7 @@ func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 		fmt.Fprintf(tw, "%s\t%g\t%s\t%.1f%%\t%s\n", n.ID, n.Weight, st, 100*shares[n.ID], shedLabel(n.Shed))
 	}
 	_ = tw.Flush()
+	fmt.Fprintln(w, "KEY SHARE counts ring points (by weight): it does not move when a member sheds; SHED of those keys go on.")
 }
 
 // shedLabel shows a member's shed fraction, or "-".

@@ -43,10 +43,13 @@ func (n *simNode) setCPU(v float64) { n.mu.Lock(); n.cpu = v; n.mu.Unlock() }
 // how picks spread under each strategy while a node gets overloaded, one
 // drains and one leaves.
 func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("router demo", stderr)
+	fs := newFlagSet("demo", stderr)
 	duration := fs.Duration("duration", 20*time.Second, "how long the demo runs (0: until Ctrl-C)")
 	if err := fs.parse(args); err != nil {
-		return 2
+		return fs.failed(err)
+	}
+	if fs.NArg() > 0 {
+		return fs.failed(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
 	if *duration < 0 {
 		fmt.Fprintln(stderr, "router demo: --duration must be >= 0")
@@ -167,7 +170,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case <-tick.C:
 		}
 		if *duration > 0 && time.Since(start) >= *duration {
-			fmt.Fprintln(stdout, "\ndemo over. Run the real thing with: go run ./cmd/router")
+			fmt.Fprintln(stdout, "\ndemo over. Run the real thing: go build -o router ./cmd/router && ./router")
 			return 0
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -186,6 +187,10 @@ func TestServeEmbeddedAndSubcommands(t *testing.T) {
 	waitFor(t, 10*time.Second, "watch to start", func() bool { return strings.Contains(watch.stdout.String(), "watching") })
 
 	env := []string{"NATS_URL=" + url} // the nats CLI's variable works too
+	// An empty ring: the error says "natsroute:" once.
+	if _, errOut, code := runCmd(t, env, "select", "--key", "user-42"); code != 1 || errOut != "router: natsroute: no node available: the ring has no members (503)\n" {
+		t.Fatalf("select on an empty ring: %d %q", code, errOut)
+	}
 	if out, errOut, code := runCmd(t, env, "report", "--node", "node-a", "--cpu", "20", "--memory", "30", "--connections", "5", "--latency", "3ms"); code != 0 || !strings.Contains(out, "reported node-a") {
 		t.Fatalf("report: %d %q %q", code, out, errOut)
 	}
@@ -215,6 +220,10 @@ func TestServeEmbeddedAndSubcommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "node-a") || !strings.Contains(out, "KEY SHARE") || !strings.Contains(out, "2 members") {
 		t.Fatalf("status: %d\n%s", code, out)
 	}
+	// A legend says what SCORE and KEY SHARE count; scores have 4 decimals.
+	if !strings.Contains(out, "\nSCORE = health (0 to 1) × WEIGHT") || !strings.Contains(out, "\nKEY SHARE counts ring points") || !regexp.MustCompile(`\s0\.\d{4}\s+yes`).MatchString(out) {
+		t.Errorf("status lacks its legend or 4-decimal scores:\n%s", out)
+	}
 
 	_, metrics := httpGet(web + "/metrics")
 	for _, want := range []string{`natsroute_requests_total{code="200",strategy="ConsistentHash"}`, `natsroute_members{pool="default"} 2`, `natsroute_pool_requests_total{code="200",pool="default",strategy="ConsistentHash"}`, "natsroute_reports_accepted_total", "natsroute_request_duration_seconds_bucket", "natsroute_kv_writes_total"} {
@@ -224,6 +233,9 @@ func TestServeEmbeddedAndSubcommands(t *testing.T) {
 	}
 	if code, body := httpGet(web + "/status"); code != 200 || !strings.Contains(body, `"node-b"`) {
 		t.Errorf("/status: %d %s", code, body)
+	}
+	if code, body := httpGet(web + "/status?pool=default"); code != 200 || !strings.Contains(body, `"pool": "default"`) || !strings.Contains(body, `"nodes_total": 2`) {
+		t.Errorf("/status?pool=default: %d %s", code, body)
 	}
 
 	if code, _ := watch.stop(t); code != 0 {
@@ -256,6 +268,11 @@ func TestCheck(t *testing.T) {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("--check output does not name %s:\n%s", want, errOut)
 		}
+	}
+	// 0 would silently mean the default (0.1): refused, naming the flag.
+	_, errOut, code = runCmd(t, nil, "--check", "--slow-start-min-share", "0")
+	if code != 2 || !strings.Contains(errOut, "--slow-start-min-share: 0 is not allowed") {
+		t.Fatalf("--slow-start-min-share 0: %d %q", code, errOut)
 	}
 	_, errOut, code = runCmd(t, []string{"NATSROUTE_VNODES=many"}, "--check")
 	if code != 2 || !strings.Contains(errOut, "NATSROUTE_VNODES") {
@@ -319,7 +336,7 @@ func TestDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"node-c overloaded", "draining", "leaves", "RA PICKS", "demo over"} {
+	for _, want := range []string{"seven simulated nodes in two pools", "--balance-factor 1.5", "node-c overloaded", "draining", "leaves", "RA PICKS", "demo over"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -49,12 +50,22 @@ type options struct {
 type flagSet struct {
 	*flag.FlagSet
 	settings []setting
+	out      io.Writer // where the flags are listed for -h and errors go
+	help     string    // the command line that lists the flags
 }
 
-func newFlagSet(name string, out io.Writer) *flagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(out)
-	return &flagSet{FlagSet: fs}
+// newFlagSet returns the flags of a subcommand ("serve", "select", ...).
+// The FlagSet itself prints nothing: parse lists the flags for -h, and
+// failed prints a bad flag's one error and a hint, not the whole usage
+// (97 lines for serve, which buried the error).
+func newFlagSet(cmd string, out io.Writer) *flagSet {
+	fs := flag.NewFlagSet("router "+cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	help := "router " + cmd + " --help"
+	if cmd == "serve" { // the default command
+		help = "router --help"
+	}
+	return &flagSet{FlagSet: fs, out: out, help: help}
 }
 
 // env registers the environment variable (and bus.Config field) of a flag
@@ -79,8 +90,27 @@ func (fs *flagSet) parse(args []string) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return fs.Parse(args)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(fs.out, "Usage of %s:\n", fs.Name())
+		fs.SetOutput(fs.out)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	return err
 }
+
+// failed prints what went wrong in parse, if anything is left to print,
+// and returns the exit code: 0 after -h (parse listed the flags), else 2.
+func (fs *flagSet) failed(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintf(fs.out, "router: %v\nRun '%s' for the flags.\n", err, fs.help)
+	return 2
+}
+
+var zeroMeansRE = regexp.MustCompile(` \(0 means [^)]*\)`)
 
 // explain rewrites configuration errors to name the flag and variable of
 // the setting they are about.
@@ -102,6 +132,9 @@ func (fs *flagSet) explain(err error) []string {
 		msg := e.Error()
 		for _, s := range fs.settings {
 			if s.field != "" && strings.Contains(msg, s.field+" ") {
+				// Config's "(0 means the default)" is not true of the
+				// flag, which refuses those zeros (see validate).
+				msg = zeroMeansRE.ReplaceAllString(msg, "")
 				msg = fmt.Sprintf("--%s ($%s): %s", s.flag, s.env, msg)
 				break
 			}
@@ -157,7 +190,7 @@ func (c *connOptions) validate() []string {
 
 // serveFlags defines the flags of "router serve".
 func serveFlags(o *options, out io.Writer) *flagSet {
-	fs := newFlagSet("router serve", out)
+	fs := newFlagSet("serve", out)
 	o.conn.register(fs)
 	o.cfg = bus.DefaultConfig()
 	o.weights = resourceaware.DefaultWeights()
@@ -195,7 +228,7 @@ func serveFlags(o *options, out io.Writer) *flagSet {
 	fs.env("drain-timeout", "NATSROUTE_DRAIN_TIMEOUT", "DrainTimeout")
 	fs.IntVar(&c.MaxPools, "max-pools", c.MaxPools, "most pools one router serves; reports naming more are rejected")
 	fs.env("max-pools", "NATSROUTE_MAX_POOLS", "MaxPools")
-	fs.Float64Var(&c.BalanceFactor, "balance-factor", c.BalanceFactor, "load-aware ConsistentHash: members above this × the mean reported connections shed keys (0 = off; e.g. 1.25)")
+	fs.Float64Var(&c.BalanceFactor, "balance-factor", c.BalanceFactor, "load-aware ConsistentHash: members above this × the mean reported connections shed keys (0 is off; e.g. 1.25)")
 	fs.env("balance-factor", "NATSROUTE_BALANCE_FACTOR", "BalanceFactor")
 	fs.DurationVar(&c.ShedInterval, "shed-interval", c.ShedInterval, "recompute and write shed fractions at most this often")
 	fs.env("shed-interval", "NATSROUTE_SHED_INTERVAL", "ShedInterval")
@@ -210,21 +243,21 @@ func serveFlags(o *options, out io.Writer) *flagSet {
 	fs.env("max-connections", "NATSROUTE_MAX_CONNECTIONS", "MaxActiveConnections")
 	fs.DurationVar(&b.LatencyCeiling, "latency-ceiling", b.LatencyCeiling, "average latency at which the latency score reaches 0")
 	fs.env("latency-ceiling", "NATSROUTE_LATENCY_CEILING", "LatencyCeiling")
-	fs.Float64Var(&o.weights.CPU, "cpu-weight", o.weights.CPU, "score weight of free CPU")
+	fs.Float64Var(&o.weights.CPU, "cpu-weight", o.weights.CPU, "score weight of free CPU (0 leaves it out of the score)")
 	fs.env("cpu-weight", "NATSROUTE_CPU_WEIGHT", "Weights.CPU")
-	fs.Float64Var(&o.weights.Memory, "memory-weight", o.weights.Memory, "score weight of free memory")
+	fs.Float64Var(&o.weights.Memory, "memory-weight", o.weights.Memory, "score weight of free memory (0 leaves it out of the score)")
 	fs.env("memory-weight", "NATSROUTE_MEMORY_WEIGHT", "Weights.Memory")
-	fs.Float64Var(&o.weights.Connections, "connections-weight", o.weights.Connections, "score weight of spare connections")
+	fs.Float64Var(&o.weights.Connections, "connections-weight", o.weights.Connections, "score weight of spare connections (0 leaves it out of the score)")
 	fs.env("connections-weight", "NATSROUTE_CONNECTIONS_WEIGHT", "Weights.Connections")
-	fs.Float64Var(&o.weights.Latency, "latency-weight", o.weights.Latency, "score weight of low latency")
+	fs.Float64Var(&o.weights.Latency, "latency-weight", o.weights.Latency, "score weight of low latency (0 leaves it out of the score)")
 	fs.env("latency-weight", "NATSROUTE_LATENCY_WEIGHT", "Weights.Latency")
-	fs.Float64Var(&b.CPUMarginPercent, "cpu-margin", b.CPUMarginPercent, "hysteresis: a node excluded for CPU is readmitted only at or below cpu-threshold minus this (0 = off)")
+	fs.Float64Var(&b.CPUMarginPercent, "cpu-margin", b.CPUMarginPercent, "hysteresis: a node excluded for CPU is readmitted only at or below cpu-threshold minus this (0 is off)")
 	fs.env("cpu-margin", "NATSROUTE_CPU_MARGIN", "CPUMarginPercent")
-	fs.Float64Var(&b.MemoryMarginPercent, "memory-margin", b.MemoryMarginPercent, "hysteresis for memory, as --cpu-margin (0 = off)")
+	fs.Float64Var(&b.MemoryMarginPercent, "memory-margin", b.MemoryMarginPercent, "hysteresis for memory, as --cpu-margin (0 is off)")
 	fs.env("memory-margin", "NATSROUTE_MEMORY_MARGIN", "MemoryMarginPercent")
-	fs.Int64Var(&b.ConnectionsMargin, "connections-margin", b.ConnectionsMargin, "hysteresis for connections, as --cpu-margin (0 = off)")
+	fs.Int64Var(&b.ConnectionsMargin, "connections-margin", b.ConnectionsMargin, "hysteresis for connections, as --cpu-margin (0 is off)")
 	fs.env("connections-margin", "NATSROUTE_CONNECTIONS_MARGIN", "ConnectionsMargin")
-	fs.DurationVar(&b.SlowStartWindow, "slow-start-window", b.SlowStartWindow, "slow start: a node that joins or returns ramps up to its full share over this long (0 = off; 3 report intervals, e.g. 15s, is a good start)")
+	fs.DurationVar(&b.SlowStartWindow, "slow-start-window", b.SlowStartWindow, "slow start: a node that joins or returns ramps up to its full share over this long (0 is off; 3 report intervals, e.g. 15s, is a good start)")
 	fs.env("slow-start-window", "NATSROUTE_SLOW_START_WINDOW", "SlowStartWindow")
 	fs.Float64Var(&b.SlowStartAggression, "slow-start-aggression", b.SlowStartAggression, "slow start ramp shape: share = (t/window)^(1/aggression); 1 is linear, higher starts faster")
 	fs.env("slow-start-aggression", "NATSROUTE_SLOW_START_AGGRESSION", "SlowStartAggression")
@@ -249,23 +282,34 @@ func (o *options) validate(fs *flagSet) []string {
 	if err := o.cfg.Validate(); err != nil {
 		errs = append(errs, fs.explain(err)...)
 	}
-	// Zero means "default" inside bus.Config; on the command line a zero is
-	// a mistake worth naming (bus.Config.Validate reports negative values).
+	// Zero means "default" inside bus.Config; on the command line a zero
+	// (or an empty name) is a mistake worth naming: whoever types
+	// --slow-start-min-share 0 does not mean 0.1. A flag takes 0 only where
+	// 0 has a meaning of its own (off, none, a score term left out), and its
+	// help says which. bus.Config.Validate reports negative values.
+	c, b, l := &o.cfg, &o.cfg.Balancer, &o.cfg.Limits
 	for _, p := range []struct {
 		flag string
 		bad  bool
+		want string
 	}{
-		{"vnodes", o.cfg.VirtualNodes == 0}, {"kv-replicas", o.cfg.KVReplicas == 0},
-		{"member-ttl", o.cfg.MemberTTL == 0}, {"coalesce", o.cfg.Coalesce == 0},
-		{"resync", o.cfg.Resync == 0}, {"drain-timeout", o.cfg.DrainTimeout == 0},
-		{"staleness", o.cfg.Balancer.Staleness == 0}, {"latency-ceiling", o.cfg.Balancer.LatencyCeiling == 0},
-		{"cpu-threshold", o.cfg.Balancer.CPUThresholdPercent == 0}, {"memory-threshold", o.cfg.Balancer.MemoryThresholdPercent == 0},
-		{"max-connections", o.cfg.Balancer.MaxActiveConnections == 0},
-		{"max-key-bytes", o.cfg.Limits.MaxKeyBytes == 0}, {"max-candidates", o.cfg.Limits.MaxCandidates == 0},
-		{"max-batch", o.cfg.Limits.MaxBatch == 0}, {"max-count", o.cfg.Limits.MaxCount == 0},
+		{"bucket", c.Bucket == "", "a bucket name"}, {"queue-group", c.QueueGroup == "", "a queue group name"},
+		{"kv-replicas", c.KVReplicas == 0, "1 to 5"}, {"vnodes", c.VirtualNodes == 0, "> 0"},
+		{"member-ttl", c.MemberTTL == 0, "> 0"}, {"coalesce", c.Coalesce == 0, "> 0"},
+		{"resync", c.Resync == 0, "> 0"}, {"drain-timeout", c.DrainTimeout == 0, "> 0"},
+		{"max-pools", c.MaxPools == 0, "> 0"}, {"shed-interval", c.ShedInterval == 0, "> 0"},
+		{"staleness", b.Staleness == 0, "> 0"}, {"latency-ceiling", b.LatencyCeiling == 0, "> 0"},
+		{"cpu-threshold", b.CPUThresholdPercent == 0, "a percentage in (0, 100]"},
+		{"memory-threshold", b.MemoryThresholdPercent == 0, "a percentage in (0, 100]"},
+		{"max-connections", b.MaxActiveConnections == 0, "> 0"},
+		{"slow-start-aggression", b.SlowStartAggression == 0, "a number > 0"},
+		{"slow-start-min-share", b.SlowStartMinShare == 0, "a share in (0, 1]"},
+		{"max-key-bytes", l.MaxKeyBytes == 0, "> 0"}, {"max-candidates", l.MaxCandidates == 0, "> 0"},
+		{"max-batch", l.MaxBatch == 0, "> 0"}, {"max-count", l.MaxCount == 0, "> 0"},
+		{"store-dir", o.conn.server == "" && o.storeDir == "", "a directory"},
 	} {
 		if p.bad {
-			errs = append(errs, fmt.Sprintf("--%s: 0 is not allowed; want > 0", p.flag))
+			errs = append(errs, fmt.Sprintf("--%s: %s is not allowed; want %s (leave the flag out for the default, %s)", p.flag, zeroText(fs.Lookup(p.flag)), p.want, fs.Lookup(p.flag).DefValue))
 		}
 	}
 	if _, err := parseLevel(o.logLevel); err != nil {
@@ -290,6 +334,23 @@ func (o *options) validate(fs *flagSet) []string {
 		}
 	}
 	return errs
+}
+
+// zeroText is how a flag's zero value reads: 0, 0s, false or "".
+func zeroText(f *flag.Flag) string {
+	g, _ := f.Value.(flag.Getter)
+	if g == nil {
+		return "0"
+	}
+	switch g.Get().(type) {
+	case string:
+		return `""`
+	case time.Duration:
+		return "0s"
+	case bool:
+		return "false"
+	}
+	return "0"
 }
 
 func parseLevel(s string) (slog.Level, error) {

@@ -19,11 +19,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := serveFlags(&o, stderr)
 	if err := fs.parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "router:", err)
-		return 2
+		return fs.failed(err)
+	}
+	if fs.NArg() > 0 {
+		return fs.failed(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
 	fs.Visit(func(f *flag.Flag) {
 		o.listenSet = o.listenSet || f.Name == "listen"
