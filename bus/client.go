@@ -221,7 +221,7 @@ func (c *Client) Nodes(ctx context.Context, pool string) (NodesState, error) {
 // for NATS.
 func isOversize(err error) bool {
 	var se *ServiceError
-	return errors.As(err, &se) && se.Code == CodeBadRequest && strings.Contains(se.Message, oversizeReply)
+	return errors.As(err, &se) && se.Code == CodeBadRequest && strings.Contains(se.Message, OversizeReply)
 }
 
 // Ring returns a pool's ring document and its revision (route.ring). A

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/natsroute/natsroute/bus/internal/text"
 	"math"
 	"strings"
 	"time"
@@ -275,7 +276,9 @@ type NodeScore struct {
 	Note     string  `json:"note,omitempty" msgpack:"note,omitempty"`     // e.g. "slow start: 40% of its share"
 }
 
-var errMalformed = errors.New("malformed body")
+// ErrMalformed is in the error of a report that is not a health report
+// at all: undecodable, or missing a required field.
+var ErrMalformed = errors.New("malformed body")
 
 // MaxLatency bounds a report's avg_latency_ms (24 hours).
 const MaxLatency = 24 * time.Hour
@@ -305,8 +308,8 @@ type healthWire struct {
 	Pools             []string `json:"pools,omitempty" msgpack:"pools,omitempty"`
 }
 
-// report converts to the resourceaware form (status leaving maps to up).
-func (h Health) report() resourceaware.Report {
+// Report converts to the form ResourceAware takes (status leaving maps to up).
+func (h Health) Report() resourceaware.Report {
 	st := h.Status
 	if st == StatusLeaving {
 		st = ""
@@ -324,7 +327,7 @@ func (h Health) Validate() error {
 	if h.AvgLatency > MaxLatency {
 		return fmt.Errorf("%w: avg_latency_ms %v is above %v", ErrInvalidReport, h.AvgLatency.Milliseconds(), MaxLatency.Milliseconds())
 	}
-	if err := h.report().Validate(); err != nil {
+	if err := h.Report().Validate(); err != nil {
 		msg := strings.TrimPrefix(err.Error(), resourceaware.ErrInvalidReport.Error()+": ")
 		return fmt.Errorf("%w: %s", ErrInvalidReport, msg)
 	}
@@ -367,10 +370,10 @@ func DecodeHealth(node string, data []byte, h nats.Header) (Health, error) {
 	}
 	var w healthWire
 	if err := DetectEncoding(data, h).unmarshalHealth(data, &w); err != nil {
-		return Health{}, fmt.Errorf("%w: %w: %w", ErrInvalidReport, errMalformed, err)
+		return Health{}, fmt.Errorf("%w: %w: %w", ErrInvalidReport, ErrMalformed, err)
 	}
 	if w.Node != nil && *w.Node != node {
-		return Health{}, fmt.Errorf("%w: body names node %q but the subject names %q", ErrInvalidReport, clip(*w.Node), node)
+		return Health{}, fmt.Errorf("%w: body names node %q but the subject names %q", ErrInvalidReport, text.Clip(*w.Node), node)
 	}
 	var missing []string
 	if w.CPUUsage == nil {
@@ -386,7 +389,7 @@ func DecodeHealth(node string, data []byte, h nats.Header) (Health, error) {
 		missing = append(missing, "avg_latency_ms")
 	}
 	if len(missing) > 0 {
-		return Health{}, fmt.Errorf("%w: %w: missing %s", ErrInvalidReport, errMalformed, strings.Join(missing, ", "))
+		return Health{}, fmt.Errorf("%w: %w: missing %s", ErrInvalidReport, ErrMalformed, strings.Join(missing, ", "))
 	}
 	ms := *w.AvgLatencyMS
 	if !(ms >= 0 && ms <= float64(MaxLatency/time.Millisecond)) {

@@ -66,7 +66,13 @@ func validateLikeRouter(q *Request) (string, error) {
 	return "", badRequest("unknown strategy")
 }
 
-var benchLimits = DefaultConfig().Limits
+// benchLimits are the router's default limits (router.DefaultConfig).
+// badRequest is the router's 400.
+func badRequest(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadRequest, fmt.Sprintf(format, args...))
+}
+
+var benchLimits = struct{ MaxKeyBytes, MaxCandidates, MaxBatch, MaxCount int }{1024, 1000, 1000, 32}
 
 // codecRound is what a router does around its strategy for one request:
 // decode, validate, encode the reply. Each variant returns the reply's bytes.

@@ -577,7 +577,7 @@ func FuzzMsgpackReplyEncode(f *testing.F) {
 // wrapping the router and the stats count on.
 func TestMsgpackRefusalsKeepTheirErrors(t *testing.T) {
 	_, err := DecodeHealth("a", kv(t, "cpu_usage", "high", "memory_usage", 1, "active_connections", 1, "avg_latency_ms", 1), nil)
-	if !errors.Is(err, ErrInvalidReport) || !errors.Is(err, errMalformed) || !strings.Contains(err.Error(), "invalid msgpack") {
+	if !errors.Is(err, ErrInvalidReport) || !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "invalid msgpack") {
 		t.Fatalf("string cpu_usage: %v", err)
 	}
 	if err := Msgpack.UnmarshalRequest(kv(t, "count", 1.5), new(Request)); err == nil || !strings.HasPrefix(err.Error(), "invalid msgpack: ") {

@@ -69,8 +69,9 @@ func sentinelFor(code int) error {
 	}
 }
 
-// codeOf returns the wire code for an error produced while answering.
-func codeOf(err error) int {
+// ErrorCode returns the wire code for an error produced while answering:
+// CodeBadRequest, CodeNoNodes or CodeInternal.
+func ErrorCode(err error) int {
 	switch {
 	case errors.Is(err, ErrBadRequest):
 		return CodeBadRequest
@@ -80,12 +81,8 @@ func codeOf(err error) int {
 	return CodeInternal
 }
 
-func badRequest(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrBadRequest, fmt.Sprintf(format, args...))
-}
-
-// errorBody is the body of an error reply.
-type errorBody struct {
+// ErrorBody is the body of an error reply.
+type ErrorBody struct {
 	Error string `json:"error" msgpack:"error"`
 	Code  int    `json:"code" msgpack:"code"`
 }
@@ -97,3 +94,8 @@ func parseCode(s string) int {
 	}
 	return c
 }
+
+// OversizeReply is in the message of every reply a router refuses as too
+// large for the connection (a 400), so that a client can tell that error
+// from other bad requests.
+const OversizeReply = "over what NATS carries (max_payload):"

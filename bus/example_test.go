@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // Ask a router which node owns a key, which nodes hold its replicas, and
@@ -123,9 +124,9 @@ func exampleRouter() (url string, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	cfg := bus.DefaultConfig()
+	cfg := router.DefaultConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	r, err := bus.NewRouter(nc, cfg)
+	r, err := router.New(nc, cfg)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/bus/internal/follow"
 	"github.com/natsroute/natsroute/ring"
 )
 
@@ -17,7 +18,7 @@ import (
 // routers do for the same revision. It is safe for concurrent use; lookups
 // read an immutable snapshot and allocate nothing (with AppendN).
 type RingCache struct {
-	f      *ringFollower
+	f      *follow.Follower[RingDocument]
 	js     jetstream.JetStream
 	bucket string
 	pool   string
@@ -25,7 +26,7 @@ type RingCache struct {
 	errMu   sync.Mutex // guards lastErr
 	lastErr error
 
-	suspect chan struct{} // the bucket may have been created anew (see ringFollower.onBehind)
+	suspect chan struct{} // the bucket may have been created anew (see follow.Follower.OnBehind)
 	gen     time.Time     // when the bucket's stream was created; run's own
 
 	cancel    context.CancelFunc
@@ -43,7 +44,7 @@ func WithRingCacheLogger(l *slog.Logger) RingCacheOption {
 		if l == nil {
 			return errors.New("bus: WithRingCacheLogger(nil)")
 		}
-		c.f.log = l
+		c.f.SetLog(l)
 		return nil
 	}
 }
@@ -55,7 +56,8 @@ func WithPool(pool string) RingCacheOption {
 		if err := ValidatePoolName(pool); err != nil {
 			return fmt.Errorf("bus: WithPool: %w", err)
 		}
-		c.pool, c.f.key = pool, PoolKey(pool)
+		c.pool = pool
+		c.f.SetKey(PoolKey(pool))
 		return nil
 	}
 }
@@ -77,12 +79,12 @@ func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts 
 	if !bucketRE.MatchString(bucket) {
 		return nil, fmt.Errorf("bus: WatchRing: bucket %q is not a valid bucket name", bucket)
 	}
-	f, err := newRingFollower(ring.DefaultVirtualNodes, RingKey, slog.Default())
+	f, err := follow.New(ringCodec, ring.DefaultVirtualNodes, RingKey, slog.Default())
 	if err != nil {
 		return nil, err
 	}
 	c := &RingCache{f: f, js: js, bucket: bucket, pool: DefaultPool, done: make(chan struct{}), suspect: make(chan struct{}, 1)}
-	f.onBehind = func() {
+	f.OnBehind = func() {
 		select {
 		case c.suspect <- struct{}{}:
 		default:
@@ -93,25 +95,25 @@ func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts 
 			return nil, err
 		}
 	}
-	f.onReject = func(rev uint64, err error) {
+	f.OnReject = func(rev uint64, err error) {
 		c.errMu.Lock()
 		c.lastErr = fmt.Errorf("revision %d: %w", rev, err)
 		c.errMu.Unlock()
 	}
-	f.onApply = func(_, _ *view) {
+	f.OnApply = func(_, _ *follow.View[RingDocument]) {
 		c.errMu.Lock()
 		c.lastErr = nil
 		c.errMu.Unlock()
 	}
 	// A refused document leaves the cache empty with Err set; a missing
 	// bucket leaves it empty until a router creates it.
-	err = retryStartup(ctx, f.log, fmt.Sprintf("WatchRing: bucket %q", bucket), transient, func(ctx context.Context) error {
+	err = follow.RetryStartup(ctx, f.Log(), fmt.Sprintf("WatchRing: bucket %q", bucket), follow.Transient, func(ctx context.Context) error {
 		kv, err := js.KeyValue(ctx, bucket)
 		if err != nil {
 			return err
 		}
-		f.setKV(kv)
-		_, _, err = f.resync(ctx)
+		f.SetKV(kv)
+		_, _, err = f.Resync(ctx)
 		return err
 	})
 	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, ErrInvalidDocument) {
@@ -127,12 +129,12 @@ func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts 
 // now and then in case the watch missed an update.
 func (c *RingCache) run(ctx context.Context) {
 	defer close(c.done)
-	for c.f.bucket() == nil {
+	for c.f.Bucket() == nil {
 		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
 		kv, err := c.js.KeyValue(attempt, c.bucket)
 		cancel()
 		if err == nil {
-			c.f.setKV(kv)
+			c.f.SetKV(kv)
 			break
 		}
 		select {
@@ -141,13 +143,13 @@ func (c *RingCache) run(ctx context.Context) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if gen, err := bucketGeneration(ctx, c.f.bucket()); err == nil {
+	if gen, err := follow.Generation(ctx, c.f.Bucket()); err == nil {
 		c.gen = gen
 	}
 	var wg sync.WaitGroup
-	wg.Go(func() { c.f.watch(ctx) })
-	wg.Go(func() { followReconnects(ctx, c.js.Conn(), c.f.kick, nil) })
-	t := time.NewTicker(DefaultResync)
+	wg.Go(func() { c.f.Watch(ctx) })
+	wg.Go(func() { follow.FollowReconnects(ctx, c.js.Conn(), c.f.Kick, nil) })
+	t := time.NewTicker(cacheResync)
 	defer t.Stop()
 	for {
 		select {
@@ -156,7 +158,7 @@ func (c *RingCache) run(ctx context.Context) {
 			return
 		case <-t.C:
 			attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
-			_, _, _ = c.f.resync(attempt)
+			_, _, _ = c.f.Resync(attempt)
 			cancel()
 		case <-c.suspect:
 			attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -170,20 +172,32 @@ func (c *RingCache) run(ctx context.Context) {
 // revisions start again from 1): it takes the new bucket's document and
 // watches it, instead of waiting for a revision it will never reach.
 func (c *RingCache) checkBucket(ctx context.Context) {
-	gen, err := bucketGeneration(ctx, c.f.bucket())
+	gen, err := follow.Generation(ctx, c.f.Bucket())
 	if err != nil || gen.Equal(c.gen) {
 		return
 	}
 	if !c.gen.IsZero() {
-		c.f.log.Warn("the ring bucket was created anew; following the new one", "bucket", c.bucket, "key", c.f.key)
+		c.f.Log().Warn("the ring bucket was created anew; following the new one", "bucket", c.bucket, "key", c.f.Key())
 	}
 	c.gen = gen
-	c.f.reset()
-	_, _, _ = c.f.resync(ctx)
+	c.f.Reset()
+	_, _, _ = c.f.Resync(ctx)
 	select {
-	case c.f.kick <- struct{}{}:
+	case c.f.Kick <- struct{}{}:
 	default:
 	}
+}
+
+// cacheResync is how often a RingCache re-reads its key in case the watch
+// missed an update.
+const cacheResync = 5 * time.Second
+
+// ringCodec reads ring documents for a follower.
+var ringCodec = follow.Codec[RingDocument]{
+	Decode:  DecodeRingDocument,
+	Empty:   NewRingDocument,
+	Members: RingDocument.Members,
+	VNodes:  func(d RingDocument) int { return d.VNodes },
 }
 
 // Close stops following the bucket. It is safe to call more than once.
@@ -199,24 +213,24 @@ func (c *RingCache) Close() error {
 func (c *RingCache) Pool() string { return c.pool }
 
 // Revision returns the KV revision of the cached ring (0 if none yet).
-func (c *RingCache) Revision() uint64 { return c.f.current().rev }
+func (c *RingCache) Revision() uint64 { return c.f.Current().Rev }
 
 // Document returns the cached ring document.
-func (c *RingCache) Document() RingDocument { return c.f.current().doc }
+func (c *RingCache) Document() RingDocument { return c.f.Current().Doc }
 
 // Ring returns the cached ring document and its revision, read together.
 func (c *RingCache) Ring() (RingDocument, uint64) {
-	v := c.f.current()
-	return v.doc, v.rev
+	v := c.f.Current()
+	return v.Doc, v.Rev
 }
 
 // Snapshot returns the cached ring, to answer many lookups against one
 // revision.
-func (c *RingCache) Snapshot() *ring.Snapshot { return c.f.current().snap }
+func (c *RingCache) Snapshot() *ring.Snapshot { return c.f.Current().Snap }
 
 // WaitRevision blocks until the cache holds revision rev or newer.
 func (c *RingCache) WaitRevision(ctx context.Context, rev uint64) error {
-	return c.f.waitRevision(ctx, rev)
+	return c.f.WaitRevision(ctx, rev)
 }
 
 // Err returns why the last document in the bucket was refused, or nil if
@@ -229,19 +243,19 @@ func (c *RingCache) Err() error {
 
 // Get returns the node that owns key; ErrNoNodes if the ring is empty.
 func (c *RingCache) Get(key string) (string, error) {
-	n, err := c.f.current().snap.Get(key)
+	n, err := c.f.Current().Snap.Get(key)
 	return n, cacheErr(err)
 }
 
 // GetN returns up to n distinct nodes for key, primary first.
 func (c *RingCache) GetN(key string, n int) ([]string, error) {
-	ns, err := c.f.current().snap.GetN(key, n)
+	ns, err := c.f.Current().Snap.GetN(key, n)
 	return ns, cacheErr(err)
 }
 
 // GetFrom is GetN restricted to candidates.
 func (c *RingCache) GetFrom(key string, candidates []string, n int) ([]string, error) {
-	ns, err := c.f.current().snap.GetFrom(key, candidates, n)
+	ns, err := c.f.Current().Snap.GetFrom(key, candidates, n)
 	return ns, cacheErr(err)
 }
 

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"github.com/natsroute/natsroute/bus/internal/text"
 	"math"
 	"slices"
 
@@ -35,8 +36,8 @@ type RingNode struct {
 	Shed float64 `json:"shed,omitempty" msgpack:"shed,omitempty"`
 }
 
-// newDocument returns an empty document for vnodes points per unit weight.
-func newDocument(vnodes int) RingDocument {
+// NewRingDocument returns an empty document for vnodes points per unit weight.
+func NewRingDocument(vnodes int) RingDocument {
 	return RingDocument{Format: DocumentFormat, Hash: DocumentHash, VNodes: vnodes, Nodes: []RingNode{}}
 }
 
@@ -64,7 +65,7 @@ func DecodeRingDocument(data []byte) (RingDocument, error) {
 			// A shed field is a fraction in (0, 1]; "shed": 0 is refused
 			// (a member that does not shed has no field).
 			if !(n.Shed.v > 0 && n.Shed.v <= 1) {
-				return RingDocument{}, fmt.Errorf("%w: node %q has shed %s, want a number in (0, 1] (a member that does not shed has no shed field)", ErrInvalidDocument, clip(n.ID), n.Shed.raw)
+				return RingDocument{}, fmt.Errorf("%w: node %q has shed %s, want a number in (0, 1] (a member that does not shed has no shed field)", ErrInvalidDocument, text.Clip(n.ID), n.Shed.raw)
 			}
 			d.Nodes[i].Shed = n.Shed.v
 		}
@@ -117,7 +118,7 @@ func (d RingDocument) Validate() error {
 			return fmt.Errorf("%w: node %q has shed %v, want a fraction in (0, 1] (or no shed field)", ErrInvalidDocument, n.ID, n.Shed)
 		}
 	}
-	switch shedding := d.shedding(); {
+	switch shedding := d.Shedding(); {
 	case d.Format == DocumentFormat && shedding:
 		return fmt.Errorf("%w: format %d carries shed; a document with shed is format %d", ErrInvalidDocument, DocumentFormat, DocumentFormatShed)
 	case d.Format == DocumentFormatShed && !shedding:
@@ -126,15 +127,15 @@ func (d RingDocument) Validate() error {
 	return nil
 }
 
-// shedding reports whether any member sheds.
-func (d RingDocument) shedding() bool {
+// Shedding reports whether any member sheds.
+func (d RingDocument) Shedding() bool {
 	return slices.ContainsFunc(d.Nodes, func(n RingNode) bool { return n.Shed != 0 })
 }
 
-// withFormat returns d with the format its members call for.
-func (d RingDocument) withFormat() RingDocument {
+// WithFormat returns d with the format its members call for.
+func (d RingDocument) WithFormat() RingDocument {
 	d.Format = DocumentFormat
-	if d.shedding() {
+	if d.Shedding() {
 		d.Format = DocumentFormatShed
 	}
 	return d
@@ -173,8 +174,8 @@ func (d RingDocument) Ring() (*ring.Ring, error) {
 	return ring.New(ring.Config{VirtualNodes: d.VNodes}, d.Members()...)
 }
 
-// node returns the document's entry for id.
-func (d RingDocument) node(id string) (RingNode, bool) {
+// Node returns the document's entry for id.
+func (d RingDocument) Node(id string) (RingNode, bool) {
 	i, ok := slices.BinarySearchFunc(d.Nodes, id, func(n RingNode, id string) int { return cmp.Compare(n.ID, id) })
 	if !ok {
 		return RingNode{}, false
@@ -182,7 +183,7 @@ func (d RingDocument) node(id string) (RingNode, bool) {
 	return d.Nodes[i], true
 }
 
-// equal reports whether two documents describe the same ring.
-func (d RingDocument) equal(o RingDocument) bool {
+// Equal reports whether two documents describe the same ring.
+func (d RingDocument) Equal(o RingDocument) bool {
 	return d.Format == o.Format && d.Hash == o.Hash && d.VNodes == o.VNodes && slices.Equal(d.Nodes, o.Nodes)
 }

@@ -2,6 +2,8 @@ package bus
 
 import (
 	"fmt"
+	"github.com/natsroute/natsroute/bus/internal/text"
+	"regexp"
 	"strings"
 )
 
@@ -45,7 +47,7 @@ func HealthSubject(node string) string { return HealthPrefix + node }
 // single subject token without wildcards, dots or spaces.
 func ValidateNodeID(id string) error {
 	if err := validToken(id); err != "" {
-		return fmt.Errorf("%w: node id %q %s", ErrInvalidNodeID, clip(id), err)
+		return fmt.Errorf("%w: node id %q %s", ErrInvalidNodeID, text.Clip(id), err)
 	}
 	return nil
 }
@@ -68,7 +70,7 @@ func validToken(s string) string {
 // of [A-Za-z0-9_-].
 func ValidatePoolName(name string) error {
 	if err := validToken(name); err != "" {
-		return fmt.Errorf("%w: pool name %q %s", ErrInvalidPool, clip(name), err)
+		return fmt.Errorf("%w: pool name %q %s", ErrInvalidPool, text.Clip(name), err)
 	}
 	return nil
 }
@@ -82,8 +84,8 @@ func PoolKey(pool string) string {
 	return RingKey + "." + pool
 }
 
-// poolFromKey returns the pool whose ring document a KV key holds.
-func poolFromKey(key string) (string, bool) {
+// PoolFromKey returns the pool whose ring document a KV key holds.
+func PoolFromKey(key string) (string, bool) {
 	if key == RingKey {
 		return DefaultPool, true
 	}
@@ -113,16 +115,17 @@ func validatePools(pools []string) error {
 	return nil
 }
 
-// nodeFromSubject returns the node id of a health subject.
-func nodeFromSubject(subject string) (string, bool) {
+// NodeFromSubject returns the node id of a health subject.
+func NodeFromSubject(subject string) (string, bool) {
 	return strings.CutPrefix(subject, HealthPrefix)
 }
 
-// clip shortens s for error messages.
-func clip(s string) string {
-	const max = 64
-	if len(s) > max {
-		return s[:max] + fmt.Sprintf("...(%d bytes)", len(s))
+var bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+
+// ValidateBucketName checks a KV bucket name: letters, digits, '_' and '-'.
+func ValidateBucketName(name string) error {
+	if !bucketRE.MatchString(name) {
+		return fmt.Errorf("bucket %q is not a valid bucket name: use letters, digits, '_' and '-'", name)
 	}
-	return s
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -192,7 +193,7 @@ func BenchmarkPick(b *testing.B) {
 // nodes joining and leaving again, on a ring of 50), the time from the
 // health report that changes the membership to three watching RingCaches
 // all having the change. Two paces: changes spaced wider than the router's
-// write window (bus.DefaultCoalesce, 5 ms), and back to back, where each
+// write window (router.DefaultCoalesce, 5 ms), and back to back, where each
 // change may wait up to one window. Then the same with the caches in a
 // process of their own (the test binary re-run as a cache process), as an
 // application holds them. As a baseline in the same run: a raw KV put of a
@@ -223,7 +224,7 @@ func BenchmarkPropagation(b *testing.B) {
 	paces := []struct {
 		name string
 		gap  time.Duration
-	}{{"spaced", bus.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}}
+	}{{"spaced", router.DefaultCoalesce + time.Millisecond}, {"back-to-back", 0}}
 	// measure times 100 nodes joining and leaving again at each pace, for
 	// each count of caches to wait for. change publishes one report and
 	// returns how long until the first n caches show it.

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // bucketMembers reads the default pool's document from the bucket, "" if
@@ -27,7 +28,7 @@ func bucketMembers(js jetstream.JetStream) (string, uint64) {
 // checkRecovered waits until the bucket holds want again, the router and a
 // RingCache that ran through the loss answer from it at its revision, a new
 // member reaches all three, and a RingCache started afresh sees it too.
-func checkRecovered(t *testing.T, r *bus.Router, cache *bus.RingCache, nc *nats.Conn, js jetstream.JetStream, want string) {
+func checkRecovered(t *testing.T, r *router.Router, cache *bus.RingCache, nc *nats.Conn, js jetstream.JetStream, want string) {
 	t.Helper()
 	waitFor(t, 20*time.Second, "the bucket to hold "+want+" again", func() bool {
 		got, _ := bucketMembers(js)

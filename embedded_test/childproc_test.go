@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // startChild runs this test binary again as a child process with env added
@@ -41,13 +41,13 @@ func startChild(b *testing.B, env ...string) (*exec.Cmd, io.WriteCloser, io.Read
 
 // startChildRouter starts a router, logging warnings and worse to stderr,
 // on a connection of its own to url. stop closes both.
-func startChildRouter(url, name string, cfg bus.Config) (r *bus.Router, stop func(), err error) {
+func startChildRouter(url, name string, cfg router.Config) (r *router.Router, stop func(), err error) {
 	nc, err := nats.Connect(url, nats.Name(name))
 	if err != nil {
 		return nil, nil, err
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("proc", name)
-	if r, err = bus.NewRouter(nc, cfg); err == nil {
+	if r, err = router.New(nc, cfg); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		err = r.Start(ctx)
 		cancel()

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // recLogger records a server's warnings and errors, to print on failure
@@ -211,11 +212,11 @@ func TestClusterStartWhileForming(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.KVReplicas = 3
 	conn := func(i int) *nats.Conn { return connectCluster(t, servers, i) }
-	routers := make([]*bus.Router, 3)
+	routers := make([]*router.Router, 3)
 	var wg sync.WaitGroup
 	for i := range routers {
 		wg.Go(func() {
-			r, err := bus.NewRouter(conn(i), cfg)
+			r, err := router.New(conn(i), cfg)
 			if err != nil {
 				t.Error(err)
 				return

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // loadResult is what a request loop saw.
@@ -157,7 +158,7 @@ func TestFaultServerRestartUnderLoad(t *testing.T) {
 func TestFaultReplicaStops(t *testing.T) {
 	s := runServer(t)
 	cfg := testConfig(t)
-	r1, err := bus.NewRouter(connect(t, s.ClientURL()), cfg)
+	r1, err := router.New(connect(t, s.ClientURL()), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +187,7 @@ func TestFaultReplicaStops(t *testing.T) {
 	t.Logf("%d requests ok, %d retried, none failed", res.ok, res.retries)
 }
 
-func requests(r *bus.Router) uint64 {
+func requests(r *router.Router) uint64 {
 	var n uint64
 	for _, c := range r.Stats().Requests {
 		n += c.Count

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 	"go.uber.org/goleak"
 )
 
@@ -85,15 +86,15 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func testConfig(t testing.TB) bus.Config {
-	cfg := bus.DefaultConfig()
+func testConfig(t testing.TB) router.Config {
+	cfg := router.DefaultConfig()
 	cfg.Logger = testLogger(t)
 	return cfg
 }
 
-func startRouter(t testing.TB, nc *nats.Conn, cfg bus.Config) *bus.Router {
+func startRouter(t testing.TB, nc *nats.Conn, cfg router.Config) *router.Router {
 	t.Helper()
-	r, err := bus.NewRouter(nc, cfg)
+	r, err := router.New(nc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +133,7 @@ func health(t testing.TB, nc *nats.Conn, node string, h bus.Health) {
 var okHealth = bus.Health{CPUUsage: 10, MemoryUsage: 20, ActiveConnections: 5, AvgLatency: 3 * time.Millisecond}
 
 // members renders the router's ring document, as docMembers does.
-func members(r *bus.Router) string {
+func members(r *router.Router) string {
 	d, _ := r.Ring()
 	return docMembers(d)
 }
@@ -168,7 +169,7 @@ func jsonReply(t testing.TB, nc *nats.Conn, body string) bus.Reply {
 	return r
 }
 
-func startOrFail(t testing.TB, r *bus.Router) {
+func startOrFail(t testing.TB, r *router.Router) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

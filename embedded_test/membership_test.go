@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // docMembers renders a document like members() does.
@@ -194,7 +195,7 @@ func TestDrainingSkipsOnlyItsKeys(t *testing.T) {
 }
 
 // batch answers keys through the router's ConsistentHash strategy.
-func batch(t testing.TB, r *bus.Router, keys []string) []string {
+func batch(t testing.TB, r *router.Router, keys []string) []string {
 	t.Helper()
 	rep, err := r.Strategies()[0].Select(context.Background(), bus.Request{Keys: keys, Count: 1})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // TestNewestReportWins reproduces, from outside, the sequence that let a
@@ -105,7 +106,7 @@ func TestNewestReportWins(t *testing.T) {
 // changes and hide the order they would otherwise be applied in): it
 // publishes the first report of a new node and waits for the ring to list
 // it, since one subscription handles reports in order.
-func handled(t testing.TB, r *bus.Router, nc *nats.Conn) {
+func handled(t testing.TB, r *router.Router, nc *nats.Conn) {
 	t.Helper()
 	marker := fmt.Sprintf("marker-%d", time.Now().UnixNano())
 	health(t, nc, marker, okHealth)

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // inPools returns okHealth for a node of these pools.
@@ -40,7 +41,7 @@ func poolDoc(t testing.TB, kv jetstream.KeyValue, pool string) (bus.RingDocument
 	return d, e.Revision()
 }
 
-func poolMembers(r *bus.Router, pool string) string {
+func poolMembers(r *router.Router, pool string) string {
 	d, _ := r.PoolRing(pool)
 	return docMembers(d)
 }
@@ -276,7 +277,7 @@ func TestPoolsRestart(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
-	r1, err := bus.NewRouter(connect(t, s.ClientURL()), cfg)
+	r1, err := router.New(connect(t, s.ClientURL()), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // TestReplicasAgree: two router replicas on one server, concurrent churn
@@ -47,7 +48,7 @@ func TestReplicasAgree(t *testing.T) {
 		}
 	}
 	wantIDs := strings.Join(want, ",")
-	ids := func(r *bus.Router) string {
+	ids := func(r *router.Router) string {
 		d, _ := r.Ring()
 		var out []string
 		for _, nd := range d.Nodes {

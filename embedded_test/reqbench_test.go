@@ -19,13 +19,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
 // BenchmarkRequestProc measures the cost of route.request against a no-op
 // responder, each in a process of its own as they run in production. The
 // parent holds the embedded server and the load generator; one child runs a
-// bus.Router (default config, 150 members), the other a plain no-op
+// router.Router (default config, 150 members), the other a plain no-op
 // responder (QueueSubscribe, a fixed 40-byte reply). Run it with
 //
 //	go test -run '^$' -bench BenchmarkRequestProc -benchmem -count 6 ./embedded_test | tee /tmp/reqproc.txt
@@ -108,13 +109,13 @@ var reqProcModes = []reqProcMode{
 const (
 	reqProcMembers          = 150
 	reqProcKeys             = 1024 // distinct keys of single requests
-	reqProcBatchKeys        = 1000 // keys per batch request (bus.DefaultMaxBatch)
+	reqProcBatchKeys        = 1000 // keys per batch request (router.DefaultMaxBatch)
 	reqProcNoopReply        = 40   // bytes of the no-op's reply to a single request
 	reqProcNoopSubject      = "noop.request"
 	reqProcNoopBatchSubject = "noop.batch"
 	reqProcTimeout          = 5 * time.Second // per request
 	// reqProcHeartbeat keeps the members on the ring: the whole run takes
-	// minutes, longer than bus.DefaultMemberTTL (60 s).
+	// minutes, longer than router.DefaultMemberTTL (60 s).
 	reqProcHeartbeat = 10 * time.Second
 )
 
@@ -145,7 +146,7 @@ func runReqProc(url, role string, in io.Reader, out io.Writer) error {
 	var batchReply atomic.Pointer[[]byte]
 	switch role {
 	case "router":
-		_, stop, err := startChildRouter(url, "natsroute-reqproc-router", bus.DefaultConfig())
+		_, stop, err := startChildRouter(url, "natsroute-reqproc-router", router.DefaultConfig())
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 func freePort(t testing.TB) int {
@@ -93,7 +94,7 @@ func TestRestartedRouterStartsFromBucket(t *testing.T) {
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
 	cfg.MemberTTL = 500 * time.Millisecond
-	first, err := bus.NewRouter(connect(t, s.ClientURL()), cfg)
+	first, err := router.New(connect(t, s.ClientURL()), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

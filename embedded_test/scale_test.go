@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -386,7 +387,7 @@ func (r *scaleRun) singleJoins() {
 	for j := range scaleJoins {
 		id := fmt.Sprintf("join-%02d", j)
 		data := encodeHealth(b, id, 1)
-		time.Sleep(2 * bus.DefaultCoalesce) // spaced: each join is a lone change
+		time.Sleep(2 * router.DefaultCoalesce) // spaced: each join is a lone change
 		t0 := time.Now()
 		if err := r.pubs[0].Publish(bus.HealthSubject(id), data); err != nil {
 			b.Fatal(err)

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // scaleProcEnv, set to a NATS URL, makes the test binary the router
@@ -32,9 +32,9 @@ const (
 
 // scaleProcReply is the router process's answer to "stats".
 type scaleProcReply struct {
-	Stats  bus.Stats `json:"stats"`
-	CPU    int64     `json:"cpu_us"`  // user + system CPU of the process so far
-	TookUS int64     `json:"took_us"` // what Router.Stats cost
+	Stats  router.Stats `json:"stats"`
+	CPU    int64        `json:"cpu_us"`  // user + system CPU of the process so far
+	TookUS int64        `json:"took_us"` // what Router.Stats cost
 }
 
 // processed is how many health reports the router accounted for since
@@ -61,7 +61,7 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("scale process: %s: %w", scaleProcTTLEnv, err)
 	}
-	cfg := bus.DefaultConfig()
+	cfg := router.DefaultConfig()
 	cfg.MemberTTL = ttl
 	r, stop, err := startChildRouter(url, "natsroute-scale-router", cfg)
 	if err != nil {

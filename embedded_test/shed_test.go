@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // shedOf returns a member's shed in a document.
@@ -38,7 +39,7 @@ func TestLoadAwareRing(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.BalanceFactor = 1.25
 	cfg.ShedInterval = 20 * time.Millisecond
-	routers := []*bus.Router{
+	routers := []*router.Router{
 		startRouter(t, connect(t, s.ClientURL()), cfg),
 		startRouter(t, connect(t, s.ClientURL()), cfg),
 		startRouter(t, connect(t, s.ClientURL()), cfg),

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // simNode is a simulated node whose load the demo script changes.
@@ -78,24 +79,24 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer nc.Close()
-	cfg := bus.DefaultConfig()
+	cfg := router.DefaultConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg.Balancer.Staleness = 2 * time.Second
 	cfg.BalanceFactor = 1.5 // load-aware ConsistentHash: an overloaded node sheds keys
 	cfg.ShedInterval = 300 * time.Millisecond
-	router, err := bus.NewRouter(nc, cfg)
+	rt, err := router.New(nc, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "router demo:", err)
 		return 1
 	}
 	startCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = router.Start(startCtx)
+	err = rt.Start(startCtx)
 	cancel()
 	if err != nil {
 		fmt.Fprintln(stderr, "router demo:", err)
 		return 1
 	}
-	defer router.Close()
+	defer rt.Close()
 
 	nodes := []*simNode{
 		{id: "node-a", cpu: 20}, {id: "node-b", cpu: 45, pools: []string{bus.DefaultPool, "search"}},
@@ -161,7 +162,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			case <-time.After(500 * time.Millisecond):
 			}
 		}
-		if err := demoRound(ctx, stdout, client, router, keys, el); err != nil {
+		if err := demoRound(ctx, stdout, client, rt, keys, el); err != nil {
 			fmt.Fprintln(stderr, "router demo:", err)
 		}
 		select {
@@ -177,7 +178,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 // demoRound asks the router and prints one table.
-func demoRound(ctx context.Context, w io.Writer, c *bus.Client, r *bus.Router, keys []string, el time.Duration) error {
+func demoRound(ctx context.Context, w io.Writer, c *bus.Client, r *router.Router, keys []string, el time.Duration) error {
 	ch := map[string]int{}
 	res, err := c.PickBatch(ctx, keys)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -62,14 +63,14 @@ func codeLabel(code int) string {
 
 // statsCollector exposes Router.Stats at scrape time.
 type statsCollector struct {
-	r                                                                      *bus.Router
+	r                                                                      *router.Router
 	requests, accepted, rejected, dropped, writes, conflicts, kvErrs, docs *prometheus.Desc
 	reconnects, membersDesc, eligibleDesc, knownDesc, revisionDesc         *prometheus.Desc
 	poolRequests, shedding, oversizeReplies, oversizeDocs, legacy, pools   *prometheus.Desc
 	memberShed, recreated                                                  *prometheus.Desc
 }
 
-func newStatsCollector(r *bus.Router) *statsCollector {
+func newStatsCollector(r *router.Router) *statsCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("natsroute_"+name, help, labels, nil)
 	}
@@ -162,7 +163,7 @@ type httpServer struct {
 }
 
 // startHTTP serves /healthz, /readyz, /metrics and /status on addr.
-func startHTTP(addr string, nc *nats.Conn, r *bus.Router, m *metrics, log *slog.Logger) (*httpServer, error) {
+func startHTTP(addr string, nc *nats.Conn, r *router.Router, m *metrics, log *slog.Logger) (*httpServer, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m.latency, newStatsCollector(r),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -12,12 +12,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 	"github.com/natsroute/natsroute/resourceaware"
 )
 
 // setting is one configuration value: a flag, its environment variable and
-// the bus.Config field it sets (for error messages).
+// the router.Config field it sets (for error messages).
 type setting struct {
 	flag, env, field string
 }
@@ -41,7 +41,7 @@ type options struct {
 	check          bool
 	listenSet      bool // --listen was given (flag or environment)
 	storeDirSet    bool // --store-dir was given
-	cfg            bus.Config
+	cfg            router.Config
 	weights        resourceaware.Weights
 }
 
@@ -68,7 +68,7 @@ func newFlagSet(cmd string, out io.Writer) *flagSet {
 	return &flagSet{FlagSet: fs, out: out, help: help}
 }
 
-// env registers the environment variable (and bus.Config field) of a flag
+// env registers the environment variable (and router.Config field) of a flag
 // already defined, and notes it in the usage text.
 func (fs *flagSet) env(flagName, env, field string) {
 	fs.settings = append(fs.settings, setting{flagName, env, field})
@@ -192,7 +192,7 @@ func (c *connOptions) validate() []string {
 func serveFlags(o *options, out io.Writer) *flagSet {
 	fs := newFlagSet("serve", out)
 	o.conn.register(fs)
-	o.cfg = bus.DefaultConfig()
+	o.cfg = router.DefaultConfig()
 	o.weights = resourceaware.DefaultWeights()
 	c, b, l := &o.cfg, &o.cfg.Balancer, &o.cfg.Limits
 
@@ -282,11 +282,11 @@ func (o *options) validate(fs *flagSet) []string {
 	if err := o.cfg.Validate(); err != nil {
 		errs = append(errs, fs.explain(err)...)
 	}
-	// Zero means "default" inside bus.Config; on the command line a zero
+	// Zero means "default" inside router.Config; on the command line a zero
 	// (or an empty name) is a mistake worth naming: whoever types
 	// --slow-start-min-share 0 does not mean 0.1. A flag takes 0 only where
 	// 0 has a meaning of its own (off, none, a score term left out), and its
-	// help says which. bus.Config.Validate reports negative values.
+	// help says which. router.Config.Validate reports negative values.
 	c, b, l := &o.cfg, &o.cfg.Balancer, &o.cfg.Limits
 	for _, p := range []struct {
 		flag string

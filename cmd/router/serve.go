@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
 )
 
 // serve runs the router until ctx ends: config → validate → build → run →
@@ -66,13 +66,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer nc.Close()
 
-	router, err := bus.NewRouter(nc, o.cfg)
+	rt, err := router.New(nc, o.cfg)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = router.Start(startCtx)
+	err = rt.Start(startCtx)
 	cancel()
 	if err != nil {
 		log.Error("cannot start the router", "err", err)
@@ -80,9 +80,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var httpSrv *httpServer
 	if o.httpAddr != "" {
-		if httpSrv, err = startHTTP(o.httpAddr, nc, router, m, log); err != nil {
+		if httpSrv, err = startHTTP(o.httpAddr, nc, rt, m, log); err != nil {
 			log.Error("cannot start HTTP", "err", err)
-			_ = router.Close()
+			_ = rt.Close()
 			return 1
 		}
 	}
@@ -95,7 +95,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	<-ctx.Done()
 	log.Info("signal received: draining")
 	code := 0
-	if err := router.Close(); err != nil {
+	if err := rt.Close(); err != nil {
 		log.Error("router close", "err", err)
 		code = 1
 	}

@@ -1,7 +1,9 @@
-package bus
+package router
 
 import (
 	"fmt"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/internal/follow"
 	"io"
 	"log/slog"
 	"testing"
@@ -14,21 +16,21 @@ func BenchmarkApply(b *testing.B) {
 	docs := make([][]byte, 2)
 	var err error
 	for k := range docs {
-		d := newDocument(150)
+		d := bus.NewRingDocument(150)
 		for i := range 50 + k {
-			d.Nodes = append(d.Nodes, RingNode{ID: fmt.Sprintf("node-%02d", i), Weight: 1})
+			d.Nodes = append(d.Nodes, bus.RingNode{ID: fmt.Sprintf("node-%02d", i), Weight: 1})
 		}
 		if docs[k], err = d.Encode(); err != nil {
 			b.Fatal(err)
 		}
 	}
-	f, err := newRingFollower(150, RingKey, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f, err := follow.New(ringCodec, 150, bus.RingKey, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Run("decode", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := DecodeRingDocument(docs[1]); err != nil {
+			if _, err := bus.DecodeRingDocument(docs[1]); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -37,11 +39,11 @@ func BenchmarkApply(b *testing.B) {
 	b.Run("decode+apply", func(b *testing.B) {
 		for b.Loop() {
 			rev++
-			d, err := DecodeRingDocument(docs[rev%2])
+			d, err := bus.DecodeRingDocument(docs[rev%2])
 			if err != nil {
 				b.Fatal(err)
 			}
-			if !f.apply(d, rev) {
+			if !f.Apply(d, rev) {
 				b.Fatal("not applied")
 			}
 		}

@@ -1,9 +1,10 @@
-package bus
+package router
 
 import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/natsroute/natsroute/bus"
 	"log/slog"
 	"regexp"
 	"time"
@@ -94,9 +95,9 @@ type Config struct {
 // DefaultConfig returns the configuration with every default filled in.
 func DefaultConfig() Config {
 	return Config{
-		Bucket:       DefaultBucket,
+		Bucket:       bus.DefaultBucket,
 		KVReplicas:   DefaultKVReplicas,
-		QueueGroup:   DefaultQueueGroup,
+		QueueGroup:   bus.DefaultQueueGroup,
 		VirtualNodes: ring.DefaultVirtualNodes,
 		MemberTTL:    DefaultMemberTTL,
 		Coalesce:     DefaultCoalesce,
@@ -115,15 +116,14 @@ func DefaultConfig() Config {
 }
 
 var (
-	bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
-	tokenRE  = regexp.MustCompile(`^[^.*>\s]+$`)
+	tokenRE = regexp.MustCompile(`^[^.*>\s]+$`)
 )
 
 // Validate reports every problem with the configuration at once.
 func (c Config) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("bus: "+format, args...)) }
-	if c.Bucket != "" && !bucketRE.MatchString(c.Bucket) {
+	if c.Bucket != "" && bus.ValidateBucketName(c.Bucket) != nil {
 		add("Bucket %q: a KV bucket name is [a-zA-Z0-9_-]+", c.Bucket)
 	}
 	if c.KVReplicas < 0 || c.KVReplicas > maxKVReplicas {

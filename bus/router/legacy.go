@@ -1,8 +1,9 @@
-package bus
+package router
 
 import (
 	"context"
 	"encoding/json"
+	"github.com/natsroute/natsroute/bus"
 	"strconv"
 	"strings"
 	"time"
@@ -59,7 +60,7 @@ func (r *Router) probeLegacy(ctx context.Context) string {
 		return ""
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	if err := r.nc.PublishRequest("$SRV.PING."+ServiceName, inbox, nil); err != nil {
+	if err := r.nc.PublishRequest("$SRV.PING."+bus.ServiceName, inbox, nil); err != nil {
 		return ""
 	}
 	wait := time.NewTimer(legacyProbeWait)

@@ -1,7 +1,8 @@
-package bus
+package router
 
 import (
 	"fmt"
+	"github.com/natsroute/natsroute/bus"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -39,7 +40,7 @@ func checkInterleaving(t *testing.T, ops []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := r.pool(DefaultPool)
+	p := r.pool(bus.DefaultPool)
 	const nodes = 4
 	// newest[i] is the sequence number (carried in ActiveConnections) of
 	// the newest report given to node i since it was last forgotten; 0 for
@@ -163,7 +164,7 @@ func TestSettleSeesQueuedChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := r.pool(DefaultPool)
+	p := r.pool(bus.DefaultPool)
 	const n = 1000
 	ids := make([]string, n)
 	reps := make([]resourceaware.Report, n)

@@ -1,8 +1,9 @@
-package bus
+package router
 
 import (
-	"errors"
 	"fmt"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/internal/follow"
 	"maps"
 	"slices"
 	"sync"
@@ -20,7 +21,7 @@ type pool struct {
 	name     string
 	key      string // KV key of its ring document
 	r        *Router
-	ring     *ringFollower
+	ring     *follow.Follower[bus.RingDocument]
 	balancer *resourceaware.Balancer
 
 	dirty     chan struct{} // wakes the writer
@@ -47,37 +48,35 @@ type pool struct {
 // and writers replace it whole (pools are added rarely).
 type poolMap map[string]*pool
 
-var errTooManyPools = errors.New("too many pools")
-
 func (r *Router) newPool(name string) (*pool, error) {
 	b, err := resourceaware.New(r.cfg.Balancer)
 	if err != nil {
 		return nil, err
 	}
 	log := r.log
-	if name != DefaultPool {
+	if name != bus.DefaultPool {
 		log = log.With("pool", name)
 	}
-	f, err := newRingFollower(r.cfg.VirtualNodes, PoolKey(name), log)
+	f, err := follow.New(ringCodec, r.cfg.VirtualNodes, bus.PoolKey(name), log)
 	if err != nil {
 		return nil, err
 	}
 	p := &pool{
-		name: name, key: PoolKey(name), r: r, ring: f, balancer: b,
+		name: name, key: bus.PoolKey(name), r: r, ring: f, balancer: b,
 		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
 		reporters: map[string]*track{}, shed: map[string]float64{}, shedAt: map[string]time.Time{},
 		pend: map[string]pendingChange{},
 	}
-	f.onApply = p.syncBalancer
-	f.onReject = func(uint64, error) { r.stats.docRejected.Add(1) }
-	f.onBehind = r.suspectBucket
+	f.OnApply = p.syncBalancer
+	f.OnReject = func(uint64, error) { r.stats.docRejected.Add(1) }
+	f.OnBehind = r.suspectBucket
 	return p, nil
 }
 
 // pool returns the pool called name, or nil if this router has none.
 func (r *Router) pool(name string) *pool {
 	if name == "" {
-		name = DefaultPool
+		name = bus.DefaultPool
 	}
 	return (*r.pools.Load())[name]
 }
@@ -115,10 +114,10 @@ func (r *Router) ensurePools(names []string) ([]*pool, error) {
 		}
 	}
 	if r.closing {
-		return nil, ErrClosed
+		return nil, bus.ErrClosed
 	}
 	if n := len(cur) + len(missing); n > r.cfg.MaxPools {
-		return nil, fmt.Errorf("%w: %w: pools %q would make %d pools; the limit is %d (max_pools)", ErrInvalidReport, errTooManyPools, missing, n, r.cfg.MaxPools)
+		return nil, fmt.Errorf("%w: %w: pools %q would make %d pools; the limit is %d (max_pools)", bus.ErrInvalidReport, errTooManyPools, missing, n, r.cfg.MaxPools)
 	}
 	next := maps.Clone(cur)
 	for _, name := range missing {
@@ -127,7 +126,7 @@ func (r *Router) ensurePools(names []string) ([]*pool, error) {
 			return nil, err
 		}
 		if r.ctx != nil { // started: follow the bucket and write
-			p.ring.setKV(r.ring().bucket())
+			p.ring.SetKV(r.ring().Bucket())
 			r.wg.Go(func() { p.write(r.ctx) })
 		}
 		next[name] = p
@@ -142,7 +141,7 @@ func (r *Router) ensurePools(names []string) ([]*pool, error) {
 }
 
 // ring returns the default pool's follower, which also holds the bucket.
-func (r *Router) ring() *ringFollower { return r.pool(DefaultPool).ring }
+func (r *Router) ring() *follow.Follower[bus.RingDocument] { return r.pool(bus.DefaultPool).ring }
 
 // sortedPools returns the pools sorted by name.
 func (r *Router) sortedPools() []*pool {
@@ -156,10 +155,10 @@ func (r *Router) sortedPools() []*pool {
 
 // noMembers is the 503 of a pool with nothing to route to.
 func noMembers(pool string) error {
-	if pool == DefaultPool || pool == "" {
-		return fmt.Errorf("%w: the ring has no members", ErrNoNodes)
+	if pool == bus.DefaultPool || pool == "" {
+		return fmt.Errorf("%w: the ring has no members", bus.ErrNoNodes)
 	}
-	return fmt.Errorf("%w: pool %s has no members", ErrNoNodes, pool)
+	return fmt.Errorf("%w: pool %s has no members", bus.ErrNoNodes, pool)
 }
 
 // pendingChange is a change to a pool's balancer that waits in its batch:
@@ -262,3 +261,11 @@ func (r *Router) flushAllJoins() {
 
 // count records one answered request in the pool's counters.
 func (p *pool) count(si, ci int) { p.requests[si][ci].Add(1) }
+
+// ringCodec reads ring documents for a pool's follower.
+var ringCodec = follow.Codec[bus.RingDocument]{
+	Decode:  bus.DecodeRingDocument,
+	Empty:   bus.NewRingDocument,
+	Members: bus.RingDocument.Members,
+	VNodes:  func(d bus.RingDocument) int { return d.VNodes },
+}

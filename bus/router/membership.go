@@ -1,9 +1,11 @@
-package bus
+package router
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/internal/follow"
 	"slices"
 	"time"
 
@@ -20,20 +22,14 @@ type track struct {
 	pools    []string // the pools of its last report that was not leaving
 }
 
-var (
-	errStaleSeq = errors.New("seq is older than the last one seen")
-	// errDocTooLarge: the ring document would exceed the server's max_payload.
-	errDocTooLarge = errors.New("ring document exceeds max_payload")
-)
-
 // maxExpiryHold bounds how long expiry is held back while health reports
 // wait unprocessed; see silenceNow.
 const maxExpiryHold = 5 * time.Second
 
 // poolsOf returns the pools a report lists, or the default pool.
-func poolsOf(h Health) []string {
+func poolsOf(h bus.Health) []string {
 	if h.Pools == nil {
-		return []string{DefaultPool}
+		return []string{bus.DefaultPool}
 	}
 	return h.Pools
 }
@@ -43,14 +39,14 @@ func poolsOf(h Health) []string {
 // change. With seq set, a report older than the last one seen is refused
 // (unless the node had left). A heartbeat costs a map lookup and, per pool
 // of the node, a binary search in that pool's document.
-func (r *Router) observe(node string, h Health) error {
+func (r *Router) observe(node string, h bus.Health) error {
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
 	t := r.tracker[node]
 	if t != nil && h.Seq != 0 && h.Seq < t.seq && !t.left {
-		return fmt.Errorf("%w: %w (%d < %d)", ErrInvalidReport, errStaleSeq, h.Seq, t.seq)
+		return fmt.Errorf("%w: %w (%d < %d)", bus.ErrInvalidReport, errStaleSeq, h.Seq, t.seq)
 	}
-	leaving := h.Status == StatusLeaving
+	leaving := h.Status == bus.StatusLeaving
 	pools := poolsOf(h)
 	var prev track
 	if t != nil {
@@ -82,7 +78,7 @@ func (r *Router) observe(node string, h Health) error {
 	if t.weight == 0 {
 		t.weight = 1
 	}
-	t.draining = h.Status == StatusDraining
+	t.draining = h.Status == bus.StatusDraining
 	if !leaving && !slices.Equal(prev.pools, pools) {
 		for _, name := range prev.pools {
 			if !slices.Contains(pools, name) {
@@ -107,8 +103,8 @@ func (r *Router) observe(node string, h Health) error {
 		if p == nil {
 			continue
 		}
-		n, member := p.ring.current().doc.node(node)
-		if changed || slices.Contains(add, p) || member == t.left || (member && (n.Weight != t.weight || (n.Status == StatusDraining) != t.draining)) {
+		n, member := p.ring.Current().Doc.Node(node)
+		if changed || slices.Contains(add, p) || member == t.left || (member && (n.Weight != t.weight || (n.Status == bus.StatusDraining) != t.draining)) {
 			p.wake()
 		}
 	}
@@ -157,7 +153,7 @@ func (r *Router) alive(t *track, now time.Time) bool {
 // members this router has never heard from) stayed silent for the TTL since
 // it started, are not. With joins false, nodes not in base stay out (used
 // when the whole document would be too large to write).
-func (p *pool) desired(base RingDocument, joins bool) RingDocument {
+func (p *pool) desired(base bus.RingDocument, joins bool) bus.RingDocument {
 	r := p.r
 	now := r.silenceNow()
 	legacy := r.legacy.Load()
@@ -166,7 +162,7 @@ func (p *pool) desired(base RingDocument, joins bool) RingDocument {
 	startup := now.Sub(r.started) <= r.cfg.MemberTTL
 	reporters := p.members()
 	out := base
-	out.Nodes = make([]RingNode, 0, len(base.Nodes)+len(reporters))
+	out.Nodes = make([]bus.RingNode, 0, len(base.Nodes)+len(reporters))
 	for _, n := range base.Nodes {
 		if t, known := r.tracker[n.ID]; known {
 			if reporters[n.ID] != t {
@@ -193,12 +189,12 @@ func (p *pool) desired(base RingDocument, joins bool) RingDocument {
 			}
 			continue
 		}
-		n := RingNode{ID: id, Weight: t.weight, Shed: p.shed[id]}
+		n := bus.RingNode{ID: id, Weight: t.weight, Shed: p.shed[id]}
 		if t.draining || legacy {
 			n.Shed = 0
 		}
 		if t.draining {
-			n.Status = StatusDraining
+			n.Status = bus.StatusDraining
 		}
 		if member {
 			out.Nodes[i] = n
@@ -216,10 +212,10 @@ func (p *pool) desired(base RingDocument, joins bool) RingDocument {
 		out.Nodes = kept
 	}
 	slices.SortFunc(out.Nodes, cmpNodes)
-	return out.withFormat()
+	return out.WithFormat()
 }
 
-func cmpNode(n RingNode, id string) int {
+func cmpNode(n bus.RingNode, id string) int {
 	switch {
 	case n.ID < id:
 		return -1
@@ -229,14 +225,14 @@ func cmpNode(n RingNode, id string) int {
 	return 0
 }
 
-func cmpNodes(a, b RingNode) int { return cmpNode(a, b.ID) }
+func cmpNodes(a, b bus.RingNode) int { return cmpNode(a, b.ID) }
 
 // due reports whether the pool's document must change because of time
 // alone: a reporting member expired, or a member this router never heard
 // from outlived the start-up grace. It allocates nothing.
 func (p *pool) due() bool {
 	r := p.r
-	doc := p.ring.current().doc
+	doc := p.ring.Current().Doc
 	now := r.silenceNow()
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
@@ -256,7 +252,7 @@ func (p *pool) due() bool {
 // earlier release shares the bucket, every node (as that router has it; see
 // watchLegacy). With r.healthMu held.
 func (p *pool) members() map[string]*track {
-	if p.name == DefaultPool && p.r.legacy.Load() {
+	if p.name == bus.DefaultPool && p.r.legacy.Load() {
 		return p.r.tracker
 	}
 	return p.reporters
@@ -300,19 +296,19 @@ func (p *pool) flush(ctx context.Context) error {
 
 func (p *pool) flushOnce(ctx context.Context, reread bool) error {
 	r := p.r
-	v := p.ring.current()
-	base, rev := v.doc, v.rev
+	v := p.ring.Current()
+	base, rev := v.Doc, v.Rev
 	if reread {
 		var err error
-		if base, rev, err = p.ring.resync(ctx); err != nil {
+		if base, rev, err = p.ring.Resync(ctx); err != nil {
 			return err
 		}
 	}
 	if base.Nodes == nil {
-		base = newDocument(base.VNodes)
+		base = bus.NewRingDocument(base.VNodes)
 	}
 	want := p.desired(base, true)
-	if want.equal(base) && (rev != 0 || len(want.Nodes) == 0) {
+	if want.Equal(base) && (rev != 0 || len(want.Nodes) == 0) {
 		return nil // revision 0 with members: a bucket created anew, to republish
 	}
 	data, err := want.Encode()
@@ -327,23 +323,23 @@ func (p *pool) flushOnce(ctx context.Context, reread bool) error {
 		if data, err = want.Encode(); err != nil {
 			return fmt.Errorf("bus: encode ring document: %w", err)
 		}
-		if len(data) > limit || want.equal(base) {
+		if len(data) > limit || want.Equal(base) {
 			return fmt.Errorf("%w: %d members would make %d bytes; the server's max_payload allows %d", errDocTooLarge, len(p.desired(base, true).Nodes), full, limit)
 		}
 		p.noteOversize(fmt.Errorf("%w: new members wait; %d bytes with them", errDocTooLarge, full))
 	}
-	p.ring.expect(data, want)
+	p.ring.Expect(data, want)
 	var newRev uint64
 	if rev == 0 {
-		newRev, err = p.ring.bucket().Create(ctx, p.key, data)
+		newRev, err = p.ring.Bucket().Create(ctx, p.key, data)
 	} else {
-		newRev, err = p.ring.bucket().Update(ctx, p.key, data, rev)
+		newRev, err = p.ring.Bucket().Update(ctx, p.key, data, rev)
 	}
 	if err != nil {
 		return err
 	}
 	r.stats.kvWrites.Add(1)
-	p.ring.apply(want, newRev)
+	p.ring.Apply(want, newRev)
 	r.log.Debug("ring written", "pool", p.name, "revision", newRev, "members", len(want.Nodes), "bytes", len(data))
 	return nil
 }
@@ -373,29 +369,29 @@ func (p *pool) noteOversize(err error) {
 // members that have not reported count as neutral, and nodes that left the
 // ring are forgotten unless they still report for the pool. It runs under
 // the ring follower's lock, after each new view.
-func (p *pool) syncBalancer(old, cur *view) {
+func (p *pool) syncBalancer(old, cur *follow.View[bus.RingDocument]) {
 	r := p.r
 	now := r.cfg.Now()
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
 	// A document written before a node's leave still lists it: that must
 	// not make a node that left known again.
-	ids := make([]string, 0, len(cur.doc.Nodes))
-	for _, n := range cur.doc.Nodes {
+	ids := make([]string, 0, len(cur.Doc.Nodes))
+	for _, n := range cur.Doc.Nodes {
 		if t := r.tracker[n.ID]; t == nil || r.alive(t, now) {
 			ids = append(ids, n.ID)
 		}
 	}
 	_ = p.balancer.Add(ids...)
-	if old.doc.shedding() || cur.doc.shedding() {
-		p.noteShedChanges(old.doc, cur.doc)
+	if old.Doc.Shedding() || cur.Doc.Shedding() {
+		p.noteShedChanges(old.Doc, cur.Doc)
 	}
-	if cur.doc.shedding() && r.cfg.BalanceFactor == 0 {
+	if cur.Doc.Shedding() && r.cfg.BalanceFactor == 0 {
 		p.wake() // a router with shedding on wrote it; this one removes it
 	}
 	var gone []string
-	for _, n := range old.doc.Nodes {
-		if _, still := cur.doc.node(n.ID); still {
+	for _, n := range old.Doc.Nodes {
+		if _, still := cur.Doc.Node(n.ID); still {
 			continue
 		}
 		if t := p.reporters[n.ID]; t == nil || !r.alive(t, now) {
@@ -436,7 +432,7 @@ func (p *pool) write(ctx context.Context) {
 				continue
 			}
 		case <-sweep.C:
-			if p.name == DefaultPool {
+			if p.name == bus.DefaultPool {
 				r.forgetSilent()
 			}
 			if !p.due() {
@@ -499,7 +495,7 @@ func windowWait(d time.Duration) time.Duration {
 func (p *pool) resync(ctx context.Context) {
 	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	d, _, err := p.ring.resync(opCtx)
+	d, _, err := p.ring.Resync(opCtx)
 	if err != nil {
 		if ctx.Err() == nil {
 			p.r.suspectBucket()
@@ -507,7 +503,7 @@ func (p *pool) resync(ctx context.Context) {
 		}
 		return
 	}
-	if !p.desired(d, true).equal(d) {
+	if !p.desired(d, true).Equal(d) {
 		p.wake()
 	}
 }

@@ -1,4 +1,4 @@
-package bus
+package follow
 
 import (
 	"context"
@@ -20,7 +20,7 @@ func TestTransient(t *testing.T) {
 		want bool
 	}{
 		{nats.ErrNoResponders, true},
-		{fmt.Errorf("kv get %q: %w", RingKey, nats.ErrNoResponders), true},
+		{fmt.Errorf("kv get %q: %w", "ring", nats.ErrNoResponders), true},
 		{nats.ErrTimeout, true},
 		{context.DeadlineExceeded, true},
 		{nats.ErrConnectionReconnecting, true},
@@ -29,12 +29,12 @@ func TestTransient(t *testing.T) {
 		{jetstream.ErrJetStreamNotEnabledForAccount, false},
 		{&jetstream.APIError{Code: 400, ErrorCode: 10003, Description: "bad request"}, false},
 		{jetstream.ErrBucketNotFound, false},
-		{fmt.Errorf("ring document at revision 3: %w", ErrInvalidDocument), false},
+		{fmt.Errorf("ring document at revision 3: %w", errors.New("bus: invalid ring document")), false},
 		{nats.ErrConnectionClosed, false},
 		{context.Canceled, false},
 	} {
-		if got := transient(c.err); got != c.want {
-			t.Errorf("transient(%v) = %v, want %v", c.err, got, c.want)
+		if got := Transient(c.err); got != c.want {
+			t.Errorf("Transient(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
 }
@@ -44,7 +44,7 @@ func TestRetryStartup(t *testing.T) {
 
 	// Transient failures are waited out; each attempt has its own deadline.
 	calls := 0
-	err := retryStartup(context.Background(), log, "step", transient, func(ctx context.Context) error {
+	err := RetryStartup(context.Background(), log, "step", Transient, func(ctx context.Context) error {
 		calls++
 		if _, ok := ctx.Deadline(); !ok {
 			t.Error("an attempt without a deadline")
@@ -55,12 +55,12 @@ func TestRetryStartup(t *testing.T) {
 		return nil
 	})
 	if err != nil || calls != 3 {
-		t.Fatalf("after 2 transient failures: %v after %d calls, want success on the 3rd", err, calls)
+		t.Fatalf("after 2 Transient failures: %v after %d calls, want success on the 3rd", err, calls)
 	}
 
 	// A refusal returns at once, named by the step.
 	calls = 0
-	err = retryStartup(context.Background(), log, "step", transient, func(context.Context) error {
+	err = RetryStartup(context.Background(), log, "step", Transient, func(context.Context) error {
 		calls++
 		return jetstream.ErrJetStreamNotEnabled
 	})
@@ -71,7 +71,7 @@ func TestRetryStartup(t *testing.T) {
 	// The caller's deadline ends the wait and the last error is kept.
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	err = retryStartup(ctx, log, "step", transient, func(context.Context) error { return nats.ErrNoResponders })
+	err = RetryStartup(ctx, log, "step", Transient, func(context.Context) error { return nats.ErrNoResponders })
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), nats.ErrNoResponders.Error()) {
 		t.Fatalf("at the deadline: %v", err)
 	}

@@ -1,7 +1,8 @@
-package bus
+package router
 
 import (
 	"errors"
+	"github.com/natsroute/natsroute/bus"
 	"log/slog"
 	"math"
 	"sync"
@@ -26,23 +27,23 @@ var reasonNames = [numRejections]string{"malformed", "invalid_id", "invalid_valu
 
 func rejectReason(err error) rejection {
 	switch {
-	case errors.Is(err, ErrInvalidNodeID):
+	case errors.Is(err, bus.ErrInvalidNodeID):
 		return rejectInvalidID
 	case errors.Is(err, errTooManyPools):
 		return rejectTooManyPools
-	case errors.Is(err, ErrInvalidPool):
+	case errors.Is(err, bus.ErrInvalidPool):
 		return rejectInvalidPool
 	case errors.Is(err, errStaleSeq):
 		return rejectStaleSeq
-	case errors.Is(err, errMalformed):
+	case errors.Is(err, bus.ErrMalformed):
 		return rejectMalformed
 	}
 	return rejectInvalidValue
 }
 
 var (
-	strategyNames = [...]string{StrategyConsistentHash, StrategyResourceAware, "unknown"}
-	codes         = [...]int{200, CodeBadRequest, CodeNoNodes, CodeInternal}
+	strategyNames = [...]string{bus.StrategyConsistentHash, bus.StrategyResourceAware, "unknown"}
+	codes         = [...]int{200, bus.CodeBadRequest, bus.CodeNoNodes, bus.CodeInternal}
 )
 
 // counters are the router's counts; all atomic.
@@ -187,7 +188,7 @@ func (r *Router) Stats() Stats {
 	for _, p := range r.sortedPools() {
 		ps := p.stats()
 		s.OversizeDocuments += ps.OversizeDocuments
-		if p.name == DefaultPool {
+		if p.name == bus.DefaultPool {
 			s.Members, s.Eligible, s.Known, s.Revision = ps.Members, ps.Eligible, ps.Known, ps.Revision
 		}
 		s.Pools = append(s.Pools, ps)
@@ -196,10 +197,10 @@ func (r *Router) Stats() Stats {
 }
 
 func (p *pool) stats() PoolStats {
-	v := p.ring.current()
+	v := p.ring.Current()
 	ps := PoolStats{
-		Name: p.name, Key: p.key, Members: len(v.doc.Nodes), Revision: v.rev, Format: v.doc.Format,
-		Shedding: v.snap.Shedding(), OversizeDocuments: p.oversize.Load(),
+		Name: p.name, Key: p.key, Members: len(v.Doc.Nodes), Revision: v.Rev, Format: v.Doc.Format,
+		Shedding: v.Snap.Shedding(), OversizeDocuments: p.oversize.Load(),
 	}
 	ps.Known, ps.Eligible = p.settle().Counts()
 	for si, sn := range strategyNames {
@@ -212,63 +213,27 @@ func (p *pool) stats() PoolStats {
 	return ps
 }
 
-// NodeStatus is one node as a router sees it (route.nodes).
-type NodeStatus struct {
-	ID          string  `json:"id" msgpack:"id"`
-	Member      bool    `json:"member" msgpack:"member"`     // on the ring
-	Status      string  `json:"status" msgpack:"status"`     // up or draining
-	Weight      float64 `json:"weight" msgpack:"weight"`     // ring weight and selection multiplier
-	Score       float64 `json:"score" msgpack:"score"`       // ResourceAware selection weight
-	Eligible    bool    `json:"eligible" msgpack:"eligible"` // ResourceAware may pick it now
-	Reason      string  `json:"reason,omitempty" msgpack:"reason,omitempty"`
-	Reported    bool    `json:"reported" msgpack:"reported"`           // a report has arrived since the router started
-	ReportAgeMS int64   `json:"report_age_ms" msgpack:"report_age_ms"` // -1 if none
-	Stale       bool    `json:"stale" msgpack:"stale"`
-	CPUUsage    float64 `json:"cpu_usage" msgpack:"cpu_usage"`
-	MemoryUsage float64 `json:"memory_usage" msgpack:"memory_usage"`
-	Connections int64   `json:"active_connections" msgpack:"active_connections"`
-	LatencyMS   float64 `json:"avg_latency_ms" msgpack:"avg_latency_ms"`
-	Shed        float64 `json:"shed,omitempty" msgpack:"shed,omitempty"` // fraction of its keys it sheds (load-aware)
-	// Recovering: held out by hysteresis (back under the threshold, not yet
-	// under threshold − margin); Reason says by how much.
-	Recovering bool `json:"recovering,omitempty" msgpack:"recovering,omitempty"`
-	// SlowStart is the node's slow-start multiplier while it ramps up
-	// (absent once it has its full share); Note says so in words.
-	SlowStart float64 `json:"slow_start,omitempty" msgpack:"slow_start,omitempty"`
-	Note      string  `json:"note,omitempty" msgpack:"note,omitempty"`
-}
-
-// NodesState is the reply of route.nodes: one page of a pool's nodes.
-type NodesState struct {
-	Pool     string       `json:"pool,omitempty" msgpack:"pool,omitempty"` // omitted for the default pool
-	Revision uint64       `json:"revision" msgpack:"revision"`
-	Total    int          `json:"total" msgpack:"total"`                   // nodes in the pool, all pages
-	Offset   int          `json:"offset" msgpack:"offset"`                 // of the first node of this page
-	Next     int          `json:"next,omitempty" msgpack:"next,omitempty"` // offset of the next page; absent on the last
-	Nodes    []NodeStatus `json:"nodes" msgpack:"nodes"`
-}
-
 // Nodes returns every node of the default pool: ring members and nodes
 // that report, sorted by id.
-func (r *Router) Nodes() NodesState { return r.NodesPage(DefaultPool, 0, math.MaxInt) }
+func (r *Router) Nodes() bus.NodesState { return r.NodesPage(bus.DefaultPool, 0, math.MaxInt) }
 
-// NodesPage returns up to limit nodes of a pool (0 means DefaultNodesPage)
+// NodesPage returns up to limit nodes of a pool (0 means bus.DefaultNodesPage)
 // from offset on, sorted by id, with the total and the next offset.
-func (r *Router) NodesPage(pool string, offset, limit int) NodesState {
+func (r *Router) NodesPage(pool string, offset, limit int) bus.NodesState {
 	if limit <= 0 {
-		limit = DefaultNodesPage
+		limit = bus.DefaultNodesPage
 	}
-	out := NodesState{Nodes: []NodeStatus{}, Offset: offset}
+	out := bus.NodesState{Nodes: []bus.NodeStatus{}, Offset: offset}
 	p := r.pool(pool)
 	if p == nil {
 		return out
 	}
-	if p.name != DefaultPool {
+	if p.name != bus.DefaultPool {
 		out.Pool = p.name
 	}
-	v := p.ring.current()
+	v := p.ring.Current()
 	all := p.settle().Nodes()
-	out.Revision, out.Total = v.rev, len(all)
+	out.Revision, out.Total = v.Rev, len(all)
 	if offset >= len(all) {
 		return out
 	}
@@ -278,8 +243,8 @@ func (r *Router) NodesPage(pool string, offset, limit int) NodesState {
 		out.Next = end
 	}
 	for _, n := range all[offset:end] {
-		m, member := v.doc.node(n.ID)
-		st := NodeStatus{
+		m, member := v.Doc.Node(n.ID)
+		st := bus.NodeStatus{
 			ID: n.ID, Member: member, Status: n.Status, Weight: n.Weight,
 			Score: n.Score, Eligible: n.Eligible, Reason: n.Reason,
 			Reported: n.HasReport, ReportAgeMS: -1, Stale: n.Stale,
@@ -294,8 +259,8 @@ func (r *Router) NodesPage(pool string, offset, limit int) NodesState {
 		}
 		if member && !n.HasReport {
 			st.Weight = m.Weight
-			if m.Status == StatusDraining {
-				st.Status = StatusDraining
+			if m.Status == bus.StatusDraining {
+				st.Status = bus.StatusDraining
 			}
 		}
 		if n.HasReport {
@@ -306,28 +271,13 @@ func (r *Router) NodesPage(pool string, offset, limit int) NodesState {
 	return out
 }
 
-// PoolsState is the reply of route.pools.
-type PoolsState struct {
-	Pools []PoolInfo `json:"pools" msgpack:"pools"`
-}
-
-// PoolInfo is one pool as route.pools lists it.
-type PoolInfo struct {
-	Name     string `json:"name" msgpack:"name"`
-	Key      string `json:"key" msgpack:"key"` // KV key of its ring document
-	Members  int    `json:"members" msgpack:"members"`
-	Known    int    `json:"known" msgpack:"known"` // members and nodes that report for it
-	Revision uint64 `json:"revision" msgpack:"revision"`
-	Format   int    `json:"format" msgpack:"format"`
-}
-
 // Pools lists the pools this router serves, sorted by name.
-func (r *Router) Pools() PoolsState {
-	out := PoolsState{Pools: []PoolInfo{}}
+func (r *Router) Pools() bus.PoolsState {
+	out := bus.PoolsState{Pools: []bus.PoolInfo{}}
 	for _, p := range r.sortedPools() {
-		v := p.ring.current()
+		v := p.ring.Current()
 		known, _ := p.settle().Counts()
-		out.Pools = append(out.Pools, PoolInfo{Name: p.name, Key: p.key, Members: len(v.doc.Nodes), Known: known, Revision: v.rev, Format: v.doc.Format})
+		out.Pools = append(out.Pools, bus.PoolInfo{Name: p.name, Key: p.key, Members: len(v.Doc.Nodes), Known: known, Revision: v.Rev, Format: v.Doc.Format})
 	}
 	return out
 }

@@ -1,10 +1,13 @@
-package bus
+package router
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/internal/follow"
+	"github.com/natsroute/natsroute/bus/internal/text"
 	"log/slog"
 	"math"
 	"runtime/debug"
@@ -61,10 +64,10 @@ type Router struct {
 	state   int        // 0 new, 1 started, 2 closed
 }
 
-// NewRouter returns a Router on nc; it does nothing until Start.
-func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
+// New returns a Router on nc; it does nothing until Start.
+func New(nc *nats.Conn, cfg Config) (*Router, error) {
 	if nc == nil {
-		return nil, errors.New("bus: NewRouter needs a NATS connection")
+		return nil, errors.New("router: New needs a NATS connection")
 	}
 	return newRouter(nc, cfg)
 }
@@ -79,11 +82,11 @@ func newRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 		nc: nc, cfg: cfg, log: cfg.Logger.With("component", "router"), tracker: map[string]*track{},
 		kick: make(chan struct{}, 1), suspect: make(chan struct{}, 1),
 	}
-	def, err := r.newPool(DefaultPool)
+	def, err := r.newPool(bus.DefaultPool)
 	if err != nil {
 		return nil, err
 	}
-	r.pools.Store(&poolMap{DefaultPool: def})
+	r.pools.Store(&poolMap{bus.DefaultPool: def})
 	r.shedPolicy = ring.ShedPolicy{Factor: cfg.BalanceFactor}
 	r.ch, r.ra = consistentHash{r}, resourceAware{r}
 	return r, nil
@@ -108,16 +111,16 @@ func (r *Router) Start(ctx context.Context) error {
 		return fmt.Errorf("bus: jetstream: %w", err)
 	}
 	r.js = js
-	kv, err := openBucket(ctx, js, r.cfg.Bucket, r.cfg.KVReplicas, r.log)
+	kv, err := follow.OpenBucket(ctx, js, r.cfg.Bucket, r.cfg.KVReplicas, r.log)
 	if err != nil {
 		return err
 	}
-	if r.bucketGen, err = bucketGeneration(ctx, kv); err != nil {
+	if r.bucketGen, err = follow.Generation(ctx, kv); err != nil {
 		r.log.Warn("bucket status unreadable; a bucket created anew will be noticed by its revisions only", "err", err)
 	}
-	def := r.pool(DefaultPool)
-	def.ring.setKV(kv)
-	if err := retryStartup(ctx, r.log, "load the rings", notInvalid, func(ctx context.Context) error {
+	def := r.pool(bus.DefaultPool)
+	def.ring.SetKV(kv)
+	if err := follow.RetryStartup(ctx, r.log, "load the rings", notInvalid, func(ctx context.Context) error {
 		return r.loadPools(ctx, kv)
 	}); err != nil {
 		return err
@@ -136,21 +139,21 @@ func (r *Router) Start(ctx context.Context) error {
 		r.wg.Go(func() { p.write(r.ctx) })
 	}
 	r.caughtUp.Store(r.cfg.Now().UnixNano())
-	if r.healthSub, err = r.nc.Subscribe(SubjectHealthAll, r.onHealth); err != nil {
-		return fmt.Errorf("bus: subscribe %s: %w", SubjectHealthAll, err)
+	if r.healthSub, err = r.nc.Subscribe(bus.SubjectHealthAll, r.onHealth); err != nil {
+		return fmt.Errorf("bus: subscribe %s: %w", bus.SubjectHealthAll, err)
 	}
 	if err := r.healthSub.SetPendingLimits(DefaultHealthPending, 256<<20); err != nil {
 		return fmt.Errorf("bus: pending limits: %w", err)
 	}
-	r.wg.Go(func() { followReconnects(r.ctx, r.nc, r.kick, r.reconnected) })
+	r.wg.Go(func() { follow.FollowReconnects(r.ctx, r.nc, r.kick, r.reconnected) })
 	r.wg.Go(func() {
-		watchKeys(r.ctx, def.ring.bucket, []string{RingKey, RingKey + ".>"}, def.ring.resync, r.applyEntry, r.kick, r.log)
+		follow.WatchKeys(r.ctx, def.ring.Bucket, []string{bus.RingKey, bus.RingKey + ".>"}, func(ctx context.Context) error { _, _, err := def.ring.Resync(ctx); return err }, r.applyEntry, r.kick, r.log)
 	})
 	r.wg.Go(func() { r.watchLegacy(r.ctx) })
 	r.wg.Go(func() { r.keepBucket(r.ctx) })
 	r.svc, err = micro.AddService(r.nc, micro.Config{
-		Name:        ServiceName,
-		Version:     ServiceVersion,
+		Name:        bus.ServiceName,
+		Version:     bus.ServiceVersion,
 		Description: "natsroute: which node should take this key or request",
 		QueueGroup:  r.cfg.QueueGroup,
 	})
@@ -161,10 +164,10 @@ func (r *Router) Start(ctx context.Context) error {
 		name, subject string
 		h             micro.HandlerFunc
 	}{
-		{"route", SubjectRequest, r.handleRoute},
-		{"ring", SubjectRing, r.handleRing},
-		{"nodes", SubjectNodes, r.handleNodes},
-		{"pools", SubjectPools, r.handlePools},
+		{"route", bus.SubjectRequest, r.handleRoute},
+		{"ring", bus.SubjectRing, r.handleRing},
+		{"nodes", bus.SubjectNodes, r.handleNodes},
+		{"pools", bus.SubjectPools, r.handlePools},
 	} {
 		if err := r.svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.subject)); err != nil {
 			return fmt.Errorf("bus: endpoint %s: %w", ep.subject, err)
@@ -177,29 +180,29 @@ func (r *Router) Start(ctx context.Context) error {
 	}
 	ok = true
 	r.state = 1
-	v := def.ring.current()
-	r.log.Info("router started", "bucket", r.cfg.Bucket, "revision", v.rev, "members", len(v.doc.Nodes), "pools", len(*r.pools.Load()), "queue_group", r.cfg.QueueGroup)
+	v := def.ring.Current()
+	r.log.Info("router started", "bucket", r.cfg.Bucket, "revision", v.Rev, "members", len(v.Doc.Nodes), "pools", len(*r.pools.Load()), "queue_group", r.cfg.QueueGroup)
 	return nil
 }
 
 // loadPools reads the ring document of every pool with a key in the bucket,
 // so a restarted router serves every pool at once.
 func (r *Router) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
-	keys, err := kv.ListKeysFiltered(ctx, RingKey, RingKey+".>")
+	keys, err := kv.ListKeysFiltered(ctx, bus.RingKey, bus.RingKey+".>")
 	if err != nil {
 		return fmt.Errorf("bus: list ring keys: %w", err)
 	}
 	var names []string
 	for k := range keys.Keys() {
-		if name, ok := poolFromKey(k); ok {
+		if name, ok := bus.PoolFromKey(k); ok {
 			names = append(names, name)
 		}
 	}
 	if err := ctx.Err(); err != nil { // the listing stopped short
 		return fmt.Errorf("bus: list ring keys: %w", err)
 	}
-	if !slices.Contains(names, DefaultPool) {
-		names = append(names, DefaultPool)
+	if !slices.Contains(names, bus.DefaultPool) {
+		names = append(names, bus.DefaultPool)
 	}
 	for _, name := range names {
 		p, err := r.ensurePool(name)
@@ -207,8 +210,8 @@ func (r *Router) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
 			r.log.Warn("pool in the bucket not served", "pool", name, "err", err)
 			continue
 		}
-		p.ring.setKV(kv)
-		if _, _, err := p.ring.resync(ctx); err != nil {
+		p.ring.SetKV(kv)
+		if _, _, err := p.ring.Resync(ctx); err != nil {
 			return err
 		}
 	}
@@ -218,7 +221,7 @@ func (r *Router) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
 // applyEntry hands a watched KV entry to its pool, adding pools that other
 // routers created.
 func (r *Router) applyEntry(e jetstream.KeyValueEntry) {
-	name, ok := poolFromKey(e.Key())
+	name, ok := bus.PoolFromKey(e.Key())
 	if !ok {
 		return
 	}
@@ -227,7 +230,7 @@ func (r *Router) applyEntry(e jetstream.KeyValueEntry) {
 		r.stats.limitedLog(r.log, rejectTooManyPools, "pool in the bucket not served", "pool", name, "err", err)
 		return
 	}
-	p.ring.applyEntry(e)
+	p.ring.ApplyEntry(e)
 }
 
 // suspectBucket asks keepBucket to check that the bucket is still there: a
@@ -250,7 +253,7 @@ func (r *Router) keepBucket(ctx context.Context) {
 			return
 		case <-r.suspect:
 		}
-		attempt, cancel := context.WithTimeout(ctx, jsAttempt)
+		attempt, cancel := context.WithTimeout(ctx, follow.JSAttempt)
 		r.checkBucket(attempt)
 		cancel()
 		select {
@@ -265,12 +268,12 @@ func (r *Router) keepBucket(ctx context.Context) {
 // is gone, and then has every pool republish its ring from memory; a bucket
 // that another router created anew is re-read the same way.
 func (r *Router) checkBucket(ctx context.Context) {
-	kv, created, err := bindBucket(ctx, r.js, r.cfg.Bucket, r.cfg.KVReplicas)
+	kv, created, err := follow.BindBucket(ctx, r.js, r.cfg.Bucket, r.cfg.KVReplicas)
 	if err != nil {
 		r.log.Debug("bucket check failed", "bucket", r.cfg.Bucket, "err", err)
 		return
 	}
-	gen, err := bucketGeneration(ctx, kv)
+	gen, err := follow.Generation(ctx, kv)
 	if err != nil {
 		r.log.Debug("bucket check failed", "bucket", r.cfg.Bucket, "err", err)
 		return
@@ -288,8 +291,8 @@ func (r *Router) checkBucket(ctx context.Context) {
 		r.log.Warn("the ring bucket was created anew by someone else; re-reading it", "bucket", r.cfg.Bucket, "pools", len(pools))
 	}
 	for _, p := range pools {
-		p.ring.setKV(kv)
-		p.ring.reset()
+		p.ring.SetKV(kv)
+		p.ring.Reset()
 		p.wake()
 	}
 	select { // the watch of the old bucket delivers nothing more
@@ -371,8 +374,8 @@ func (r *Router) drain() {
 // onHealth takes one health report. It runs on the subscription's goroutine
 // and does only in-memory work.
 func (r *Router) onHealth(m *nats.Msg) {
-	node, _ := nodeFromSubject(m.Subject)
-	h, err := DecodeHealth(node, m.Data, m.Header)
+	node, _ := bus.NodeFromSubject(m.Subject)
+	h, err := bus.DecodeHealth(node, m.Data, m.Header)
 	if err == nil {
 		for _, s := range r.Strategies() { // ConsistentHash first: it refuses stale seqs
 			if err = s.Report(node, h); err != nil {
@@ -387,7 +390,7 @@ func (r *Router) onHealth(m *nats.Msg) {
 	if err != nil {
 		reason := rejectReason(err)
 		r.stats.rejected[reason].Add(1)
-		r.stats.limitedLog(r.log, reason, "health report rejected", "node", clip(node), "reason", reasonNames[reason], "err", err)
+		r.stats.limitedLog(r.log, reason, "health report rejected", "node", text.Clip(node), "reason", reasonNames[reason], "err", err)
 		return
 	}
 	r.stats.accepted.Add(1)
@@ -410,14 +413,14 @@ func (r *Router) handleRoute(req micro.Request) {
 	r.lastReq.Store(start.UnixNano())
 	defer r.inflight.Add(-1)
 	data := req.Data()
-	enc := DetectEncoding(data, nats.Header(req.Headers()))
+	enc := bus.DetectEncoding(data, nats.Header(req.Headers()))
 	strategy := "unknown"
 	var p *pool
 	defer func() {
 		if v := recover(); v != nil {
 			r.log.Error("panic answering a request", "panic", v, "stack", string(debug.Stack()))
-			r.respondError(req, enc, fmt.Errorf("%w: %v", ErrInternal, v))
-			r.stats.request(p, strategy, CodeInternal, time.Since(start), r.cfg)
+			r.respondError(req, enc, fmt.Errorf("%w: %v", bus.ErrInternal, v))
+			r.stats.request(p, strategy, bus.CodeInternal, time.Since(start), r.cfg)
 		}
 	}()
 	reply, err := r.route(data, enc, &strategy, &p)
@@ -428,7 +431,7 @@ func (r *Router) handleRoute(req micro.Request) {
 		if out, err = enc.AppendReply((*buf)[:0], &reply); err == nil {
 			err = r.send(req, out, "ask for fewer keys or a smaller count")
 		} else {
-			err = fmt.Errorf("%w: encode reply: %w", ErrInternal, err)
+			err = fmt.Errorf("%w: encode reply: %w", bus.ErrInternal, err)
 		}
 		if cap(out) <= maxPooledReply { // Respond has copied it out
 			*buf = out
@@ -436,7 +439,7 @@ func (r *Router) handleRoute(req micro.Request) {
 		}
 	}
 	if err != nil {
-		code = codeOf(err)
+		code = bus.ErrorCode(err)
 		r.respondError(req, enc, err)
 	}
 	r.stats.request(p, strategy, code, time.Since(start), r.cfg)
@@ -449,25 +452,25 @@ var replyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b
 const maxPooledReply = 64 << 10
 
 // route decodes and validates a request, finds its pool and answers it.
-func (r *Router) route(data []byte, enc Encoding, strategy *string, p **pool) (Reply, error) {
-	var q Request
+func (r *Router) route(data []byte, enc bus.Encoding, strategy *string, p **pool) (bus.Reply, error) {
+	var q bus.Request
 	if err := enc.UnmarshalRequest(data, &q); err != nil {
-		return Reply{}, badRequest("%v", err)
+		return bus.Reply{}, badRequest("%v", err)
 	}
 	s, err := r.validate(&q)
 	if err != nil {
-		return Reply{}, err
+		return bus.Reply{}, err
 	}
 	*strategy = s.Name()
 	if *p = r.pool(q.Pool); *p == nil {
-		return Reply{}, noMembers(q.Pool)
+		return bus.Reply{}, noMembers(q.Pool)
 	}
 	return s.Select(r.ctx, q)
 }
 
 // validate checks q against the contract and the limits, fills in
 // defaults, and returns the strategy to answer it.
-func (r *Router) validate(q *Request) (Strategy, error) {
+func (r *Router) validate(q *bus.Request) (Strategy, error) {
 	lim := r.cfg.Limits
 	if q.Key != "" && q.Keys != nil {
 		return nil, badRequest("set key or keys, not both")
@@ -485,7 +488,7 @@ func (r *Router) validate(q *Request) (Strategy, error) {
 		return nil, badRequest("%d candidates; the limit is %d", len(q.Candidates), lim.MaxCandidates)
 	}
 	for i, c := range q.Candidates {
-		if err := ValidateNodeID(c); err != nil {
+		if err := bus.ValidateNodeID(c); err != nil {
 			return nil, badRequest("candidates[%d]: %v", i, err)
 		}
 	}
@@ -501,7 +504,7 @@ func (r *Router) validate(q *Request) (Strategy, error) {
 		}
 	}
 	if q.Pool != "" {
-		if err := ValidatePoolName(q.Pool); err != nil {
+		if err := bus.ValidatePoolName(q.Pool); err != nil {
 			return nil, badRequest("%v", err)
 		}
 	}
@@ -514,8 +517,8 @@ func (r *Router) validate(q *Request) (Strategy, error) {
 			return nil, badRequest("spread picks one node among the key's first %d owners; it does not go with count > 1", q.Spread)
 		case q.Keys != nil:
 			return nil, badRequest("spread does not go with keys (a batch)")
-		case q.Key == "" || q.Strategy == StrategyResourceAware:
-			return nil, badRequest("spread needs %s and a key", StrategyConsistentHash)
+		case q.Key == "" || q.Strategy == bus.StrategyResourceAware:
+			return nil, badRequest("spread needs %s and a key", bus.StrategyConsistentHash)
 		}
 	}
 	switch q.Strategy {
@@ -524,22 +527,22 @@ func (r *Router) validate(q *Request) (Strategy, error) {
 			return r.ch, nil
 		}
 		return r.ra, nil
-	case StrategyConsistentHash:
+	case bus.StrategyConsistentHash:
 		if q.Key == "" && q.Keys == nil {
-			return nil, badRequest("%s needs a key (or keys)", StrategyConsistentHash)
+			return nil, badRequest("%s needs a key (or keys)", bus.StrategyConsistentHash)
 		}
 		return r.ch, nil
-	case StrategyResourceAware:
+	case bus.StrategyResourceAware:
 		return r.ra, nil
 	}
-	return nil, badRequest("unknown strategy %q: use %s or %s", clip(q.Strategy), StrategyConsistentHash, StrategyResourceAware)
+	return nil, badRequest("unknown strategy %q: use %s or %s", text.Clip(q.Strategy), bus.StrategyConsistentHash, bus.StrategyResourceAware)
 }
 
 // respondError sends an error reply in the request's encoding.
-func (r *Router) respondError(req micro.Request, enc Encoding, err error) {
-	code := codeOf(err)
+func (r *Router) respondError(req micro.Request, enc bus.Encoding, err error) {
+	code := bus.ErrorCode(err)
 	msg := err.Error()
-	body, mErr := enc.Marshal(&errorBody{Error: msg, Code: code})
+	body, mErr := enc.Marshal(&bus.ErrorBody{Error: msg, Code: code})
 	if mErr != nil {
 		body = nil
 	}
@@ -548,25 +551,10 @@ func (r *Router) respondError(req micro.Request, enc Encoding, err error) {
 	}
 }
 
-// RingState is the reply of route.ring.
-type RingState struct {
-	Pool     string       `json:"pool,omitempty" msgpack:"pool,omitempty"` // omitted for the default pool
-	Revision uint64       `json:"revision" msgpack:"revision"`
-	Ring     RingDocument `json:"ring" msgpack:"ring"`
-}
-
-// PoolRequest is the body of route.ring, route.nodes and route.pools
-// (every field optional; an empty body is fine).
-type PoolRequest struct {
-	Pool   string `json:"pool,omitempty" msgpack:"pool,omitempty"`     // default: DefaultPool
-	Offset int    `json:"offset,omitempty" msgpack:"offset,omitempty"` // route.nodes: first node of the page
-	Limit  int    `json:"limit,omitempty" msgpack:"limit,omitempty"`   // route.nodes: page size (default DefaultNodesPage)
-}
-
 // decodePoolRequest decodes a route.ring/nodes/pools body; an empty body
 // means every default.
-func decodePoolRequest(data []byte, enc Encoding) (PoolRequest, error) {
-	var q PoolRequest
+func decodePoolRequest(data []byte, enc bus.Encoding) (bus.PoolRequest, error) {
+	var q bus.PoolRequest
 	if len(bytes.TrimSpace(data)) == 0 {
 		return q, nil
 	}
@@ -574,27 +562,21 @@ func decodePoolRequest(data []byte, enc Encoding) (PoolRequest, error) {
 		return q, badRequest("%v", err)
 	}
 	if q.Pool != "" {
-		if err := ValidatePoolName(q.Pool); err != nil {
+		if err := bus.ValidatePoolName(q.Pool); err != nil {
 			return q, badRequest("%v", err)
 		}
 	}
 	if q.Offset < 0 {
 		return q, badRequest("offset %d is negative", q.Offset)
 	}
-	if q.Limit < 0 || q.Limit > MaxNodesPage {
-		return q, badRequest("limit %d is out of range: want 1 to %d (0 or absent means %d)", q.Limit, MaxNodesPage, DefaultNodesPage)
+	if q.Limit < 0 || q.Limit > bus.MaxNodesPage {
+		return q, badRequest("limit %d is out of range: want 1 to %d (0 or absent means %d)", q.Limit, bus.MaxNodesPage, bus.DefaultNodesPage)
 	}
 	return q, nil
 }
 
-// Page sizes of route.nodes.
-const (
-	DefaultNodesPage = 1000 // about 230 KB of JSON
-	MaxNodesPage     = 4000 // the server's max_payload still decides: see send
-)
-
 func (r *Router) handleRing(req micro.Request) {
-	enc := DetectEncoding(req.Data(), nats.Header(req.Headers()))
+	enc := bus.DetectEncoding(req.Data(), nats.Header(req.Headers()))
 	q, err := decodePoolRequest(req.Data(), enc)
 	if err != nil {
 		r.respondError(req, enc, err)
@@ -605,16 +587,16 @@ func (r *Router) handleRing(req micro.Request) {
 		r.respondError(req, enc, noMembers(q.Pool))
 		return
 	}
-	v := p.ring.current()
-	st := RingState{Revision: v.rev, Ring: v.doc}
-	if p.name != DefaultPool {
+	v := p.ring.Current()
+	st := bus.RingState{Revision: v.Rev, Ring: v.Doc}
+	if p.name != bus.DefaultPool {
 		st.Pool = p.name
 	}
 	r.respond(req, enc, &st, fmt.Sprintf("read the document from the KV bucket instead: nats kv get %s %s", r.cfg.Bucket, p.key))
 }
 
 func (r *Router) handleNodes(req micro.Request) {
-	enc := DetectEncoding(req.Data(), nats.Header(req.Headers()))
+	enc := bus.DetectEncoding(req.Data(), nats.Header(req.Headers()))
 	q, err := decodePoolRequest(req.Data(), enc)
 	if err != nil {
 		r.respondError(req, enc, err)
@@ -629,17 +611,17 @@ func (r *Router) handleNodes(req micro.Request) {
 }
 
 func (r *Router) handlePools(req micro.Request) {
-	enc := DetectEncoding(req.Data(), nats.Header(req.Headers()))
+	enc := bus.DetectEncoding(req.Data(), nats.Header(req.Headers()))
 	st := r.Pools()
 	r.respond(req, enc, &st, "")
 }
 
 // respond encodes v in enc and sends it; a reply too large for the
 // connection becomes an error reply that says what to ask instead (hint).
-func (r *Router) respond(req micro.Request, enc Encoding, v any, hint string) {
+func (r *Router) respond(req micro.Request, enc bus.Encoding, v any, hint string) {
 	out, err := enc.Marshal(v)
 	if err != nil {
-		r.respondError(req, enc, fmt.Errorf("%w: %w", ErrInternal, err))
+		r.respondError(req, enc, fmt.Errorf("%w: %w", bus.ErrInternal, err))
 		return
 	}
 	if err := r.send(req, out, hint); err != nil {
@@ -653,7 +635,7 @@ func (r *Router) respond(req micro.Request, enc Encoding, v any, hint string) {
 func (r *Router) send(req micro.Request, out []byte, hint string) error {
 	if limit := r.maxReply(); len(out) > limit {
 		r.stats.oversizeReplies.Add(1)
-		msg := fmt.Sprintf("the reply would be %d bytes, %s %d", len(out), oversizeReply, limit)
+		msg := fmt.Sprintf("the reply would be %d bytes, %s %d", len(out), bus.OversizeReply, limit)
 		if hint != "" {
 			msg += "; " + hint
 		}
@@ -674,27 +656,24 @@ func (r *Router) maxReply() int {
 	return int(r.nc.MaxPayload()) - replyOverhead
 }
 
-// oversizeReply is in the message of every reply refused as too large.
-const oversizeReply = "over what NATS carries (max_payload):"
-
 // replyOverhead leaves room for the headers of a reply.
 const replyOverhead = 1024
 
 // Revision returns the KV revision of the default pool's ring.
-func (r *Router) Revision() uint64 { return r.ring().current().rev }
+func (r *Router) Revision() uint64 { return r.ring().Current().Rev }
 
 // Ring returns the default pool's ring document and its revision.
-func (r *Router) Ring() (RingDocument, uint64) { return r.PoolRing(DefaultPool) }
+func (r *Router) Ring() (bus.RingDocument, uint64) { return r.PoolRing(bus.DefaultPool) }
 
 // PoolRing returns a pool's ring document and its revision; an unknown pool
 // has an empty document at revision 0.
-func (r *Router) PoolRing(name string) (RingDocument, uint64) {
+func (r *Router) PoolRing(name string) (bus.RingDocument, uint64) {
 	p := r.pool(name)
 	if p == nil {
-		return newDocument(r.cfg.VirtualNodes), 0
+		return bus.NewRingDocument(r.cfg.VirtualNodes), 0
 	}
-	v := p.ring.current()
-	return v.doc, v.rev
+	v := p.ring.Current()
+	return v.Doc, v.Rev
 }
 
 // Ready reports nil when the router is serving: started and not closed,
@@ -708,7 +687,7 @@ func (r *Router) Ready() error {
 	case state == 0:
 		return errors.New("not started")
 	case state == 2:
-		return ErrClosed
+		return bus.ErrClosed
 	case !r.nc.IsConnected():
 		return fmt.Errorf("not connected to NATS (%s)", r.nc.Status())
 	}

@@ -1,8 +1,9 @@
-package bus
+package router
 
 import (
 	"context"
 	"encoding/json"
+	"github.com/natsroute/natsroute/bus"
 	"io"
 	"log/slog"
 	"slices"
@@ -33,12 +34,12 @@ func (f *fakeRequest) Error(code, msg string, b []byte, _ ...micro.RespondOpt) e
 }
 func (f *fakeRequest) Data() []byte           { return f.data }
 func (f *fakeRequest) Headers() micro.Headers { return nil }
-func (f *fakeRequest) Subject() string        { return SubjectRequest }
+func (f *fakeRequest) Subject() string        { return bus.SubjectRequest }
 func (f *fakeRequest) Reply() string          { return "_INBOX.x" }
 
 type panicking struct{ Strategy }
 
-func (panicking) Select(context.Context, Request) (Reply, error) { panic("boom") }
+func (panicking) Select(context.Context, bus.Request) (bus.Reply, error) { panic("boom") }
 
 // TestPanicBecomes500: a panicking strategy yields a 500 reply with a body,
 // and the next request is answered normally.
@@ -48,20 +49,20 @@ func TestPanicBecomes500(t *testing.T) {
 	var codes []int
 	cfg.OnRequest = func(_ string, code int, _ time.Duration) { codes = append(codes, code) }
 	r := testRouter(t, cfg)
-	r.ring().apply(RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "a", Weight: 1}}}, 7)
+	r.ring().Apply(bus.RingDocument{Format: 1, Hash: bus.DocumentHash, VNodes: 150, Nodes: []bus.RingNode{{ID: "a", Weight: 1}}}, 7)
 	r.ctx = context.Background()
 	r.ch = panicking{consistentHash{r}}
 
 	req := &fakeRequest{data: []byte(`{"key":"k"}`)}
 	r.handleRoute(req)
-	var body errorBody
+	var body bus.ErrorBody
 	if err := json.Unmarshal(req.respBody, &body); err != nil || req.errCode != "500" || body.Code != 500 || body.Error != req.errMessage {
 		t.Fatalf("panic reply: code %q message %q body %q", req.errCode, req.errMessage, req.respBody)
 	}
 	r.ch = consistentHash{r}
 	req = &fakeRequest{data: []byte(`{"key":"k"}`)}
 	r.handleRoute(req)
-	var rep Reply
+	var rep bus.Reply
 	if err := json.Unmarshal(req.respBody, &rep); err != nil || req.errCode != "" || rep.Node != "a" || rep.Revision != 7 {
 		t.Fatalf("after the panic: %q %q", req.errCode, req.respBody)
 	}
@@ -81,23 +82,23 @@ func TestLeaveDuringJoinWriteWakesWriter(t *testing.T) {
 	f := r.ring()
 	woke := func() bool {
 		select {
-		case <-r.pool(DefaultPool).dirty:
+		case <-r.pool(bus.DefaultPool).dirty:
 			return true
 		default:
 			return false
 		}
 	}
-	h := Health{CPUUsage: 1}
+	h := bus.Health{CPUUsage: 1}
 	if err := r.observe("x", h); err != nil || !woke() {
 		t.Fatalf("join: err %v, writer not woken", err)
 	}
 	// The writer now writes x; before its view shows x, x leaves.
-	h.Status = StatusLeaving
+	h.Status = bus.StatusLeaving
 	if err := r.observe("x", h); err != nil || !woke() {
 		t.Fatalf("leave during the join's write: err %v, writer not woken", err)
 	}
 	// A plain heartbeat of a member in the view wakes nobody.
-	f.apply(RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "y", Weight: 1}}}, 1)
+	f.Apply(bus.RingDocument{Format: 1, Hash: bus.DocumentHash, VNodes: 150, Nodes: []bus.RingNode{{ID: "y", Weight: 1}}}, 1)
 	h.Status = ""
 	if err := r.observe("y", h); err != nil || !woke() { // first report of y
 		t.Fatalf("first report: err %v", err)
@@ -134,13 +135,13 @@ func TestExpiryWhileBehind(t *testing.T) {
 	cfg.MemberTTL = time.Second
 	r := testRouter(t, cfg)
 	r.started = now
-	p := r.pool(DefaultPool)
-	if err := r.observe("a", Health{}); err != nil {
+	p := r.pool(bus.DefaultPool)
+	if err := r.observe("a", bus.Health{}); err != nil {
 		t.Fatal(err)
 	}
 	r.caughtUp.Store(now.UnixNano()) // the queue was empty when a reported
-	base := RingDocument{Format: 1, Hash: DocumentHash, VNodes: 150, Nodes: []RingNode{{ID: "a", Weight: 1}}}
-	p.ring.apply(base, 1)
+	base := bus.RingDocument{Format: 1, Hash: bus.DocumentHash, VNodes: 150, Nodes: []bus.RingNode{{ID: "a", Weight: 1}}}
+	p.ring.Apply(base, 1)
 
 	release := make(chan struct{})
 	r.healthSub, err = nc.Subscribe("h.*", func(*nats.Msg) { <-release })

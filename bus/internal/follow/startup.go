@@ -1,4 +1,4 @@
-package bus
+package follow
 
 import (
 	"context"
@@ -11,20 +11,20 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// jsAttempt bounds one JetStream call made while starting.
-const jsAttempt = 2 * time.Second
+// JSAttempt bounds one JetStream call made while starting.
+const JSAttempt = 2 * time.Second
 
-// retryStartup calls op, each time with a deadline of jsAttempt, until it
+// RetryStartup calls op, each time with a deadline of JSAttempt, until it
 // succeeds, fails with an error retry does not accept, or ctx ends; what
 // names the step in the error. Right
 // after a cluster forms or a replicated bucket is created, JetStream answers
 // for a moment with timeouts and "no responders" (no leader yet; the new
 // stream's direct-get responders not subscribed yet): start-up waits those
 // out instead of failing. The first failure is logged.
-func retryStartup(ctx context.Context, log *slog.Logger, what string, retry func(error) bool, op func(context.Context) error) error {
+func RetryStartup(ctx context.Context, log *slog.Logger, what string, retry func(error) bool, op func(context.Context) error) error {
 	var last error
 	for {
-		attempt, cancel := context.WithTimeout(ctx, jsAttempt)
+		attempt, cancel := context.WithTimeout(ctx, JSAttempt)
 		err := op(attempt)
 		cancel()
 		if err == nil {
@@ -45,10 +45,10 @@ func retryStartup(ctx context.Context, log *slog.Logger, what string, retry func
 	}
 }
 
-// transient reports whether err is one JetStream gives while it is still
+// Transient reports whether err is one JetStream gives while it is still
 // forming or failing over, as opposed to a refusal that will not change by
 // itself (JetStream not enabled, a bad document, a closed connection).
-func transient(err error) bool {
+func Transient(err error) bool {
 	var jsErr jetstream.JetStreamError
 	if errors.As(err, &jsErr) && jsErr.APIError() != nil {
 		api := jsErr.APIError()
@@ -62,21 +62,21 @@ func transient(err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting)
 }
 
-// openBucket binds to the bucket, creating it if it does not exist. It
+// OpenBucket binds to the bucket, creating it if it does not exist. It
 // retries every error until ctx ends: JetStream may not have a leader yet.
-func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, log *slog.Logger) (jetstream.KeyValue, error) {
+func OpenBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, log *slog.Logger) (jetstream.KeyValue, error) {
 	var kv jetstream.KeyValue
-	err := retryStartup(ctx, log, fmt.Sprintf("open bucket %q", bucket), func(error) bool { return true }, func(ctx context.Context) error {
+	err := RetryStartup(ctx, log, fmt.Sprintf("open bucket %q", bucket), func(error) bool { return true }, func(ctx context.Context) error {
 		var err error
-		kv, _, err = bindBucket(ctx, js, bucket, replicas)
+		kv, _, err = BindBucket(ctx, js, bucket, replicas)
 		return err
 	})
 	return kv, err
 }
 
-// bindBucket binds to the bucket, creating it if it does not exist; created
+// BindBucket binds to the bucket, creating it if it does not exist; created
 // says whether this call created it.
-func bindBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (kv jetstream.KeyValue, created bool, err error) {
+func BindBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (kv jetstream.KeyValue, created bool, err error) {
 	kv, err = js.KeyValue(ctx, bucket)
 	if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return kv, false, err
@@ -93,6 +93,3 @@ func bindBucket(ctx context.Context, js jetstream.JetStream, bucket string, repl
 	}
 	return kv, err == nil, err
 }
-
-// notInvalid retries everything but a document that was refused.
-func notInvalid(err error) bool { return !errors.Is(err, ErrInvalidDocument) }

@@ -1,6 +1,7 @@
-package bus
+package router
 
 import (
+	"github.com/natsroute/natsroute/bus"
 	"maps"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 // sheds: that router would refuse the document and serve a stale ring.
 func (p *pool) updateShed() bool {
 	r := p.r
-	doc := p.ring.current().doc
+	doc := p.ring.Current().Doc
 	var states []resourceaware.NodeState
 	if !r.legacy.Load() {
 		states = p.settle().Nodes()
@@ -32,7 +33,7 @@ func (p *pool) updateShed() bool {
 		now := r.cfg.Now()
 		ms := make([]ring.MemberLoad, len(doc.Nodes))
 		for i, n := range doc.Nodes {
-			m := ring.MemberLoad{Weight: n.Weight, Draining: n.Status == StatusDraining, Shed: n.Shed}
+			m := ring.MemberLoad{Weight: n.Weight, Draining: n.Status == bus.StatusDraining, Shed: n.Shed}
 			if j, ok := byID[n.ID]; ok && states[j].HasReport && !states[j].Stale {
 				m.Fresh, m.Load = true, float64(states[j].Report.ActiveConnections)
 				// A load reported before the shed last changed (plus a
@@ -43,7 +44,7 @@ func (p *pool) updateShed() bool {
 			ms[i] = m
 		}
 		for i, f := range r.shedPolicy.Next(ms) {
-			if f = QuantizeShed(f); f > 0 {
+			if f = bus.QuantizeShed(f); f > 0 {
 				want[doc.Nodes[i].ID] = f
 			}
 		}
@@ -58,15 +59,15 @@ func (p *pool) updateShed() bool {
 // noteShedChanges records when members' shed changed in the pool's
 // document: every replica sees the same documents, so they agree on which
 // loads were measured before a change. With r.healthMu held.
-func (p *pool) noteShedChanges(old, cur RingDocument) {
+func (p *pool) noteShedChanges(old, cur bus.RingDocument) {
 	now := p.r.cfg.Now()
 	for _, n := range cur.Nodes {
-		if o, _ := old.node(n.ID); o.Shed != n.Shed {
+		if o, _ := old.Node(n.ID); o.Shed != n.Shed {
 			p.shedAt[n.ID] = now
 		}
 	}
 	maps.DeleteFunc(p.shedAt, func(id string, at time.Time) bool {
-		_, member := cur.node(id)
+		_, member := cur.Node(id)
 		return !member && now.Sub(at) > p.r.cfg.MemberTTL
 	})
 }
