@@ -1,13 +1,21 @@
-// Package bus puts natsroute on the wire: subjects and codecs, the Router
-// service, publication of the ring to a JetStream KV bucket, the Go Client,
-// the health Reporter and the local RingCache.
+// Package bus is what an application imports to use natsroute: ask a router
+// which node takes a key or a request (Client), report this process's
+// health so that it is routed to (Reporter, Load, SystemHealth), and route
+// locally with no round trip from a copy of the ring kept up to date from
+// the KV bucket (WatchRing, RingCache).
 //
-// The wire contract (subjects, payloads, errors, the ring document) is
-// documented for users in subjects.md at the root of the repository.
+// It also holds the wire contract that every client, in any language,
+// implements: the subjects (route.request, route.ring, route.nodes,
+// route.pools, health.<node>), the payloads and their codecs (Request,
+// Reply, Health, RingDocument, the replies of route.ring/nodes/pools), and
+// the errors with their codes. subjects.md at the root of the repository
+// documents it for users.
 //
-// A Router subscribes to health.* (every replica sees every report), serves
-// route.request, route.ring, route.nodes and route.pools as a NATS micro
-// service in a queue group, and keeps the ring membership in the KV bucket
-// with compare-and-set writes. Lookups never block on I/O: they read
-// immutable snapshots of the ring and of the health of every node.
+// The router service itself is in package
+// github.com/natsroute/natsroute/bus/router; an application that only asks,
+// reports or caches does not compile it. Examples are in example_test.go
+// (run them with go test -run Example ./bus, or read them on pkg.go.dev).
+//
+// Client, Reporter and RingCache are safe for concurrent use. RingCache
+// lookups read an immutable snapshot and allocate nothing.
 package bus

@@ -2,11 +2,12 @@ package router
 
 import (
 	"fmt"
-	"github.com/natsroute/natsroute/bus"
-	"github.com/natsroute/natsroute/bus/internal/follow"
 	"io"
 	"log/slog"
 	"testing"
+
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/internal/follow"
 )
 
 // BenchmarkApply measures what a RingCache does per watched revision on a

@@ -4,10 +4,11 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"github.com/natsroute/natsroute/bus"
 	"log/slog"
 	"regexp"
 	"time"
+
+	"github.com/natsroute/natsroute/bus"
 
 	"github.com/natsroute/natsroute/resourceaware"
 	"github.com/natsroute/natsroute/ring"

@@ -3,13 +3,21 @@ package router
 import (
 	"context"
 	"encoding/json"
-	"github.com/natsroute/natsroute/bus"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/natsroute/natsroute/bus"
 )
+
+// legacyProbe watches for routers of an earlier release sharing the
+// bucket (see watchLegacy).
+type legacyProbe struct {
+	r      *Router
+	legacy atomic.Bool // a router of an earlier release shares the bucket
+}
 
 // poolsVersion is the first service version whose routers know pools and
 // ring document format 2. Routers of earlier versions put every node into
@@ -26,7 +34,8 @@ const legacyProbeWait = 250 * time.Millisecond
 // default pool's writer then keeps them there too instead of fighting it
 // (a write loop), and no pool publishes shed (format 2), which it would
 // refuse. Both end once no legacy router answers.
-func (r *Router) watchLegacy(ctx context.Context) {
+func (l *legacyProbe) watchLegacy(ctx context.Context) {
+	r := l.r
 	t := time.NewTicker(r.cfg.Resync)
 	defer t.Stop()
 	for {
@@ -52,7 +61,8 @@ func (r *Router) watchLegacy(ctx context.Context) {
 
 // probeLegacy returns the version of a router older than poolsVersion that
 // answers $SRV.PING, or "".
-func (r *Router) probeLegacy(ctx context.Context) string {
+func (l *legacyProbe) probeLegacy(ctx context.Context) string {
+	r := l.r
 	inbox := r.nc.NewRespInbox()
 	replies := make(chan *nats.Msg, 64)
 	sub, err := r.nc.ChanSubscribe(inbox, replies)
@@ -113,11 +123,4 @@ func parseVersion(v string) ([3]int, bool) {
 		out[i] = n
 	}
 	return out, true
-}
-
-// wakeAll has every pool's writer look at its document again.
-func (r *Router) wakeAll() {
-	for _, p := range *r.pools.Load() {
-		p.wake()
-	}
 }

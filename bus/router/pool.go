@@ -1,16 +1,15 @@
 package router
 
 import (
-	"fmt"
-	"github.com/natsroute/natsroute/bus"
-	"github.com/natsroute/natsroute/bus/internal/follow"
 	"maps"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/internal/follow"
 	"github.com/natsroute/natsroute/resourceaware"
+	"github.com/natsroute/natsroute/ring"
 )
 
 // pool is one service's routing state: the ring of its KV key, its
@@ -42,123 +41,6 @@ type pool struct {
 	requests        [len(strategyNames)][len(codes)]atomic.Uint64
 	oversize        atomic.Uint64 // ring writes refused: the document is over max_payload
 	lastOversizeLog atomic.Int64  // unix nanos
-}
-
-// poolMap is the router's pools by name; readers load it without a lock
-// and writers replace it whole (pools are added rarely).
-type poolMap map[string]*pool
-
-func (r *Router) newPool(name string) (*pool, error) {
-	b, err := resourceaware.New(r.cfg.Balancer)
-	if err != nil {
-		return nil, err
-	}
-	log := r.log
-	if name != bus.DefaultPool {
-		log = log.With("pool", name)
-	}
-	f, err := follow.New(ringCodec, r.cfg.VirtualNodes, bus.PoolKey(name), log)
-	if err != nil {
-		return nil, err
-	}
-	p := &pool{
-		name: name, key: bus.PoolKey(name), r: r, ring: f, balancer: b,
-		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
-		reporters: map[string]*track{}, shed: map[string]float64{}, shedAt: map[string]time.Time{},
-		pend: map[string]pendingChange{},
-	}
-	f.OnApply = p.syncBalancer
-	f.OnReject = func(uint64, error) { r.stats.docRejected.Add(1) }
-	f.OnBehind = r.suspectBucket
-	return p, nil
-}
-
-// pool returns the pool called name, or nil if this router has none.
-func (r *Router) pool(name string) *pool {
-	if name == "" {
-		name = bus.DefaultPool
-	}
-	return (*r.pools.Load())[name]
-}
-
-// ensurePool returns the pool called name, adding it if it is new; see
-// ensurePools.
-func (r *Router) ensurePool(name string) (*pool, error) {
-	ps, err := r.ensurePools([]string{name})
-	if err != nil {
-		return nil, err
-	}
-	return ps[0], nil
-}
-
-// ensurePools returns the pools with these names, adding the new ones (and
-// starting their writers, if the router runs). It adds all or none: past
-// MaxPools, or once the router is closing, it adds nothing.
-func (r *Router) ensurePools(names []string) ([]*pool, error) {
-	out := make([]*pool, 0, len(names))
-	for _, name := range names {
-		if p := r.pool(name); p != nil {
-			out = append(out, p)
-		}
-	}
-	if len(out) == len(names) {
-		return out, nil
-	}
-	r.poolsMu.Lock()
-	defer r.poolsMu.Unlock()
-	cur := *r.pools.Load()
-	var missing []string
-	for _, name := range names {
-		if cur[name] == nil {
-			missing = append(missing, name)
-		}
-	}
-	if r.closing {
-		return nil, bus.ErrClosed
-	}
-	if n := len(cur) + len(missing); n > r.cfg.MaxPools {
-		return nil, fmt.Errorf("%w: %w: pools %q would make %d pools; the limit is %d (max_pools)", bus.ErrInvalidReport, errTooManyPools, missing, n, r.cfg.MaxPools)
-	}
-	next := maps.Clone(cur)
-	for _, name := range missing {
-		p, err := r.newPool(name)
-		if err != nil {
-			return nil, err
-		}
-		if r.ctx != nil { // started: follow the bucket and write
-			p.ring.SetKV(r.ring().Bucket())
-			r.wg.Go(func() { p.write(r.ctx) })
-		}
-		next[name] = p
-		r.log.Info("pool added", "pool", name, "pools", len(next))
-	}
-	r.pools.Store(&next)
-	out = out[:0]
-	for _, name := range names {
-		out = append(out, next[name])
-	}
-	return out, nil
-}
-
-// ring returns the default pool's follower, which also holds the bucket.
-func (r *Router) ring() *follow.Follower[bus.RingDocument] { return r.pool(bus.DefaultPool).ring }
-
-// sortedPools returns the pools sorted by name.
-func (r *Router) sortedPools() []*pool {
-	m := *r.pools.Load()
-	out := make([]*pool, 0, len(m))
-	for _, name := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, m[name])
-	}
-	return out
-}
-
-// noMembers is the 503 of a pool with nothing to route to.
-func noMembers(pool string) error {
-	if pool == bus.DefaultPool || pool == "" {
-		return fmt.Errorf("%w: the ring has no members", bus.ErrNoNodes)
-	}
-	return fmt.Errorf("%w: pool %s has no members", bus.ErrNoNodes, pool)
 }
 
 // pendingChange is a change to a pool's balancer that waits in its batch:
@@ -247,18 +129,6 @@ func (p *pool) settle() *resourceaware.Balancer {
 	return p.balancer
 }
 
-// flushAllJoins settles every pool with changes waiting.
-func (r *Router) flushAllJoins() {
-	if !r.joinsWaiting.Swap(false) {
-		return
-	}
-	for _, p := range *r.pools.Load() {
-		if p.waiting.Load() {
-			p.flushJoins()
-		}
-	}
-}
-
 // count records one answered request in the pool's counters.
 func (p *pool) count(si, ci int) { p.requests[si][ci].Add(1) }
 
@@ -268,4 +138,138 @@ var ringCodec = follow.Codec[bus.RingDocument]{
 	Empty:   bus.NewRingDocument,
 	Members: bus.RingDocument.Members,
 	VNodes:  func(d bus.RingDocument) int { return d.VNodes },
+}
+
+func (p *pool) wake() {
+	select {
+	case p.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// members returns the nodes whose reports make them members of the pool:
+// those that report for it, or, in the default pool while a router of an
+// earlier release shares the bucket, every node (as that router has it; see
+// watchLegacy). With r.healthMu held.
+func (p *pool) members() map[string]*track {
+	if p.name == bus.DefaultPool && p.r.legacy.Load() {
+		return p.r.tracker
+	}
+	return p.reporters
+}
+
+// syncBalancer keeps the pool's ResourceAware view in step with its ring:
+// members that have not reported count as neutral, and nodes that left the
+// ring are forgotten unless they still report for the pool. It runs under
+// the ring follower's lock, after each new view.
+func (p *pool) syncBalancer(old, cur *follow.View[bus.RingDocument]) {
+	r := p.r
+	now := r.cfg.Now()
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	// A document written before a node's leave still lists it: that must
+	// not make a node that left known again.
+	ids := make([]string, 0, len(cur.Doc.Nodes))
+	for _, n := range cur.Doc.Nodes {
+		if t := r.tracker[n.ID]; t == nil || r.alive(t, now) {
+			ids = append(ids, n.ID)
+		}
+	}
+	_ = p.balancer.Add(ids...)
+	if old.Doc.Shedding() || cur.Doc.Shedding() {
+		p.noteShedChanges(old.Doc, cur.Doc)
+	}
+	if cur.Doc.Shedding() && r.cfg.BalanceFactor == 0 {
+		p.wake() // a router with shedding on wrote it; this one removes it
+	}
+	var gone []string
+	for _, n := range old.Doc.Nodes {
+		if _, still := cur.Doc.Node(n.ID); still {
+			continue
+		}
+		if t := p.reporters[n.ID]; t == nil || !r.alive(t, now) {
+			gone = append(gone, n.ID)
+		}
+	}
+	p.balancer.Forget(gone...) // at once: each call re-lays the selection snapshot
+}
+
+// updateShed recomputes the shed fractions the pool's members should carry
+// from their fresh load reports, and reports whether they changed (the
+// writer then writes the document). It runs from the pool's writer, once
+// per ShedInterval, and only when load-aware ConsistentHash is on. While a
+// router of a release that reads only format 1 shares the bucket, nothing
+// sheds: that router would refuse the document and serve a stale ring.
+func (p *pool) updateShed() bool {
+	r := p.r
+	doc := p.ring.Current().Doc
+	var states []resourceaware.NodeState
+	if !r.legacy.Load() {
+		states = p.settle().Nodes()
+	}
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	want := map[string]float64{}
+	if states != nil {
+		byID := make(map[string]int, len(states))
+		for i, st := range states {
+			byID[st.ID] = i
+		}
+		now := r.cfg.Now()
+		ms := make([]ring.MemberLoad, len(doc.Nodes))
+		for i, n := range doc.Nodes {
+			m := ring.MemberLoad{Weight: n.Weight, Draining: n.Status == bus.StatusDraining, Shed: n.Shed}
+			if j, ok := byID[n.ID]; ok && states[j].HasReport && !states[j].Stale {
+				m.Fresh, m.Load = true, float64(states[j].Report.ActiveConnections)
+				// A load reported before the shed last changed (plus a
+				// moment for connections to turn over) cannot show the
+				// change yet: the policy keeps that member's shed.
+				m.Pending = !now.Add(-states[j].Age).After(p.shedAt[n.ID].Add(r.cfg.ShedInterval))
+			}
+			ms[i] = m
+		}
+		for i, f := range r.shedPolicy.Next(ms) {
+			if f = bus.QuantizeShed(f); f > 0 {
+				want[doc.Nodes[i].ID] = f
+			}
+		}
+	}
+	if maps.Equal(want, p.shed) {
+		return false
+	}
+	p.shed = want
+	return true
+}
+
+// noteShedChanges records when members' shed changed in the pool's
+// document: every replica sees the same documents, so they agree on which
+// loads were measured before a change. With r.healthMu held.
+func (p *pool) noteShedChanges(old, cur bus.RingDocument) {
+	now := p.r.cfg.Now()
+	for _, n := range cur.Nodes {
+		if o, _ := old.Node(n.ID); o.Shed != n.Shed {
+			p.shedAt[n.ID] = now
+		}
+	}
+	maps.DeleteFunc(p.shedAt, func(id string, at time.Time) bool {
+		_, member := cur.Node(id)
+		return !member && now.Sub(at) > p.r.cfg.MemberTTL
+	})
+}
+
+func (p *pool) stats() PoolStats {
+	v := p.ring.Current()
+	ps := PoolStats{
+		Name: p.name, Key: p.key, Members: len(v.Doc.Nodes), Revision: v.Rev, Format: v.Doc.Format,
+		Shedding: v.Snap.Shedding(), OversizeDocuments: p.oversize.Load(),
+	}
+	ps.Known, ps.Eligible = p.settle().Counts()
+	for si, sn := range strategyNames {
+		for ci, code := range codes {
+			if n := p.requests[si][ci].Load(); n > 0 {
+				ps.Requests = append(ps.Requests, RequestCount{Strategy: sn, Code: code, Count: n})
+			}
+		}
+	}
+	return ps
 }

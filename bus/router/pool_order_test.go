@@ -2,13 +2,14 @@ package router
 
 import (
 	"fmt"
-	"github.com/natsroute/natsroute/bus"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/natsroute/natsroute/bus"
 
 	"github.com/natsroute/natsroute/resourceaware"
 )

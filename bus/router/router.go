@@ -1,16 +1,12 @@
 package router
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"github.com/natsroute/natsroute/bus"
-	"github.com/natsroute/natsroute/bus/internal/follow"
-	"github.com/natsroute/natsroute/bus/internal/text"
 	"log/slog"
+	"maps"
 	"math"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,6 +15,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/internal/follow"
+	"github.com/natsroute/natsroute/resourceaware"
 	"github.com/natsroute/natsroute/ring"
 )
 
@@ -37,16 +36,16 @@ type Router struct {
 	pools   atomic.Pointer[poolMap] // read without a lock
 	closing bool                    // no pool is added once set
 
-	healthMu sync.Mutex // guards tracker and every pool's reporters and shed
-	tracker  map[string]*track
+	// The router's parts, each with its own file: what it knows of nodes
+	// from their reports (membership.go), the bucket it follows and keeps
+	// (keeper.go), and routers of an earlier release (legacy.go). Their
+	// fields and methods are promoted; each part reaches the others
+	// through its r.
+	membership
+	keeper
+	legacyProbe
 
-	kick         chan struct{} // restarts the bucket watch (after a reconnect)
-	suspect      chan struct{} // asks keepBucket to check the bucket
-	bucketGen    time.Time     // when the bucket's stream was created; keepBucket's own
-	js           jetstream.JetStream
-	legacy       atomic.Bool     // a router of an earlier release shares the bucket
 	shedPolicy   ring.ShedPolicy // load-aware ConsistentHash (BalanceFactor)
-	caughtUp     atomic.Int64    // unix nanos (cfg.Now) when the health queue was last empty
 	joinsWaiting atomic.Bool     // some pool has first reports waiting (pool.report)
 
 	stats    counters
@@ -79,9 +78,11 @@ func newRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	}
 	cfg = cfg.withDefaults()
 	r := &Router{
-		nc: nc, cfg: cfg, log: cfg.Logger.With("component", "router"), tracker: map[string]*track{},
-		kick: make(chan struct{}, 1), suspect: make(chan struct{}, 1),
+		nc: nc, cfg: cfg, log: cfg.Logger.With("component", "router"),
 	}
+	r.membership = membership{r: r, tracker: map[string]*track{}}
+	r.keeper = keeper{r: r, kick: make(chan struct{}, 1), suspect: make(chan struct{}, 1)}
+	r.legacyProbe = legacyProbe{r: r}
 	def, err := r.newPool(bus.DefaultPool)
 	if err != nil {
 		return nil, err
@@ -185,134 +186,6 @@ func (r *Router) Start(ctx context.Context) error {
 	return nil
 }
 
-// loadPools reads the ring document of every pool with a key in the bucket,
-// so a restarted router serves every pool at once.
-func (r *Router) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
-	keys, err := kv.ListKeysFiltered(ctx, bus.RingKey, bus.RingKey+".>")
-	if err != nil {
-		return fmt.Errorf("bus: list ring keys: %w", err)
-	}
-	var names []string
-	for k := range keys.Keys() {
-		if name, ok := bus.PoolFromKey(k); ok {
-			names = append(names, name)
-		}
-	}
-	if err := ctx.Err(); err != nil { // the listing stopped short
-		return fmt.Errorf("bus: list ring keys: %w", err)
-	}
-	if !slices.Contains(names, bus.DefaultPool) {
-		names = append(names, bus.DefaultPool)
-	}
-	for _, name := range names {
-		p, err := r.ensurePool(name)
-		if err != nil {
-			r.log.Warn("pool in the bucket not served", "pool", name, "err", err)
-			continue
-		}
-		p.ring.SetKV(kv)
-		if _, _, err := p.ring.Resync(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// applyEntry hands a watched KV entry to its pool, adding pools that other
-// routers created.
-func (r *Router) applyEntry(e jetstream.KeyValueEntry) {
-	name, ok := bus.PoolFromKey(e.Key())
-	if !ok {
-		return
-	}
-	p, err := r.ensurePool(name)
-	if err != nil {
-		r.stats.limitedLog(r.log, rejectTooManyPools, "pool in the bucket not served", "pool", name, "err", err)
-		return
-	}
-	p.ring.ApplyEntry(e)
-}
-
-// suspectBucket asks keepBucket to check that the bucket is still there: a
-// write or read failed, or the bucket holds an older revision than a view.
-func (r *Router) suspectBucket() {
-	select {
-	case r.suspect <- struct{}{}:
-	default:
-	}
-}
-
-// keepBucket checks the bucket whenever something suggests it is gone (an
-// operator deleted it; the server restarted on an empty store) or was
-// created anew, at most four times a second, until ctx ends. Without it a
-// router retried its writes against a missing bucket for ever.
-func (r *Router) keepBucket(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.suspect:
-		}
-		attempt, cancel := context.WithTimeout(ctx, follow.JSAttempt)
-		r.checkBucket(attempt)
-		cancel()
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
-// checkBucket creates the bucket again, with the configured settings, if it
-// is gone, and then has every pool republish its ring from memory; a bucket
-// that another router created anew is re-read the same way.
-func (r *Router) checkBucket(ctx context.Context) {
-	kv, created, err := follow.BindBucket(ctx, r.js, r.cfg.Bucket, r.cfg.KVReplicas)
-	if err != nil {
-		r.log.Debug("bucket check failed", "bucket", r.cfg.Bucket, "err", err)
-		return
-	}
-	gen, err := follow.Generation(ctx, kv)
-	if err != nil {
-		r.log.Debug("bucket check failed", "bucket", r.cfg.Bucket, "err", err)
-		return
-	}
-	if !created && gen.Equal(r.bucketGen) {
-		return
-	}
-	r.bucketGen = gen
-	pools := r.sortedPools()
-	if created {
-		r.stats.recreated.Add(1)
-		r.log.Warn("the ring bucket was gone; created it again and republishing every pool's ring from memory",
-			"bucket", r.cfg.Bucket, "replicas", r.cfg.KVReplicas, "pools", len(pools))
-	} else {
-		r.log.Warn("the ring bucket was created anew by someone else; re-reading it", "bucket", r.cfg.Bucket, "pools", len(pools))
-	}
-	for _, p := range pools {
-		p.ring.SetKV(kv)
-		p.ring.Reset()
-		p.wake()
-	}
-	select { // the watch of the old bucket delivers nothing more
-	case r.kick <- struct{}{}:
-	default:
-	}
-}
-
-// reconnected counts a reconnect and has every writer re-read its ring.
-func (r *Router) reconnected() {
-	r.stats.reconnects.Add(1)
-	r.log.Info("reconnected to NATS; re-reading the rings")
-	for _, p := range *r.pools.Load() {
-		select {
-		case p.resyncNow <- struct{}{}:
-		default:
-		}
-	}
-}
-
 // Close stops taking requests, lets in-flight ones finish (up to
 // DrainTimeout), and stops every goroutine the router started. It does not
 // close the NATS connection. It is safe to call more than once.
@@ -371,294 +244,6 @@ func (r *Router) drain() {
 	r.log.Warn("drain timed out with requests in flight", "in_flight", r.inflight.Load())
 }
 
-// onHealth takes one health report. It runs on the subscription's goroutine
-// and does only in-memory work.
-func (r *Router) onHealth(m *nats.Msg) {
-	node, _ := bus.NodeFromSubject(m.Subject)
-	h, err := bus.DecodeHealth(node, m.Data, m.Header)
-	if err == nil {
-		for _, s := range r.Strategies() { // ConsistentHash first: it refuses stale seqs
-			if err = s.Report(node, h); err != nil {
-				break
-			}
-		}
-	}
-	if queueEmpty(m.Sub) {
-		r.caughtUp.Store(r.cfg.Now().UnixNano()) // see silenceNow
-		r.flushAllJoins()
-	}
-	if err != nil {
-		reason := rejectReason(err)
-		r.stats.rejected[reason].Add(1)
-		r.stats.limitedLog(r.log, reason, "health report rejected", "node", text.Clip(node), "reason", reasonNames[reason], "err", err)
-		return
-	}
-	r.stats.accepted.Add(1)
-}
-
-// queueEmpty reports whether sub has no message waiting besides the one
-// being handled. nats.go (v1.55) counts the message in hand as pending
-// until its callback returns, so inside a callback "empty" is n <= 1, and
-// outside one n <= 1 means at most one message, a few microseconds of work.
-// Nothing depends on it for correctness: it only says when to batch less.
-func queueEmpty(sub *nats.Subscription) bool {
-	n, _, err := sub.Pending()
-	return err == nil && n <= 1
-}
-
-// handleRoute answers route.request.
-func (r *Router) handleRoute(req micro.Request) {
-	start := time.Now()
-	r.inflight.Add(1)
-	r.lastReq.Store(start.UnixNano())
-	defer r.inflight.Add(-1)
-	data := req.Data()
-	enc := bus.DetectEncoding(data, nats.Header(req.Headers()))
-	strategy := "unknown"
-	var p *pool
-	defer func() {
-		if v := recover(); v != nil {
-			r.log.Error("panic answering a request", "panic", v, "stack", string(debug.Stack()))
-			r.respondError(req, enc, fmt.Errorf("%w: %v", bus.ErrInternal, v))
-			r.stats.request(p, strategy, bus.CodeInternal, time.Since(start), r.cfg)
-		}
-	}()
-	reply, err := r.route(data, enc, &strategy, &p)
-	code := 200
-	if err == nil {
-		buf := replyBufs.Get().(*[]byte)
-		var out []byte
-		if out, err = enc.AppendReply((*buf)[:0], &reply); err == nil {
-			err = r.send(req, out, "ask for fewer keys or a smaller count")
-		} else {
-			err = fmt.Errorf("%w: encode reply: %w", bus.ErrInternal, err)
-		}
-		if cap(out) <= maxPooledReply { // Respond has copied it out
-			*buf = out
-			replyBufs.Put(buf)
-		}
-	}
-	if err != nil {
-		code = bus.ErrorCode(err)
-		r.respondError(req, enc, err)
-	}
-	r.stats.request(p, strategy, code, time.Since(start), r.cfg)
-}
-
-// replyBufs hold encoded replies between requests, so that answering
-// allocates no reply buffer; batch-sized ones are let go.
-var replyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
-
-const maxPooledReply = 64 << 10
-
-// route decodes and validates a request, finds its pool and answers it.
-func (r *Router) route(data []byte, enc bus.Encoding, strategy *string, p **pool) (bus.Reply, error) {
-	var q bus.Request
-	if err := enc.UnmarshalRequest(data, &q); err != nil {
-		return bus.Reply{}, badRequest("%v", err)
-	}
-	s, err := r.validate(&q)
-	if err != nil {
-		return bus.Reply{}, err
-	}
-	*strategy = s.Name()
-	if *p = r.pool(q.Pool); *p == nil {
-		return bus.Reply{}, noMembers(q.Pool)
-	}
-	return s.Select(r.ctx, q)
-}
-
-// validate checks q against the contract and the limits, fills in
-// defaults, and returns the strategy to answer it.
-func (r *Router) validate(q *bus.Request) (Strategy, error) {
-	lim := r.cfg.Limits
-	if q.Key != "" && q.Keys != nil {
-		return nil, badRequest("set key or keys, not both")
-	}
-	if len(q.Key) > lim.MaxKeyBytes {
-		return nil, badRequest("key is %d bytes; the limit is %d", len(q.Key), lim.MaxKeyBytes)
-	}
-	if q.Count < 0 || q.Count > lim.MaxCount {
-		return nil, badRequest("count %d is out of range: want 1 to %d (0 or absent means 1)", q.Count, lim.MaxCount)
-	}
-	if q.Count == 0 {
-		q.Count = 1
-	}
-	if len(q.Candidates) > lim.MaxCandidates {
-		return nil, badRequest("%d candidates; the limit is %d", len(q.Candidates), lim.MaxCandidates)
-	}
-	for i, c := range q.Candidates {
-		if err := bus.ValidateNodeID(c); err != nil {
-			return nil, badRequest("candidates[%d]: %v", i, err)
-		}
-	}
-	if len(q.Keys) > lim.MaxBatch {
-		return nil, badRequest("%d keys; the batch limit is %d", len(q.Keys), lim.MaxBatch)
-	}
-	if len(q.Keys) == 0 {
-		q.Keys = nil
-	}
-	for i, k := range q.Keys {
-		if k == "" || len(k) > lim.MaxKeyBytes {
-			return nil, badRequest("keys[%d] is %d bytes; want 1 to %d", i, len(k), lim.MaxKeyBytes)
-		}
-	}
-	if q.Pool != "" {
-		if err := bus.ValidatePoolName(q.Pool); err != nil {
-			return nil, badRequest("%v", err)
-		}
-	}
-	if q.Spread < 0 || q.Spread > lim.MaxCount {
-		return nil, badRequest("spread %d is out of range: want 1 to %d (0 or absent means 1)", q.Spread, lim.MaxCount)
-	}
-	if q.Spread > 1 {
-		switch {
-		case q.Count > 1:
-			return nil, badRequest("spread picks one node among the key's first %d owners; it does not go with count > 1", q.Spread)
-		case q.Keys != nil:
-			return nil, badRequest("spread does not go with keys (a batch)")
-		case q.Key == "" || q.Strategy == bus.StrategyResourceAware:
-			return nil, badRequest("spread needs %s and a key", bus.StrategyConsistentHash)
-		}
-	}
-	switch q.Strategy {
-	case "":
-		if q.Key != "" || q.Keys != nil {
-			return r.ch, nil
-		}
-		return r.ra, nil
-	case bus.StrategyConsistentHash:
-		if q.Key == "" && q.Keys == nil {
-			return nil, badRequest("%s needs a key (or keys)", bus.StrategyConsistentHash)
-		}
-		return r.ch, nil
-	case bus.StrategyResourceAware:
-		return r.ra, nil
-	}
-	return nil, badRequest("unknown strategy %q: use %s or %s", text.Clip(q.Strategy), bus.StrategyConsistentHash, bus.StrategyResourceAware)
-}
-
-// respondError sends an error reply in the request's encoding.
-func (r *Router) respondError(req micro.Request, enc bus.Encoding, err error) {
-	code := bus.ErrorCode(err)
-	msg := err.Error()
-	body, mErr := enc.Marshal(&bus.ErrorBody{Error: msg, Code: code})
-	if mErr != nil {
-		body = nil
-	}
-	if err := req.Error(fmt.Sprint(code), msg, body); err != nil {
-		r.log.Debug("error reply failed", "err", err)
-	}
-}
-
-// decodePoolRequest decodes a route.ring/nodes/pools body; an empty body
-// means every default.
-func decodePoolRequest(data []byte, enc bus.Encoding) (bus.PoolRequest, error) {
-	var q bus.PoolRequest
-	if len(bytes.TrimSpace(data)) == 0 {
-		return q, nil
-	}
-	if err := enc.Unmarshal(data, &q); err != nil {
-		return q, badRequest("%v", err)
-	}
-	if q.Pool != "" {
-		if err := bus.ValidatePoolName(q.Pool); err != nil {
-			return q, badRequest("%v", err)
-		}
-	}
-	if q.Offset < 0 {
-		return q, badRequest("offset %d is negative", q.Offset)
-	}
-	if q.Limit < 0 || q.Limit > bus.MaxNodesPage {
-		return q, badRequest("limit %d is out of range: want 1 to %d (0 or absent means %d)", q.Limit, bus.MaxNodesPage, bus.DefaultNodesPage)
-	}
-	return q, nil
-}
-
-func (r *Router) handleRing(req micro.Request) {
-	enc := bus.DetectEncoding(req.Data(), nats.Header(req.Headers()))
-	q, err := decodePoolRequest(req.Data(), enc)
-	if err != nil {
-		r.respondError(req, enc, err)
-		return
-	}
-	p := r.pool(q.Pool)
-	if p == nil {
-		r.respondError(req, enc, noMembers(q.Pool))
-		return
-	}
-	v := p.ring.Current()
-	st := bus.RingState{Revision: v.Rev, Ring: v.Doc}
-	if p.name != bus.DefaultPool {
-		st.Pool = p.name
-	}
-	r.respond(req, enc, &st, fmt.Sprintf("read the document from the KV bucket instead: nats kv get %s %s", r.cfg.Bucket, p.key))
-}
-
-func (r *Router) handleNodes(req micro.Request) {
-	enc := bus.DetectEncoding(req.Data(), nats.Header(req.Headers()))
-	q, err := decodePoolRequest(req.Data(), enc)
-	if err != nil {
-		r.respondError(req, enc, err)
-		return
-	}
-	if r.pool(q.Pool) == nil {
-		r.respondError(req, enc, noMembers(q.Pool))
-		return
-	}
-	st := r.NodesPage(q.Pool, q.Offset, q.Limit)
-	r.respond(req, enc, &st, "ask for a smaller page with \"limit\"")
-}
-
-func (r *Router) handlePools(req micro.Request) {
-	enc := bus.DetectEncoding(req.Data(), nats.Header(req.Headers()))
-	st := r.Pools()
-	r.respond(req, enc, &st, "")
-}
-
-// respond encodes v in enc and sends it; a reply too large for the
-// connection becomes an error reply that says what to ask instead (hint).
-func (r *Router) respond(req micro.Request, enc bus.Encoding, v any, hint string) {
-	out, err := enc.Marshal(v)
-	if err != nil {
-		r.respondError(req, enc, fmt.Errorf("%w: %w", bus.ErrInternal, err))
-		return
-	}
-	if err := r.send(req, out, hint); err != nil {
-		r.respondError(req, enc, err)
-	}
-}
-
-// send sends a reply, or returns a 400 if it would exceed the connection's
-// max_payload (NATS would drop it, and the caller would only see a
-// timeout). hint tells the caller how to ask instead.
-func (r *Router) send(req micro.Request, out []byte, hint string) error {
-	if limit := r.maxReply(); len(out) > limit {
-		r.stats.oversizeReplies.Add(1)
-		msg := fmt.Sprintf("the reply would be %d bytes, %s %d", len(out), bus.OversizeReply, limit)
-		if hint != "" {
-			msg += "; " + hint
-		}
-		return badRequest("%s", msg)
-	}
-	if err := req.Respond(out); err != nil {
-		r.log.Debug("respond failed", "err", err)
-	}
-	return nil
-}
-
-// maxReply is the largest reply body the connection can carry, leaving
-// room for the reply's subject and headers.
-func (r *Router) maxReply() int {
-	if r.nc == nil {
-		return math.MaxInt
-	}
-	return int(r.nc.MaxPayload()) - replyOverhead
-}
-
-// replyOverhead leaves room for the headers of a reply.
-const replyOverhead = 1024
-
 // Revision returns the KV revision of the default pool's ring.
 func (r *Router) Revision() uint64 { return r.ring().Current().Rev }
 
@@ -692,4 +277,252 @@ func (r *Router) Ready() error {
 		return fmt.Errorf("not connected to NATS (%s)", r.nc.Status())
 	}
 	return nil
+}
+
+// poolMap is the router's pools by name; readers load it without a lock
+// and writers replace it whole (pools are added rarely).
+type poolMap map[string]*pool
+
+func (r *Router) newPool(name string) (*pool, error) {
+	b, err := resourceaware.New(r.cfg.Balancer)
+	if err != nil {
+		return nil, err
+	}
+	log := r.log
+	if name != bus.DefaultPool {
+		log = log.With("pool", name)
+	}
+	f, err := follow.New(ringCodec, r.cfg.VirtualNodes, bus.PoolKey(name), log)
+	if err != nil {
+		return nil, err
+	}
+	p := &pool{
+		name: name, key: bus.PoolKey(name), r: r, ring: f, balancer: b,
+		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
+		reporters: map[string]*track{}, shed: map[string]float64{}, shedAt: map[string]time.Time{},
+		pend: map[string]pendingChange{},
+	}
+	f.OnApply = p.syncBalancer
+	f.OnReject = func(uint64, error) { r.stats.docRejected.Add(1) }
+	f.OnBehind = r.suspectBucket
+	return p, nil
+}
+
+// pool returns the pool called name, or nil if this router has none.
+func (r *Router) pool(name string) *pool {
+	if name == "" {
+		name = bus.DefaultPool
+	}
+	return (*r.pools.Load())[name]
+}
+
+// ensurePool returns the pool called name, adding it if it is new; see
+// ensurePools.
+func (r *Router) ensurePool(name string) (*pool, error) {
+	ps, err := r.ensurePools([]string{name})
+	if err != nil {
+		return nil, err
+	}
+	return ps[0], nil
+}
+
+// ensurePools returns the pools with these names, adding the new ones (and
+// starting their writers, if the router runs). It adds all or none: past
+// MaxPools, or once the router is closing, it adds nothing.
+func (r *Router) ensurePools(names []string) ([]*pool, error) {
+	out := make([]*pool, 0, len(names))
+	for _, name := range names {
+		if p := r.pool(name); p != nil {
+			out = append(out, p)
+		}
+	}
+	if len(out) == len(names) {
+		return out, nil
+	}
+	r.poolsMu.Lock()
+	defer r.poolsMu.Unlock()
+	cur := *r.pools.Load()
+	var missing []string
+	for _, name := range names {
+		if cur[name] == nil {
+			missing = append(missing, name)
+		}
+	}
+	if r.closing {
+		return nil, bus.ErrClosed
+	}
+	if n := len(cur) + len(missing); n > r.cfg.MaxPools {
+		return nil, fmt.Errorf("%w: %w: pools %q would make %d pools; the limit is %d (max_pools)", bus.ErrInvalidReport, errTooManyPools, missing, n, r.cfg.MaxPools)
+	}
+	next := maps.Clone(cur)
+	for _, name := range missing {
+		p, err := r.newPool(name)
+		if err != nil {
+			return nil, err
+		}
+		if r.ctx != nil { // started: follow the bucket and write
+			p.ring.SetKV(r.ring().Bucket())
+			r.wg.Go(func() { p.write(r.ctx) })
+		}
+		next[name] = p
+		r.log.Info("pool added", "pool", name, "pools", len(next))
+	}
+	r.pools.Store(&next)
+	out = out[:0]
+	for _, name := range names {
+		out = append(out, next[name])
+	}
+	return out, nil
+}
+
+// ring returns the default pool's follower, which also holds the bucket.
+func (r *Router) ring() *follow.Follower[bus.RingDocument] { return r.pool(bus.DefaultPool).ring }
+
+// sortedPools returns the pools sorted by name.
+func (r *Router) sortedPools() []*pool {
+	m := *r.pools.Load()
+	out := make([]*pool, 0, len(m))
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[name])
+	}
+	return out
+}
+
+// noMembers is the 503 of a pool with nothing to route to.
+func noMembers(pool string) error {
+	if pool == bus.DefaultPool || pool == "" {
+		return fmt.Errorf("%w: the ring has no members", bus.ErrNoNodes)
+	}
+	return fmt.Errorf("%w: pool %s has no members", bus.ErrNoNodes, pool)
+}
+
+// flushAllJoins settles every pool with changes waiting.
+func (r *Router) flushAllJoins() {
+	if !r.joinsWaiting.Swap(false) {
+		return
+	}
+	for _, p := range *r.pools.Load() {
+		if p.waiting.Load() {
+			p.flushJoins()
+		}
+	}
+}
+
+// wakeAll has every pool's writer look at its document again.
+func (r *Router) wakeAll() {
+	for _, p := range *r.pools.Load() {
+		p.wake()
+	}
+}
+
+// Stats returns the router's counters.
+func (r *Router) Stats() Stats {
+	c := &r.stats
+	s := Stats{
+		ReportsAccepted:   c.accepted.Load(),
+		ReportsRejected:   map[string]uint64{},
+		KVWrites:          c.kvWrites.Load(),
+		KVConflicts:       c.kvConflicts.Load(),
+		KVErrors:          c.kvErrors.Load(),
+		DocumentsRejected: c.docRejected.Load(),
+		Reconnects:        c.reconnects.Load(),
+		BucketRecreated:   c.recreated.Load(),
+		OversizeReplies:   c.oversizeReplies.Load(),
+		LegacyRouters:     c.legacyRouters.Load() != 0,
+	}
+	for i, n := range reasonNames {
+		s.ReportsRejected[n] = c.rejected[i].Load()
+	}
+	for si, sn := range strategyNames {
+		for ci, code := range codes {
+			if n := c.requests[si][ci].Load(); n > 0 {
+				s.Requests = append(s.Requests, RequestCount{Strategy: sn, Code: code, Count: n})
+			}
+		}
+	}
+	r.stateMu.Lock()
+	if r.healthSub != nil {
+		if d, err := r.healthSub.Dropped(); err == nil {
+			s.HealthDropped = uint64(d)
+		}
+	}
+	r.stateMu.Unlock()
+	for _, p := range r.sortedPools() {
+		ps := p.stats()
+		s.OversizeDocuments += ps.OversizeDocuments
+		if p.name == bus.DefaultPool {
+			s.Members, s.Eligible, s.Known, s.Revision = ps.Members, ps.Eligible, ps.Known, ps.Revision
+		}
+		s.Pools = append(s.Pools, ps)
+	}
+	return s
+}
+
+// Nodes returns every node of the default pool: ring members and nodes
+// that report, sorted by id.
+func (r *Router) Nodes() bus.NodesState { return r.NodesPage(bus.DefaultPool, 0, math.MaxInt) }
+
+// NodesPage returns up to limit nodes of a pool (0 means bus.DefaultNodesPage)
+// from offset on, sorted by id, with the total and the next offset.
+func (r *Router) NodesPage(pool string, offset, limit int) bus.NodesState {
+	if limit <= 0 {
+		limit = bus.DefaultNodesPage
+	}
+	out := bus.NodesState{Nodes: []bus.NodeStatus{}, Offset: offset}
+	p := r.pool(pool)
+	if p == nil {
+		return out
+	}
+	if p.name != bus.DefaultPool {
+		out.Pool = p.name
+	}
+	v := p.ring.Current()
+	all := p.settle().Nodes()
+	out.Revision, out.Total = v.Rev, len(all)
+	if offset >= len(all) {
+		return out
+	}
+	end := len(all)
+	if limit < end-offset {
+		end = offset + limit
+		out.Next = end
+	}
+	for _, n := range all[offset:end] {
+		m, member := v.Doc.Node(n.ID)
+		st := bus.NodeStatus{
+			ID: n.ID, Member: member, Status: n.Status, Weight: n.Weight,
+			Score: n.Score, Eligible: n.Eligible, Reason: n.Reason,
+			Reported: n.HasReport, ReportAgeMS: -1, Stale: n.Stale,
+			CPUUsage: n.Report.CPUUsage, MemoryUsage: n.Report.MemoryUsage,
+			Connections: n.Report.ActiveConnections,
+			LatencyMS:   float64(n.Report.AvgLatency) / float64(time.Millisecond),
+			Shed:        m.Shed,
+			Recovering:  n.Recovering, Note: n.Note,
+		}
+		if n.SlowStart < 1 {
+			st.SlowStart = n.SlowStart
+		}
+		if member && !n.HasReport {
+			st.Weight = m.Weight
+			if m.Status == bus.StatusDraining {
+				st.Status = bus.StatusDraining
+			}
+		}
+		if n.HasReport {
+			st.ReportAgeMS = n.Age.Milliseconds()
+		}
+		out.Nodes = append(out.Nodes, st)
+	}
+	return out
+}
+
+// Pools lists the pools this router serves, sorted by name.
+func (r *Router) Pools() bus.PoolsState {
+	out := bus.PoolsState{Pools: []bus.PoolInfo{}}
+	for _, p := range r.sortedPools() {
+		v := p.ring.Current()
+		known, _ := p.settle().Counts()
+		out.Pools = append(out.Pools, bus.PoolInfo{Name: p.name, Key: p.key, Members: len(v.Doc.Nodes), Known: known, Revision: v.Rev, Format: v.Doc.Format})
+	}
+	return out
 }

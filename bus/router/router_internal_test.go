@@ -3,12 +3,13 @@ package router
 import (
 	"context"
 	"encoding/json"
-	"github.com/natsroute/natsroute/bus"
 	"io"
 	"log/slog"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/natsroute/natsroute/bus"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"

@@ -2,12 +2,12 @@ package router
 
 import (
 	"errors"
-	"github.com/natsroute/natsroute/bus"
 	"log/slog"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/natsroute/natsroute/bus"
 )
 
 // Why a health report was rejected.
@@ -151,133 +151,4 @@ type RequestCount struct {
 	Strategy string `json:"strategy"`
 	Code     int    `json:"code"`
 	Count    uint64 `json:"count"`
-}
-
-// Stats returns the router's counters.
-func (r *Router) Stats() Stats {
-	c := &r.stats
-	s := Stats{
-		ReportsAccepted:   c.accepted.Load(),
-		ReportsRejected:   map[string]uint64{},
-		KVWrites:          c.kvWrites.Load(),
-		KVConflicts:       c.kvConflicts.Load(),
-		KVErrors:          c.kvErrors.Load(),
-		DocumentsRejected: c.docRejected.Load(),
-		Reconnects:        c.reconnects.Load(),
-		BucketRecreated:   c.recreated.Load(),
-		OversizeReplies:   c.oversizeReplies.Load(),
-		LegacyRouters:     c.legacyRouters.Load() != 0,
-	}
-	for i, n := range reasonNames {
-		s.ReportsRejected[n] = c.rejected[i].Load()
-	}
-	for si, sn := range strategyNames {
-		for ci, code := range codes {
-			if n := c.requests[si][ci].Load(); n > 0 {
-				s.Requests = append(s.Requests, RequestCount{Strategy: sn, Code: code, Count: n})
-			}
-		}
-	}
-	r.stateMu.Lock()
-	if r.healthSub != nil {
-		if d, err := r.healthSub.Dropped(); err == nil {
-			s.HealthDropped = uint64(d)
-		}
-	}
-	r.stateMu.Unlock()
-	for _, p := range r.sortedPools() {
-		ps := p.stats()
-		s.OversizeDocuments += ps.OversizeDocuments
-		if p.name == bus.DefaultPool {
-			s.Members, s.Eligible, s.Known, s.Revision = ps.Members, ps.Eligible, ps.Known, ps.Revision
-		}
-		s.Pools = append(s.Pools, ps)
-	}
-	return s
-}
-
-func (p *pool) stats() PoolStats {
-	v := p.ring.Current()
-	ps := PoolStats{
-		Name: p.name, Key: p.key, Members: len(v.Doc.Nodes), Revision: v.Rev, Format: v.Doc.Format,
-		Shedding: v.Snap.Shedding(), OversizeDocuments: p.oversize.Load(),
-	}
-	ps.Known, ps.Eligible = p.settle().Counts()
-	for si, sn := range strategyNames {
-		for ci, code := range codes {
-			if n := p.requests[si][ci].Load(); n > 0 {
-				ps.Requests = append(ps.Requests, RequestCount{Strategy: sn, Code: code, Count: n})
-			}
-		}
-	}
-	return ps
-}
-
-// Nodes returns every node of the default pool: ring members and nodes
-// that report, sorted by id.
-func (r *Router) Nodes() bus.NodesState { return r.NodesPage(bus.DefaultPool, 0, math.MaxInt) }
-
-// NodesPage returns up to limit nodes of a pool (0 means bus.DefaultNodesPage)
-// from offset on, sorted by id, with the total and the next offset.
-func (r *Router) NodesPage(pool string, offset, limit int) bus.NodesState {
-	if limit <= 0 {
-		limit = bus.DefaultNodesPage
-	}
-	out := bus.NodesState{Nodes: []bus.NodeStatus{}, Offset: offset}
-	p := r.pool(pool)
-	if p == nil {
-		return out
-	}
-	if p.name != bus.DefaultPool {
-		out.Pool = p.name
-	}
-	v := p.ring.Current()
-	all := p.settle().Nodes()
-	out.Revision, out.Total = v.Rev, len(all)
-	if offset >= len(all) {
-		return out
-	}
-	end := len(all)
-	if limit < end-offset {
-		end = offset + limit
-		out.Next = end
-	}
-	for _, n := range all[offset:end] {
-		m, member := v.Doc.Node(n.ID)
-		st := bus.NodeStatus{
-			ID: n.ID, Member: member, Status: n.Status, Weight: n.Weight,
-			Score: n.Score, Eligible: n.Eligible, Reason: n.Reason,
-			Reported: n.HasReport, ReportAgeMS: -1, Stale: n.Stale,
-			CPUUsage: n.Report.CPUUsage, MemoryUsage: n.Report.MemoryUsage,
-			Connections: n.Report.ActiveConnections,
-			LatencyMS:   float64(n.Report.AvgLatency) / float64(time.Millisecond),
-			Shed:        m.Shed,
-			Recovering:  n.Recovering, Note: n.Note,
-		}
-		if n.SlowStart < 1 {
-			st.SlowStart = n.SlowStart
-		}
-		if member && !n.HasReport {
-			st.Weight = m.Weight
-			if m.Status == bus.StatusDraining {
-				st.Status = bus.StatusDraining
-			}
-		}
-		if n.HasReport {
-			st.ReportAgeMS = n.Age.Milliseconds()
-		}
-		out.Nodes = append(out.Nodes, st)
-	}
-	return out
-}
-
-// Pools lists the pools this router serves, sorted by name.
-func (r *Router) Pools() bus.PoolsState {
-	out := bus.PoolsState{Pools: []bus.PoolInfo{}}
-	for _, p := range r.sortedPools() {
-		v := p.ring.Current()
-		known, _ := p.settle().Counts()
-		out.Pools = append(out.Pools, bus.PoolInfo{Name: p.name, Key: p.key, Members: len(v.Doc.Nodes), Known: known, Revision: v.Rev, Format: v.Doc.Format})
-	}
-	return out
 }

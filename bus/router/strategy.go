@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/natsroute/natsroute/bus"
 	"slices"
+
+	"github.com/natsroute/natsroute/bus"
 
 	"github.com/natsroute/natsroute/resourceaware"
 	"github.com/natsroute/natsroute/ring"

@@ -1,0 +1,157 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/internal/follow"
+)
+
+// keeper follows the KV bucket for the router: it loads every pool's
+// document at start, hands watched entries to their pools, re-reads after
+// a reconnect, and creates the bucket again when it is lost.
+type keeper struct {
+	r         *Router
+	js        jetstream.JetStream
+	kick      chan struct{} // restarts the bucket watch (after a reconnect, or for a new bucket)
+	suspect   chan struct{} // asks keepBucket to check the bucket
+	bucketGen time.Time     // when the bucket's stream was created; keepBucket's own
+}
+
+// loadPools reads the ring document of every pool with a key in the bucket,
+// so a restarted router serves every pool at once.
+func (k *keeper) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
+	r := k.r
+	keys, err := kv.ListKeysFiltered(ctx, bus.RingKey, bus.RingKey+".>")
+	if err != nil {
+		return fmt.Errorf("bus: list ring keys: %w", err)
+	}
+	var names []string
+	for k := range keys.Keys() {
+		if name, ok := bus.PoolFromKey(k); ok {
+			names = append(names, name)
+		}
+	}
+	if err := ctx.Err(); err != nil { // the listing stopped short
+		return fmt.Errorf("bus: list ring keys: %w", err)
+	}
+	if !slices.Contains(names, bus.DefaultPool) {
+		names = append(names, bus.DefaultPool)
+	}
+	for _, name := range names {
+		p, err := r.ensurePool(name)
+		if err != nil {
+			r.log.Warn("pool in the bucket not served", "pool", name, "err", err)
+			continue
+		}
+		p.ring.SetKV(kv)
+		if _, _, err := p.ring.Resync(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyEntry hands a watched KV entry to its pool, adding pools that other
+// routers created.
+func (k *keeper) applyEntry(e jetstream.KeyValueEntry) {
+	r := k.r
+	name, ok := bus.PoolFromKey(e.Key())
+	if !ok {
+		return
+	}
+	p, err := r.ensurePool(name)
+	if err != nil {
+		r.stats.limitedLog(r.log, rejectTooManyPools, "pool in the bucket not served", "pool", name, "err", err)
+		return
+	}
+	p.ring.ApplyEntry(e)
+}
+
+// suspectBucket asks keepBucket to check that the bucket is still there: a
+// write or read failed, or the bucket holds an older revision than a view.
+func (k *keeper) suspectBucket() {
+	r := k.r
+	select {
+	case r.suspect <- struct{}{}:
+	default:
+	}
+}
+
+// keepBucket checks the bucket whenever something suggests it is gone (an
+// operator deleted it; the server restarted on an empty store) or was
+// created anew, at most four times a second, until ctx ends. Without it a
+// router retried its writes against a missing bucket for ever.
+func (k *keeper) keepBucket(ctx context.Context) {
+	r := k.r
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.suspect:
+		}
+		attempt, cancel := context.WithTimeout(ctx, follow.JSAttempt)
+		r.checkBucket(attempt)
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// checkBucket creates the bucket again, with the configured settings, if it
+// is gone, and then has every pool republish its ring from memory; a bucket
+// that another router created anew is re-read the same way.
+func (k *keeper) checkBucket(ctx context.Context) {
+	r := k.r
+	kv, created, err := follow.BindBucket(ctx, r.js, r.cfg.Bucket, r.cfg.KVReplicas)
+	if err != nil {
+		r.log.Debug("bucket check failed", "bucket", r.cfg.Bucket, "err", err)
+		return
+	}
+	gen, err := follow.Generation(ctx, kv)
+	if err != nil {
+		r.log.Debug("bucket check failed", "bucket", r.cfg.Bucket, "err", err)
+		return
+	}
+	if !created && gen.Equal(r.bucketGen) {
+		return
+	}
+	r.bucketGen = gen
+	pools := r.sortedPools()
+	if created {
+		r.stats.recreated.Add(1)
+		r.log.Warn("the ring bucket was gone; created it again and republishing every pool's ring from memory",
+			"bucket", r.cfg.Bucket, "replicas", r.cfg.KVReplicas, "pools", len(pools))
+	} else {
+		r.log.Warn("the ring bucket was created anew by someone else; re-reading it", "bucket", r.cfg.Bucket, "pools", len(pools))
+	}
+	for _, p := range pools {
+		p.ring.SetKV(kv)
+		p.ring.Reset()
+		p.wake()
+	}
+	select { // the watch of the old bucket delivers nothing more
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reconnected counts a reconnect and has every writer re-read its ring.
+func (k *keeper) reconnected() {
+	r := k.r
+	r.stats.reconnects.Add(1)
+	r.log.Info("reconnected to NATS; re-reading the rings")
+	for _, p := range *r.pools.Load() {
+		select {
+		case p.resyncNow <- struct{}{}:
+		default:
+		}
+	}
+}
