@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 )
 
 // Defaults and bounds of ShedPolicy. Release and MaxShed come from
@@ -22,6 +23,10 @@ const (
 	DefaultMaxShed     = 0.7   // a member keeps at least 30 % of its keys
 	DefaultShedQuantum = 0.001 // sheds are multiples of 0.001
 
+	DefaultShedBackoff    = 10 * time.Minute // the hold after a fall is undone, doubled for each in a row
+	DefaultShedMaxBackoff = 40 * time.Minute // the longest hold
+	DefaultShedQuiet      = time.Hour        // a rise this soon after a fall undoes it; each quiet hour forgives one
+
 	// MaxBalanceFactor bounds ShedPolicy.Factor.
 	MaxBalanceFactor = 10.0
 )
@@ -34,7 +39,11 @@ const (
 //
 // Next is a pure function of its input (no clock, no state, no goroutines),
 // so router replicas that see the same reports and the same ring document
-// compute the same sheds. The controller, and why it looks the way it does:
+// compute the same sheds. What it needs to know of the past (whether a
+// member's falls were undone lately, MemberLoad.Hold) is an input too, from
+// a ShedBackoff per member that the caller derives from the documents it
+// applied (see ShedBackoff). The controller, and why it looks the way it
+// does:
 //
 //   - Capacity. A member's fair share is the mean load per unit weight of
 //     the pool's fresh members that are not draining, times its weight; its
@@ -125,6 +134,21 @@ type ShedPolicy struct {
 	// Quantum is the step of the shed values. 0 means DefaultShedQuantum
 	// (0.001); otherwise a multiple of 0.0001 in [0.0001, 0.1].
 	Quantum float64
+
+	// Backoff is how long a member's next fall is held after a fall was
+	// undone, doubled for each fallback in a row before it, up to
+	// MaxBackoff. 0 means DefaultShedBackoff (10 min).
+	Backoff time.Duration
+
+	// MaxBackoff is the longest hold. 0 means DefaultShedMaxBackoff
+	// (40 min); otherwise at least Backoff.
+	MaxBackoff time.Duration
+
+	// Quiet is how soon after a fall a rise undoes it, and how long with no
+	// fallback forgives one. 0 means DefaultShedQuiet (1 h); otherwise
+	// more than MaxBackoff, or a member at MaxBackoff would be forgiven
+	// before its next try.
+	Quiet time.Duration
 }
 
 // MemberLoad is what ShedPolicy.Next needs to know about one member.
@@ -154,6 +178,12 @@ type MemberLoad struct {
 	// Next keeps a pending member's shed as it is. A caller that calls Next
 	// more often than members report must set it, or sheds wind up.
 	Pending bool
+
+	// Hold reports that a fall of the member's shed was undone lately and
+	// the next must wait: set it from ShedBackoff.Holds(now), with the
+	// member's ShedBackoff. Next keeps a held member's shed from falling (it
+	// may still rise).
+	Hold bool
 }
 
 // DefaultShedPolicy returns the policy with every default filled in and
@@ -194,6 +224,18 @@ func (p ShedPolicy) Validate() error {
 	if len(errs) == 0 && p.Factor != 0 && d.Release >= d.Aim*d.Factor {
 		errs = append(errs, fmt.Errorf("ring: ShedPolicy.Release = %v must be below Aim × Factor = %v × %v, or a shed could never settle", d.Release, d.Aim, d.Factor))
 	}
+	badTime := func(name string, v time.Duration, want string) {
+		errs = append(errs, fmt.Errorf("ring: ShedPolicy.%s = %v, want %s", name, v, want))
+	}
+	if p.Backoff < 0 {
+		badTime("Backoff", p.Backoff, fmt.Sprintf("0 (default %v) or more", DefaultShedBackoff))
+	}
+	if p.MaxBackoff < 0 || (p.Backoff >= 0 && d.MaxBackoff < d.Backoff) {
+		badTime("MaxBackoff", p.MaxBackoff, fmt.Sprintf("0 (default %v) or at least Backoff (%v)", DefaultShedMaxBackoff, d.Backoff))
+	}
+	if p.Quiet < 0 || (p.MaxBackoff >= 0 && d.Quiet <= d.MaxBackoff) {
+		badTime("Quiet", p.Quiet, fmt.Sprintf("0 (default %v) or more than MaxBackoff (%v)", DefaultShedQuiet, d.MaxBackoff))
+	}
 	return errors.Join(errs...)
 }
 
@@ -204,6 +246,9 @@ func (p ShedPolicy) withDefaults() ShedPolicy {
 	p.Fall = cmp.Or(p.Fall, DefaultShedFall)
 	p.MaxShed = cmp.Or(p.MaxShed, DefaultMaxShed)
 	p.Quantum = cmp.Or(p.Quantum, DefaultShedQuantum)
+	p.Backoff = cmp.Or(p.Backoff, DefaultShedBackoff)
+	p.MaxBackoff = cmp.Or(p.MaxBackoff, DefaultShedMaxBackoff)
+	p.Quiet = cmp.Or(p.Quiet, DefaultShedQuiet)
 	return p
 }
 
@@ -214,9 +259,10 @@ func (p ShedPolicy) withDefaults() ShedPolicy {
 //
 // The caller gives it every member of the pool with its latest report,
 // calls it once per pool at most about once a second, marks Pending the
-// members whose report predates their last shed change, and writes the
-// ring document only when a result differs from the member's shed in it.
-// The policy is assumed valid (see Validate); Next itself never fails.
+// members whose report predates their last shed change and Hold those whose
+// ShedBackoff holds, and writes the ring document only when a result
+// differs from the member's shed in it. The policy is assumed valid (see
+// Validate); Next itself never fails.
 func (p ShedPolicy) Next(ms []MemberLoad) []float64 {
 	out := make([]float64, len(ms))
 	if p.Factor == 0 {
@@ -251,7 +297,7 @@ func (p ShedPolicy) Next(ms []MemberLoad) []float64 {
 			estimate := m.Load / (1 - g)
 			aim := 1 - p.Aim*capacity/estimate
 			f = math.Ceil(min(aim, g+p.Rise)*1e4/q-1e-9) * q / 1e4
-		case m.Load < p.Release*fair*(1-g) && g > 0: // estimate < Release × fair
+		case !m.Hold && m.Load < p.Release*fair*(1-g) && g > 0: // estimate < Release × fair
 			f = math.Floor(max(g-p.Fall, 0)*1e4/q+1e-9) * q / 1e4
 		}
 		out[i] = min(f, p.MaxShed)

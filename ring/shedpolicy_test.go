@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // smoothPool is a pool of many small keys: member i has demand[i] (its load
@@ -134,6 +135,14 @@ func TestShedPolicyKeepsShedOfLostHotKey(t *testing.T) {
 	ms[0].Load = 10 // 18 of its own: below a quarter of a fair share
 	if got := p.Next(ms)[0]; got != 0.44 {
 		t.Fatalf("shed %v, want 0.44", got)
+	}
+	ms[0].Hold = true // a fall was undone lately: no fall now
+	if got := p.Next(ms)[0]; got != 0.45 {
+		t.Fatalf("held: shed %v, want 0.45 kept", got)
+	}
+	ms[0].Load = 300 // a held shed still rises
+	if got := p.Next(ms)[0]; got != 0.5 {
+		t.Fatalf("held, over capacity: shed %v, want 0.5", got)
 	}
 }
 
@@ -304,7 +313,8 @@ func TestShedPolicyMaxShed(t *testing.T) {
 }
 
 func TestShedPolicyValidate(t *testing.T) {
-	for _, p := range []ShedPolicy{{}, DefaultShedPolicy(), {Factor: 1.25}, {Factor: MaxBalanceFactor, Quantum: 0.1, Rise: 0.1, Fall: 0.1, MaxShed: 1, Aim: 1, Release: 0.9}} {
+	for _, p := range []ShedPolicy{{}, DefaultShedPolicy(), {Factor: 1.25}, {Factor: MaxBalanceFactor, Quantum: 0.1, Rise: 0.1, Fall: 0.1, MaxShed: 1, Aim: 1, Release: 0.9},
+		{Backoff: time.Minute, MaxBackoff: time.Minute, Quiet: time.Minute + 1}} {
 		if err := p.Validate(); err != nil {
 			t.Errorf("%+v: %v", p, err)
 		}
@@ -326,6 +336,10 @@ func TestShedPolicyValidate(t *testing.T) {
 		{ShedPolicy{MaxShed: 0.12345}, []string{"MaxShed = 0.12345, want 0 (default 0.7) or a number in (0, 1] with at most 4 decimals"}},
 		{ShedPolicy{Quantum: 0.00015}, []string{"Quantum = 0.00015, want 0 (default 0.001) or a multiple of 0.0001 in [0.0001, 0.1]"}},
 		{ShedPolicy{Factor: 1.1, Aim: 0.5, Release: 0.6}, []string{"Release = 0.6 must be below Aim × Factor = 0.5 × 1.1"}},
+		{ShedPolicy{Backoff: -time.Second}, []string{"Backoff = -1s, want 0 (default 10m0s) or more"}},
+		{ShedPolicy{MaxBackoff: 5 * time.Minute}, []string{"MaxBackoff = 5m0s, want 0 (default 40m0s) or at least Backoff (10m0s)"}},
+		{ShedPolicy{Quiet: 30 * time.Minute}, []string{"Quiet = 30m0s, want 0 (default 1h0m0s) or more than MaxBackoff (40m0s)"}},
+		{ShedPolicy{MaxBackoff: 2 * time.Hour}, []string{"Quiet = 0s, want 0 (default 1h0m0s) or more than MaxBackoff (2h0m0s)"}},
 		{ShedPolicy{Factor: 0.5, Aim: 2, MaxShed: -1}, []string{"Factor = 0.5", "Aim = 2", "MaxShed = -1"}},
 	}
 	for _, tt := range tests {
