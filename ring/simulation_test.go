@@ -196,8 +196,6 @@ type simResult struct {
 	spotRamp int
 
 	changes []simChange // every change of a shed, in order
-	shed    []float64   // at the end
-	owner   []int32     // at the end
 }
 
 // simChange is a change of one member's shed.
@@ -470,7 +468,6 @@ func simulate(t *testing.T, k simKeys, p ShedPolicy, run simRun) simResult {
 			res.flipsHour = max(res.flipsHour, sort.SearchInts(ts, ts[i]+hour)-i)
 		}
 	}
-	res.shed, res.owner = shed, owner
 	for _, f := range shed {
 		if f > 0 {
 			res.shedding++
@@ -601,24 +598,20 @@ func simW3(t *testing.T, k simKeys, p ShedPolicy, row func(string, float64, simR
 	// back: the ticks from the spot's end until every member whose shed it
 	// raised is at or below its shed from before (-1: never; 0: it raised
 	// none).
-	before, now := r.shedsAt(spot.start-1), r.shedsAt(spot.end-1)
-	var raised []int
-	for m := range now {
-		if now[m] > before[m] {
-			raised = append(raised, m)
+	before, top := r.shedsAt(spot.start-1), r.shedsAt(spot.end-1)
+	raised := func(now []float64) bool {
+		for m := range now {
+			if top[m] > before[m] && now[m] > before[m] {
+				return true
+			}
 		}
+		return false
 	}
-	back, changes := -1, r.changes
-	for tick := spot.end; tick < run.length && len(raised) > 0 && back < 0; tick++ {
-		for ; len(changes) > 0 && changes[0].tick <= tick; changes = changes[1:] {
-			now[changes[0].member] = changes[0].shed
-		}
-		if !slices.ContainsFunc(raised, func(m int) bool { return now[m] > before[m] }) {
+	back := -1
+	for tick := spot.end - 1; tick < run.length && back < 0; tick++ {
+		if !raised(r.shedsAt(tick)) {
 			back = tick + 1 - spot.end
 		}
-	}
-	if len(raised) == 0 {
-		back = 0
 	}
 	row("W3", c, run, r, back)
 
