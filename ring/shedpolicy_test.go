@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // smoothPool is a pool of many small keys: member i has demand[i] (its load
@@ -104,36 +105,77 @@ func TestShedPolicyFallsGradually(t *testing.T) {
 	p := ShedPolicy{Factor: 1.25}
 	shed := make([]float64, 10)
 	shed[0] = 0.5
-	trace := hotPool(10).run(t, p, shed, 60) // its own keys: 0.11 of a fair share
-	prev := 0.5
-	for i, f := range trace {
-		if f > prev || prev-f > DefaultShedFall+1e-9 {
-			t.Fatalf("round %d: shed went %v → %v, want a fall of at most %v", i, prev, f, DefaultShedFall)
-		}
-		prev = f
-	}
-	if trace[0] != 0.49 || trace[48] != 0.01 || trace[49] != 0 || trace[59] != 0 {
-		t.Fatalf("want 0.49, 0.48, … 0.01, 0 and no shed after: %v", trace)
+	trace := hotPool(10).run(t, p, shed, 20) // its own keys: 0.11 of a fair share
+	want := []float64{0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05}
+	want = append(want, make([]float64, 11)...)
+	if !slices.Equal(trace, want) {
+		t.Fatalf("want %v, then no shed: %v", want[:9], trace)
 	}
 }
 
-// TestShedPolicyKeepsShedOfLostHotKey: a member that handed on a hot key is
-// far below capacity, but its own keys still give it an ordinary load; the
-// shed stays, or the key would come back and leave again for ever.
-func TestShedPolicyKeepsShedOfLostHotKey(t *testing.T) {
+// TestShedPolicyGivesBack: a shed falls only while the load is under
+// Release × capacity, and then toward the shed that would bring the load
+// up to that line: all of it if the load with no shed is under the line.
+func TestShedPolicyGivesBack(t *testing.T) {
+	// The others carry what keeps the mean at 100: capacity 125, line 112.5.
+	pool := func(load, shed float64) []MemberLoad {
+		ms := []MemberLoad{{Load: load, Fresh: true, Shed: shed}}
+		for range 9 {
+			ms = append(ms, MemberLoad{Load: (1000 - load) / 9, Fresh: true})
+		}
+		return ms
+	}
+	tests := []struct {
+		p                ShedPolicy
+		load, shed, want float64
+	}{
+		{ShedPolicy{Factor: 1.25, Fall: 1}, 100, 0.5, 0.437},     // 200 with no shed: 1 − 112.5/200 = 0.4375, rounded down
+		{ShedPolicy{Factor: 1.25, Fall: 1}, 60, 0.5, 0.062},      // 120 with no shed: 1 − 112.5/120 = 0.0625
+		{ShedPolicy{Factor: 1.25, Fall: 1}, 50, 0.5, 0},          // 100 with no shed, under the line: all of it
+		{ShedPolicy{Factor: 1.25, Fall: 1}, 112.4, 0.2, 0.199},   // 140.5 with no shed: 1 − 112.5/140.5 = 0.1993
+		{ShedPolicy{Factor: 1.25, Fall: 1}, 112.5, 0.2, 0.2},     // on the line: stays
+		{ShedPolicy{Factor: 1.25, Fall: 1}, 120, 0.2, 0.2},       // in the band: stays
+		{ShedPolicy{Factor: 1.25, Fall: 1}, 124.9, 0.2, 0.2},     // just under capacity: stays
+		{ShedPolicy{Factor: 1.25}, 50, 0.5, 0.45},                // by at most Fall
+		{ShedPolicy{Factor: 1.25, Release: 0.5}, 60, 0.5, 0.479}, // line 62.5, 120 with no shed: 1 − 62.5/120 = 0.4792
+		{ShedPolicy{Factor: 1.25, Release: 0.5}, 62.5, 0.5, 0.5},
+	}
+	for _, tt := range tests {
+		if got := tt.p.Next(pool(tt.load, tt.shed))[0]; got != tt.want {
+			t.Errorf("%+v, load %v under shed %v: shed %v, want %v", tt.p, tt.load, tt.shed, got, tt.want)
+		}
+	}
+}
+
+// TestShedPolicyHold: a held member's shed does not fall, however far its
+// load drops, and still rises above capacity; Pending keeps it either way.
+func TestShedPolicyHold(t *testing.T) {
 	p := ShedPolicy{Factor: 1.1}
 	ms := make([]MemberLoad, 10)
 	for i := range ms {
 		ms[i] = MemberLoad{Load: 100, Fresh: true}
 	}
-	ms[0] = MemberLoad{Load: 55, Fresh: true, Shed: 0.45} // 100 of its own, the hot key gone
-	ms[1].Load = 145                                      // the key's new owner
-	if got := p.Next(ms)[0]; got != 0.45 {
-		t.Fatalf("shed %v, want 0.45 kept", got)
+	// It handed on a hot key: 100 of its own keys left, 55 under its shed.
+	ms[0] = MemberLoad{Load: 55, Fresh: true, Shed: 0.45}
+	ms[1].Load = 145 // the key's new owner
+	if got := p.Next(ms)[0]; got != 0.4 {
+		t.Fatalf("not held: shed %v, want 0.4", got)
 	}
-	ms[0].Load = 10 // 18 of its own: below a quarter of a fair share
-	if got := p.Next(ms)[0]; got != 0.44 {
-		t.Fatalf("shed %v, want 0.44", got)
+	ms[0].Hold = true
+	if got := p.Next(ms)[0]; got != 0.45 {
+		t.Fatalf("held: shed %v, want 0.45 kept", got)
+	}
+	ms[0].Load = 1 // nearly nothing left
+	if got := p.Next(ms)[0]; got != 0.45 {
+		t.Fatalf("held, load 1: shed %v, want 0.45 kept", got)
+	}
+	ms[0].Load = 300 // over capacity: a held shed still rises
+	if got := p.Next(ms)[0]; got != 0.5 {
+		t.Fatalf("held, over capacity: shed %v, want 0.5", got)
+	}
+	ms[0].Pending = true
+	if got := p.Next(ms)[0]; got != 0.45 {
+		t.Fatalf("held and pending: shed %v, want 0.45 kept", got)
 	}
 }
 
@@ -304,7 +346,8 @@ func TestShedPolicyMaxShed(t *testing.T) {
 }
 
 func TestShedPolicyValidate(t *testing.T) {
-	for _, p := range []ShedPolicy{{}, DefaultShedPolicy(), {Factor: 1.25}, {Factor: MaxBalanceFactor, Quantum: 0.1, Rise: 0.1, Fall: 0.1, MaxShed: 1, Aim: 1, Release: 0.9}} {
+	for _, p := range []ShedPolicy{{}, DefaultShedPolicy(), {Factor: 1.25}, {Factor: MaxBalanceFactor, Quantum: 0.1, Rise: 0.1, Fall: 0.1, MaxShed: 1, Aim: 1, Release: 0.99},
+		{Factor: 1.1, Aim: 0.5, Release: 0.6}, {Backoff: time.Minute, MaxBackoff: time.Minute, Quiet: time.Minute + 1}} {
 		if err := p.Validate(); err != nil {
 			t.Errorf("%+v: %v", p, err)
 		}
@@ -320,12 +363,15 @@ func TestShedPolicyValidate(t *testing.T) {
 		{ShedPolicy{Factor: nan}, []string{"Factor = NaN"}},
 		{ShedPolicy{Factor: math.Inf(1)}, []string{"Factor = +Inf"}},
 		{ShedPolicy{Aim: 0.4}, []string{"Aim = 0.4, want 0 (default 0.95) or a number in [0.5, 1]"}},
-		{ShedPolicy{Release: 1}, []string{"Release = 1, want 0 (default 0.25) or a number in (0, 1)"}},
+		{ShedPolicy{Release: 1}, []string{"Release = 1, want 0 (default 0.9) or a number in (0, 1)"}},
 		{ShedPolicy{Rise: 1.5}, []string{"Rise = 1.5, want 0 (default 0.05) or a number in [Quantum (0.001), 1]"}},
-		{ShedPolicy{Fall: 0.0005}, []string{"Fall = 0.0005, want 0 (default 0.01) or a number in [Quantum (0.001), 1]"}},
+		{ShedPolicy{Fall: 0.0005}, []string{"Fall = 0.0005, want 0 (default 0.05) or a number in [Quantum (0.001), 1]"}},
 		{ShedPolicy{MaxShed: 0.12345}, []string{"MaxShed = 0.12345, want 0 (default 0.7) or a number in (0, 1] with at most 4 decimals"}},
 		{ShedPolicy{Quantum: 0.00015}, []string{"Quantum = 0.00015, want 0 (default 0.001) or a multiple of 0.0001 in [0.0001, 0.1]"}},
-		{ShedPolicy{Factor: 1.1, Aim: 0.5, Release: 0.6}, []string{"Release = 0.6 must be below Aim × Factor = 0.5 × 1.1"}},
+		{ShedPolicy{Backoff: -time.Second}, []string{"Backoff = -1s, want 0 (default 10m0s) or more"}},
+		{ShedPolicy{MaxBackoff: 5 * time.Minute}, []string{"MaxBackoff = 5m0s, want 0 (default 40m0s) or at least Backoff (10m0s)"}},
+		{ShedPolicy{Quiet: 30 * time.Minute}, []string{"Quiet = 30m0s, want 0 (default 1h0m0s) or more than MaxBackoff (40m0s)"}},
+		{ShedPolicy{MaxBackoff: 2 * time.Hour}, []string{"Quiet = 0s, want 0 (default 1h0m0s) or more than MaxBackoff (2h0m0s)"}},
 		{ShedPolicy{Factor: 0.5, Aim: 2, MaxShed: -1}, []string{"Factor = 0.5", "Aim = 2", "MaxShed = -1"}},
 	}
 	for _, tt := range tests {
