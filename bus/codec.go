@@ -265,6 +265,10 @@ type Explanation struct {
 type ShedNote struct {
 	ID       string  `json:"id" msgpack:"id"`
 	Fraction float64 `json:"fraction" msgpack:"fraction"`
+	// State says where the shed is going, as the answering router sees it:
+	// "shed 30 %, rising", "shed 30 %, falling" or "shed 30 %, holding: fell
+	// back 2× (the last 6 min ago), next try in 4 min".
+	State string `json:"state,omitempty" msgpack:"state,omitempty"`
 }
 
 // NodeScore is one node as ResourceAware saw it.

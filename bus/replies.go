@@ -41,6 +41,10 @@ type NodeStatus struct {
 	Connections int64   `json:"active_connections" msgpack:"active_connections"`
 	LatencyMS   float64 `json:"avg_latency_ms" msgpack:"avg_latency_ms"`
 	Shed        float64 `json:"shed,omitempty" msgpack:"shed,omitempty"` // fraction of its keys it sheds (load-aware)
+	// ShedState says where a shed is going: "shed 30 %, falling", or while
+	// a fall waits, "shed 30 %, holding: fell back 2× (the last 6 min ago),
+	// next try in 4 min". Absent when the node does not shed.
+	ShedState string `json:"shed_state,omitempty" msgpack:"shed_state,omitempty"`
 	// Recovering: held out by hysteresis (back under the threshold, not yet
 	// under threshold − margin); Reason says by how much.
 	Recovering bool `json:"recovering,omitempty" msgpack:"recovering,omitempty"`

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -354,4 +355,114 @@ func TestShedOffRemovesSheds(t *testing.T) {
 	if d, err := bus.DecodeRingDocument(e.Value()); err != nil || d.Format != bus.DocumentFormat || d.Nodes[0].Shed != 0 {
 		t.Fatalf("bucket holds %s (%v)", e.Value(), err)
 	}
+}
+
+// TestShedGivesBack: the closed loop of issue 21. Ten members report every
+// second what their own keys bring them (base load × (1 − shed)); two of
+// them are hot (5,000 connections against 100) and shed. When the hot spot
+// ends, the sheds fall back to 0 and the document returns to format 1
+// within 90 s, and on the way every router and the RingCache agree at
+// every revision they are seen at.
+func TestShedGivesBack(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := testConfig(t)
+	cfg.BalanceFactor = 1.25
+	routers := []*router.Router{
+		startRouter(t, connect(t, s.ClientURL()), cfg),
+		startRouter(t, connect(t, s.ClientURL()), cfg),
+	}
+	r := routers[0]
+	js, _ := jetstream.New(nc)
+	cache, err := bus.WatchRing(ctxT(t), js, "", bus.WithRingCacheLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cache.Close() })
+
+	var hot atomic.Bool
+	hot.Store(true)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			d, _ := r.Ring()
+			for i := range 10 {
+				base := 100.0
+				if i < 2 && hot.Load() {
+					base = 5000
+				}
+				id := fmt.Sprintf("node-%d", i)
+				h := okHealth
+				h.ActiveConnections = int64(math.Round(base * (1 - shedOf(d, id))))
+				health(t, nc, id, h)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	t.Cleanup(func() { close(stop); wg.Wait() })
+
+	// Agreement: whoever is seen at a revision holds the same document.
+	seen := map[uint64]string{}
+	agree := func() {
+		t.Helper()
+		check := func(who string, d bus.RingDocument, rev uint64) {
+			enc, err := d.Encode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if prev, ok := seen[rev]; ok && prev != string(enc) {
+				t.Fatalf("%s at revision %d holds %s; another holds %s", who, rev, enc, prev)
+			}
+			seen[rev] = string(enc)
+		}
+		for i, x := range routers {
+			d, rev := x.Ring()
+			check(fmt.Sprintf("router %d", i), d, rev)
+		}
+		d, rev := cache.Ring()
+		check("the cache", d, rev)
+	}
+	waitFor(t, 90*time.Second, "both hot members to shed half their keys or more", func() bool {
+		agree()
+		d, _ := r.Ring()
+		return d.Format == bus.DocumentFormatShed && shedOf(d, "node-0") >= 0.5 && shedOf(d, "node-1") >= 0.5
+	})
+	st := r.Nodes()
+	for _, n := range st.Nodes {
+		if n.ID == "node-0" && !strings.HasPrefix(n.ShedState, "shed ") {
+			t.Fatalf("route.nodes: node-0 sheds %v but its shed_state is %q", n.Shed, n.ShedState)
+		}
+	}
+	d, _ := r.Ring()
+	t.Logf("hot: node-0 sheds %v, node-1 %v", shedOf(d, "node-0"), shedOf(d, "node-1"))
+	hot.Store(false)
+	ended := time.Now()
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		agree()
+		if d, _ := r.Ring(); d.Format == bus.DocumentFormat {
+			break
+		}
+		if time.Now().After(deadline) {
+			var states []string
+			for _, n := range r.Nodes().Nodes {
+				if n.Shed > 0 {
+					states = append(states, fmt.Sprintf("%s (%d connections): %s", n.ID, n.Connections, n.ShedState))
+				}
+			}
+			t.Fatalf("still format 2 90 s after the hot spot ended: %s", strings.Join(states, "; "))
+		}
+	}
+	t.Logf("format 1 again %v after the hot spot ended; %d revisions checked", time.Since(ended).Round(time.Second), len(seen))
+	waitFor(t, 10*time.Second, "the other router and the cache at format 1", func() bool {
+		d1, rev := routers[1].Ring()
+		dc, crev := cache.Ring()
+		return d1.Format == bus.DocumentFormat && dc.Format == bus.DocumentFormat && rev == crev
+	})
 }

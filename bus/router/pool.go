@@ -29,7 +29,12 @@ type pool struct {
 	// Guarded by r.healthMu.
 	reporters map[string]*track    // nodes whose last report lists this pool
 	shed      map[string]float64   // shed fractions the load policy wants
+	shedRev   uint64               // the document revision the policy last ran on
 	shedAt    map[string]time.Time // when each member's shed last changed
+	// What the documents this router applied say of each member's sheds:
+	// the give-back policy's backoff, derived from that history alone, so
+	// replicas that applied the same documents agree (ring.ShedBackoff).
+	backoff map[string]ring.ShedBackoff
 
 	// Changes waiting for the balancer, at most one per node: the newest.
 	// pendMu also serializes every change handed to the balancer from the
@@ -202,7 +207,8 @@ func (p *pool) syncBalancer(old, cur *follow.View[bus.RingDocument]) {
 // sheds: that router would refuse the document and serve a stale ring.
 func (p *pool) updateShed() bool {
 	r := p.r
-	doc := p.ring.Current().Doc
+	v := p.ring.Current()
+	doc := v.Doc
 	var states []resourceaware.NodeState
 	if !r.legacy.Load() {
 		states = p.settle().Nodes()
@@ -226,6 +232,7 @@ func (p *pool) updateShed() bool {
 				// change yet: the policy keeps that member's shed.
 				m.Pending = !now.Add(-states[j].Age).After(p.shedAt[n.ID].Add(r.cfg.ShedInterval))
 			}
+			m.Hold = p.backoff[n.ID].Holds(now) // a fall undone lately: wait before the next
 			ms[i] = m
 		}
 		for i, f := range r.shedPolicy.Next(ms) {
@@ -234,11 +241,9 @@ func (p *pool) updateShed() bool {
 			}
 		}
 	}
-	if maps.Equal(want, p.shed) {
-		return false
-	}
-	p.shed = want
-	return true
+	changed := !maps.Equal(want, p.shed) || v.Rev != p.shedRev
+	p.shed, p.shedRev = want, v.Rev
+	return changed
 }
 
 // noteShedChanges records when members' shed changed in the pool's
@@ -246,15 +251,40 @@ func (p *pool) updateShed() bool {
 // loads were measured before a change. With r.healthMu held.
 func (p *pool) noteShedChanges(old, cur bus.RingDocument) {
 	now := p.r.cfg.Now()
+	pol := p.r.shedPolicy
 	for _, n := range cur.Nodes {
 		if o, _ := old.Node(n.ID); o.Shed != n.Shed {
 			p.shedAt[n.ID] = now
+			p.backoff[n.ID] = pol.Observe(p.backoff[n.ID], o.Shed, n.Shed, now)
+		}
+	}
+	for _, o := range old.Nodes { // a member that left has no shed
+		if _, still := cur.Node(o.ID); !still && o.Shed != 0 {
+			p.backoff[o.ID] = pol.Observe(p.backoff[o.ID], o.Shed, 0, now)
 		}
 	}
 	maps.DeleteFunc(p.shedAt, func(id string, at time.Time) bool {
 		_, member := cur.Node(id)
 		return !member && now.Sub(at) > p.r.cfg.MemberTTL
 	})
+	maps.DeleteFunc(p.backoff, func(id string, b ring.ShedBackoff) bool {
+		_, member := cur.Node(id)
+		return !member && now.Sub(b.LastRise) > p.r.cfg.MemberTTL && now.Sub(b.LastFall) > p.r.cfg.MemberTTL
+	})
+}
+
+// shedState says where a member's shed is going, for status and explain:
+// "shed 30 %, falling", "shed 30 %, holding: fell back 2× (the last 6 min
+// ago), next try in 4 min"; "" for a member that does not shed.
+func (p *pool) shedState(id string, shed float64) string {
+	if shed == 0 {
+		return ""
+	}
+	r := p.r
+	r.healthMu.Lock()
+	b := p.backoff[id]
+	r.healthMu.Unlock()
+	return r.shedPolicy.Describe(b, shed, r.cfg.Now()).String()
 }
 
 func (p *pool) stats() PoolStats {

@@ -18,7 +18,7 @@ import (
 // members this router has never heard from) stayed silent for the TTL since
 // it started, are not. With joins false, nodes not in base stay out (used
 // when the whole document would be too large to write).
-func (p *pool) desired(base bus.RingDocument, joins bool) bus.RingDocument {
+func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDocument {
 	r := p.r
 	now := r.silenceNow()
 	legacy := r.legacy.Load()
@@ -55,6 +55,12 @@ func (p *pool) desired(base bus.RingDocument, joins bool) bus.RingDocument {
 			continue
 		}
 		n := bus.RingNode{ID: id, Weight: t.weight, Shed: p.shed[id]}
+		if member && rev != p.shedRev {
+			// The policy ran on another revision: a replica that wrote since
+			// may have stepped further. Keep the document's shed until the
+			// policy runs on this one, or replicas undo each other's steps.
+			n.Shed = out.Nodes[i].Shed
+		}
 		if t.draining || legacy {
 			n.Shed = 0
 		}
@@ -142,7 +148,7 @@ func (p *pool) flushOnce(ctx context.Context, reread bool) error {
 	if base.Nodes == nil {
 		base = bus.NewRingDocument(base.VNodes)
 	}
-	want := p.desired(base, true)
+	want := p.desired(base, rev, true)
 	if want.Equal(base) && (rev != 0 || len(want.Nodes) == 0) {
 		return nil // revision 0 with members: a bucket created anew, to republish
 	}
@@ -154,12 +160,12 @@ func (p *pool) flushOnce(ctx context.Context, reread bool) error {
 		// Too large to write whole: keep the members there are and write
 		// only leaves and changes, if there are any.
 		full := len(data)
-		want = p.desired(base, false)
+		want = p.desired(base, rev, false)
 		if data, err = want.Encode(); err != nil {
 			return fmt.Errorf("bus: encode ring document: %w", err)
 		}
 		if len(data) > limit || want.Equal(base) {
-			return fmt.Errorf("%w: %d members would make %d bytes; the server's max_payload allows %d", errDocTooLarge, len(p.desired(base, true).Nodes), full, limit)
+			return fmt.Errorf("%w: %d members would make %d bytes; the server's max_payload allows %d", errDocTooLarge, len(p.desired(base, rev, true).Nodes), full, limit)
 		}
 		p.noteOversize(fmt.Errorf("%w: new members wait; %d bytes with them", errDocTooLarge, full))
 	}
@@ -294,7 +300,7 @@ func windowWait(d time.Duration) time.Duration {
 func (p *pool) resync(ctx context.Context) {
 	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	d, _, err := p.ring.Resync(opCtx)
+	d, rev, err := p.ring.Resync(opCtx)
 	if err != nil {
 		if ctx.Err() == nil {
 			p.r.suspectBucket()
@@ -302,7 +308,7 @@ func (p *pool) resync(ctx context.Context) {
 		}
 		return
 	}
-	if !p.desired(d, true).Equal(d) {
+	if !p.desired(d, rev, true).Equal(d) {
 		p.wake()
 	}
 }

@@ -300,7 +300,8 @@ func (r *Router) newPool(name string) (*pool, error) {
 		name: name, key: bus.PoolKey(name), r: r, ring: f, balancer: b,
 		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
 		reporters: map[string]*track{}, shed: map[string]float64{}, shedAt: map[string]time.Time{},
-		pend: map[string]pendingChange{},
+		backoff: map[string]ring.ShedBackoff{},
+		pend:    map[string]pendingChange{},
 	}
 	f.OnApply = p.syncBalancer
 	f.OnReject = func(uint64, error) { r.stats.docRejected.Add(1) }
@@ -496,8 +497,8 @@ func (r *Router) NodesPage(pool string, offset, limit int) bus.NodesState {
 			CPUUsage: n.Report.CPUUsage, MemoryUsage: n.Report.MemoryUsage,
 			Connections: n.Report.ActiveConnections,
 			LatencyMS:   float64(n.Report.AvgLatency) / float64(time.Millisecond),
-			Shed:        m.Shed,
-			Recovering:  n.Recovering, Note: n.Note,
+			Shed:        m.Shed, ShedState: p.shedState(n.ID, m.Shed),
+			Recovering: n.Recovering, Note: n.Note,
 		}
 		if n.SlowStart < 1 {
 			st.SlowStart = n.SlowStart

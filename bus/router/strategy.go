@@ -69,7 +69,7 @@ func (c consistentHash) Select(ctx context.Context, q bus.Request) (bus.Reply, e
 		}
 		reply.Node = got[0]
 		if q.Explain {
-			reply.Explanation = explainKey(v.Snap, q, got[0])
+			reply.Explanation = explainKey(p, v.Snap, q, got[0])
 		}
 		return reply, nil
 	}
@@ -86,14 +86,14 @@ func (c consistentHash) Select(ctx context.Context, q bus.Request) (bus.Reply, e
 	}
 	reply.Nodes = nodes
 	if q.Explain {
-		reply.Explanation = explainKey(v.Snap, q, nodes[0])
+		reply.Explanation = explainKey(p, v.Snap, q, nodes[0])
 	}
 	return reply, nil
 }
 
 // explainKey says what the walk from key passed over before owner: draining
 // members and members that shed the key.
-func explainKey(s *ring.Snapshot, q bus.Request, owner string) *bus.Explanation {
+func explainKey(p *pool, s *ring.Snapshot, q bus.Request, owner string) *bus.Explanation {
 	e := &bus.Explanation{KeyHash: fmt.Sprintf("%016x", s.KeyHash(q.Key))}
 	s.Walk(q.Key, func(m ring.Member) bool {
 		if m.ID == owner {
@@ -106,7 +106,7 @@ func explainKey(s *ring.Snapshot, q bus.Request, owner string) *bus.Explanation 
 		case m.Draining:
 			e.Skipped = append(e.Skipped, m.ID)
 		case m.Shed > 0 && ring.Sheds(q.Key, m.ID, m.Shed):
-			e.Shed = append(e.Shed, bus.ShedNote{ID: m.ID, Fraction: m.Shed})
+			e.Shed = append(e.Shed, bus.ShedNote{ID: m.ID, Fraction: m.Shed, State: p.shedState(m.ID, m.Shed)})
 		}
 		return true
 	})

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -284,11 +285,12 @@ func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 		if !n.Eligible {
 			elig = "no: " + n.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.4f\t%s\t%.1f\t%.1f\t%d\t%.1fms\t%s\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS, shedLabel(n.Shed))
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.4f\t%s\t%.1f\t%.1f\t%d\t%.1fms\t%s\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS, cmp.Or(n.ShedState, shedLabel(n.Shed)))
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w, "SCORE = health (0 to 1) × WEIGHT × slow-start share: ResourceAware picks in proportion to it, so it can be above 1.")
-	fmt.Fprintln(w, "SHED: the fraction of its keys a member hands to the next members (load-aware ConsistentHash).")
+	fmt.Fprintln(w, "SHED: the fraction of its keys a member hands to the next members (load-aware ConsistentHash), and where it is going:")
+	fmt.Fprintln(w, "  rising or falling, or holding (a fall was undone lately, so the next waits: it says how often and until when).")
 	fmt.Fprintf(w, "\nring: revision %d, %d members, vnodes %d\n", rs.Revision, len(rs.Ring.Nodes), rs.Ring.VNodes)
 	if len(rs.Ring.Nodes) == 0 {
 		return
