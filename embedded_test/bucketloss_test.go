@@ -1,6 +1,7 @@
 package embedded_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,27 @@ func bucketMembers(js jetstream.JetStream) (string, uint64) {
 		return "", 0
 	}
 	return docMembers(d), e.Revision()
+}
+
+// joinAndWatch has nodes report, waits for them on the router's ring, and
+// returns a RingCache at the router's revision.
+func joinAndWatch(t *testing.T, r *router.Router, nc *nats.Conn, ids ...string) (jetstream.JetStream, *bus.RingCache) {
+	t.Helper()
+	for _, id := range ids {
+		health(t, nc, id, okHealth)
+	}
+	want := strings.Join(ids, ",")
+	waitFor(t, 5*time.Second, want, func() bool { return members(r) == want })
+	js, _ := jetstream.New(nc)
+	cache, err := bus.WatchRing(ctxT(t), js, "", bus.WithRingCacheLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cache.Close() })
+	if err := cache.WaitRevision(ctxT(t), r.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	return js, cache
 }
 
 // checkRecovered waits until the bucket holds want again, the router and a
@@ -65,19 +87,7 @@ func TestBucketDeleted(t *testing.T) {
 	cfg.Resync = 500 * time.Millisecond // how soon an idle router notices
 	r := startRouter(t, connect(t, s.ClientURL()), cfg)
 	nc := connect(t, s.ClientURL())
-	for _, id := range []string{"a", "b", "c"} {
-		health(t, nc, id, okHealth)
-	}
-	waitFor(t, 5*time.Second, "a,b,c", func() bool { return members(r) == "a,b,c" })
-	js, _ := jetstream.New(nc)
-	cache, err := bus.WatchRing(ctxT(t), js, "", bus.WithRingCacheLogger(testLogger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	if err := cache.WaitRevision(ctxT(t), r.Revision()); err != nil {
-		t.Fatal(err)
-	}
+	js, cache := joinAndWatch(t, r, nc, "a", "b", "c")
 
 	// The key alone.
 	kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
@@ -122,19 +132,7 @@ func TestBucketLostWithServer(t *testing.T) {
 	cfg := testConfig(t)
 	r := startRouter(t, connect(t, s.ClientURL(), reconnecting()...), cfg)
 	nc := connect(t, s.ClientURL(), reconnecting()...)
-	for _, id := range []string{"a", "b"} {
-		health(t, nc, id, okHealth)
-	}
-	waitFor(t, 5*time.Second, "a,b", func() bool { return members(r) == "a,b" })
-	js, _ := jetstream.New(nc)
-	cache, err := bus.WatchRing(ctxT(t), js, "", bus.WithRingCacheLogger(testLogger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	if err := cache.WaitRevision(ctxT(t), r.Revision()); err != nil {
-		t.Fatal(err)
-	}
+	js, cache := joinAndWatch(t, r, nc, "a", "b")
 
 	s.Shutdown()
 	s.WaitForShutdown()
