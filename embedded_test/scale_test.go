@@ -213,34 +213,50 @@ func (r *scaleRun) profile(phase string) (stop func()) {
 // all. Heartbeats then start at the fleet's pace, as a real fleet's would:
 // without them, members reported early in a long burst would expire.
 func (r *scaleRun) joinBurst() {
-	b, hb := r.b, r.hb
 	first := make([][]byte, r.n)
 	for i := range first {
-		hb.seq[i]++
-		first[i] = encodeHealth(b, r.ids[i], hb.seq[i])
+		r.hb.seq[i]++
+		first[i] = encodeHealth(r.b, r.ids[i], r.hb.seq[i])
 	}
+	limit := 2*time.Minute + time.Duration(r.n)*20*time.Millisecond
+	br := r.burst("burst", first, func() { r.hb.start(r.b, -1) }, limit,
+		fmt.Sprintf("the KV document to list all %d members after the join burst", r.n),
+		func(d *docState) bool { return len(d.doc.Nodes) >= r.n })
+	r.res.joinBurst, r.res.docBytes, r.res.burstCPU, r.res.burstWrite = br.took, br.doc.size, br.cpu, br.writes
+	r.logf("join burst: %v to the KV document (%d bytes, %d writes)", r.res.joinBurst.Round(time.Millisecond), r.res.docBytes, r.res.burstWrite)
+}
+
+// burstResult is what one burst took.
+type burstResult struct {
+	took   time.Duration // first publish → the document met the condition
+	doc    *docState     // the document then
+	cpu    time.Duration // router CPU meanwhile
+	writes uint64        // KV writes meanwhile
+}
+
+// burst publishes msgs (msgs[i] on node i's subject) as fast as one
+// connection does, calls then, and times it until the KV document meets
+// done (the benchmark fails past limit), with the router's CPU profiled as
+// phase if asked for.
+func (r *scaleRun) burst(phase string, msgs [][]byte, then func(), limit time.Duration, what string, done func(*docState) bool) burstResult {
+	b := r.b
 	before := r.router.stats(b)
-	stopProfile := r.profile("burst")
+	stopProfile := r.profile(phase)
 	t0 := time.Now()
-	for i := range first {
-		if err := r.pubs[0].Publish(r.subjects[i], first[i]); err != nil {
+	for i := range msgs {
+		if err := r.pubs[0].Publish(r.subjects[i], msgs[i]); err != nil {
 			b.Fatal(err)
 		}
 	}
 	flush(b, r.pubs[0])
-	hb.start(b, -1)
-	limit := 2*time.Minute + time.Duration(r.n)*20*time.Millisecond
-	at, d, ok := r.doc.wait(limit, fmt.Sprintf("the KV document to list all %d members after the join burst", r.n),
-		func(d *docState) bool { return len(d.doc.Nodes) >= r.n })
+	then()
+	at, d, ok := r.doc.wait(limit, what, done)
 	if !ok {
-		b.Fatalf("join burst: the KV document did not list all %d members within %v", r.n, limit)
+		b.Fatalf("%s: not within %v: %s", phase, limit, what)
 	}
 	stopProfile()
 	after := r.router.stats(b)
-	r.res.joinBurst, r.res.docBytes = at.Sub(t0), d.size
-	r.res.burstCPU = time.Duration(after.CPU-before.CPU) * time.Microsecond
-	r.res.burstWrite = after.Stats.KVWrites - before.Stats.KVWrites
-	r.logf("join burst: %v to the KV document (%d bytes, %d writes)", r.res.joinBurst.Round(time.Millisecond), r.res.docBytes, r.res.burstWrite)
+	return burstResult{took: at.Sub(t0), doc: d, cpu: time.Duration(after.CPU-before.CPU) * time.Microsecond, writes: after.Stats.KVWrites - before.Stats.KVWrites}
 }
 
 // ingest publishes whole rounds of heartbeats of every node (same weight
@@ -416,28 +432,17 @@ func (r *scaleRun) singleJoins() {
 // Reporters close together), and times it until the KV document lists no
 // member of the fleet. The TTL is far off: only the leaves can do it.
 func (r *scaleRun) leaveBurst() {
-	b, hb := r.b, r.hb
-	hb.stop()
+	r.hb.stop()
 	leave := make([][]byte, r.n)
 	for i := range leave {
-		hb.seq[i]++
+		r.hb.seq[i]++
 		h := scaleHealth(r.ids[i])
-		h.Seq, h.Status = hb.seq[i], bus.StatusLeaving
+		h.Seq, h.Status = r.hb.seq[i], bus.StatusLeaving
 		var err error
 		if leave[i], err = bus.EncodeHealth(r.ids[i], h, bus.Msgpack); err != nil {
-			b.Fatal(err)
+			r.b.Fatal(err)
 		}
 	}
-	before := r.router.stats(b)
-	stopProfile := r.profile("leave")
-	t0 := time.Now()
-	for i := range leave {
-		if err := r.pubs[0].Publish(r.subjects[i], leave[i]); err != nil {
-			b.Fatal(err)
-		}
-	}
-	flush(b, r.pubs[0])
-	limit := scaleTTL / 2 // a leave must not wait for expiry
 	fleet := func(d *docState) int {
 		n := 0
 		for _, m := range d.doc.Nodes {
@@ -447,16 +452,10 @@ func (r *scaleRun) leaveBurst() {
 		}
 		return n
 	}
-	at, _, ok := r.doc.wait(limit, fmt.Sprintf("the KV document to lose all %d members after the leave burst", r.n),
+	br := r.burst("leave", leave, func() {}, scaleTTL/2, // a leave must not wait for expiry
+		fmt.Sprintf("the KV document to lose all %d members after the leave burst", r.n),
 		func(d *docState) bool { return fleet(d) == 0 })
-	if !ok {
-		b.Fatalf("leave burst: the KV document still listed members %v after the leaves", limit)
-	}
-	stopProfile()
-	after := r.router.stats(b)
-	r.res.leaveBurst = at.Sub(t0)
-	r.res.leaveCPU = time.Duration(after.CPU-before.CPU) * time.Microsecond
-	r.res.leaveWrite = after.Stats.KVWrites - before.Stats.KVWrites
+	r.res.leaveBurst, r.res.leaveCPU, r.res.leaveWrite = br.took, br.cpu, br.writes
 	r.logf("leave burst: %v to the KV document (%d writes)", r.res.leaveBurst.Round(time.Millisecond), r.res.leaveWrite)
 }
 
