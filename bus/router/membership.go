@@ -132,10 +132,11 @@ func (m *membership) observe(node string, h bus.Health) error {
 func (m *membership) silenceNow() time.Time {
 	r := m.r
 	now := r.cfg.Now()
-	if r.healthSub == nil {
+	sub := r.healthSub.Load()
+	if sub == nil {
 		return now
 	}
-	if queueEmpty(r.healthSub) {
+	if queueEmpty(sub) {
 		return now
 	}
 	caught := time.Unix(0, r.caughtUp.Load())

@@ -54,7 +54,7 @@ type Router struct {
 
 	// Set by Start.
 	svc       micro.Service
-	healthSub *nats.Subscription
+	healthSub atomic.Pointer[nats.Subscription] // the pool writers read it while Start sets it
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -140,10 +140,12 @@ func (r *Router) Start(ctx context.Context) error {
 		r.wg.Go(func() { p.write(r.ctx) })
 	}
 	r.caughtUp.Store(r.cfg.Now().UnixNano())
-	if r.healthSub, err = r.nc.Subscribe(bus.SubjectHealthAll, r.onHealth); err != nil {
+	healthSub, err := r.nc.Subscribe(bus.SubjectHealthAll, r.onHealth)
+	if err != nil {
 		return fmt.Errorf("bus: subscribe %s: %w", bus.SubjectHealthAll, err)
 	}
-	if err := r.healthSub.SetPendingLimits(DefaultHealthPending, 256<<20); err != nil {
+	r.healthSub.Store(healthSub)
+	if err := healthSub.SetPendingLimits(DefaultHealthPending, 256<<20); err != nil {
 		return fmt.Errorf("bus: pending limits: %w", err)
 	}
 	r.wg.Go(func() { follow.FollowReconnects(r.ctx, r.nc, r.kick, r.reconnected) })
@@ -208,8 +210,8 @@ func (r *Router) stop() error {
 		}
 		r.drain()
 	}
-	if r.healthSub != nil {
-		if err := r.healthSub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+	if sub := r.healthSub.Load(); sub != nil {
+		if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
 			errs = append(errs, err)
 		}
 	}
@@ -442,8 +444,8 @@ func (r *Router) Stats() Stats {
 		}
 	}
 	r.stateMu.Lock()
-	if r.healthSub != nil {
-		if d, err := r.healthSub.Dropped(); err == nil {
+	if sub := r.healthSub.Load(); sub != nil {
+		if d, err := sub.Dropped(); err == nil {
 			s.HealthDropped = uint64(d)
 		}
 	}

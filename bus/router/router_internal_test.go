@@ -145,7 +145,8 @@ func TestExpiryWhileBehind(t *testing.T) {
 	p.ring.Apply(base, 1)
 
 	release := make(chan struct{})
-	r.healthSub, err = nc.Subscribe("h.*", func(*nats.Msg) { <-release })
+	sub, err := nc.Subscribe("h.*", func(*nats.Msg) { <-release })
+	r.healthSub.Store(sub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +155,7 @@ func TestExpiryWhileBehind(t *testing.T) {
 	}
 	_ = nc.Flush()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		if n, _, _ := r.healthSub.Pending(); n > 0 {
+		if n, _, _ := r.healthSub.Load().Pending(); n > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -180,7 +181,7 @@ func TestExpiryWhileBehind(t *testing.T) {
 	now = time.Unix(1000, 0).Add(2 * time.Second)
 	close(release)
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		if n, _, _ := r.healthSub.Pending(); n == 0 {
+		if n, _, _ := r.healthSub.Load().Pending(); n == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -190,7 +191,7 @@ func TestExpiryWhileBehind(t *testing.T) {
 	if got := p.desired(base, 0, true); len(got.Nodes) != 0 {
 		t.Fatalf("once caught up, the silent member must expire: %+v", got.Nodes)
 	}
-	_ = r.healthSub.Unsubscribe()
+	_ = r.healthSub.Load().Unsubscribe()
 }
 
 // testRouter returns a Router with no connection, for tests of its parts.
