@@ -124,10 +124,7 @@ func (l *liveness) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-l.kick:
-			if !timer.Stop() {
-				<-timer.C
-			}
+		case <-l.kick: // Reset discards a fire not received (Go 1.23 timers)
 		case <-timer.C:
 		}
 	}
