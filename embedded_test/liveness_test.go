@@ -392,3 +392,47 @@ func TestLivenessHealthyFleet(t *testing.T) {
 		t.Fatalf("members %s", members(r))
 	}
 }
+
+// TestReportFailure: the Client publishes feedback, or waits for a router's
+// answer with WithAck; bad arguments are refused before anything is sent.
+func TestReportFailure(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	c, err := bus.NewClient(nc, bus.WithClientPool("cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportFailure(ctxT(t), "n", bus.WithAck()); !errors.Is(err, bus.ErrNoRouter) {
+		t.Fatalf("no router: %v, want ErrNoRouter", err)
+	}
+	if err := c.ReportFailure(ctxT(t), "bad.id"); !errors.Is(err, bus.ErrInvalidFeedback) {
+		t.Fatalf("bad id: %v", err)
+	}
+	if err := c.ReportFailure(ctxT(t), "n", bus.WithReason(strings.Repeat("r", 300))); !errors.Is(err, bus.ErrInvalidFeedback) {
+		t.Fatalf("long reason: %v", err)
+	}
+	sub, err := nc.SubscribeSync(bus.SubjectFeedback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportFailure(ctxT(t), "n-1", bus.WithReason("refused"), bus.AsCaller("svc-a")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := bus.DecodeFeedback(m.Data, m.Header)
+	if err != nil || f != (bus.Feedback{Node: "n-1", Pool: "cache", Caller: "svc-a", Reason: "refused"}) {
+		t.Fatalf("published %+v, %v", f, err)
+	}
+	_ = sub.Unsubscribe()
+
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	if err := c.ReportFailure(ctxT(t), "n-1", bus.WithAck()); err != nil {
+		t.Fatalf("acknowledged: %v", err)
+	}
+	if got := r.Stats().Feedback["ignored"]; got != 1 {
+		t.Fatalf("feedback about an unknown node: ignored %d, want 1", got)
+	}
+}
