@@ -152,14 +152,15 @@ func (l *liveness) probe(ctx context.Context, t probeTicket) {
 		r.log.Debug("probe failed", "node", t.node, "err", err)
 	}
 	l.probes[o].Add(1)
-	if l.sched.result(t.node, t.started, o, r.cfg.Now()) {
+	down, current := l.sched.result(t.node, t.started, o, r.cfg.Now())
+	if down {
 		reason := "down: no responders to probe"
 		if o == probeTimeout {
 			reason = fmt.Sprintf("down: %d probes timed out (%v each)", r.cfg.ProbeTimeouts, r.cfg.ProbeTimeout)
 		}
 		l.markDown(t.node, reason, t.started)
 	}
-	if o == probeAnswered {
+	if o == probeAnswered && current { // an answer after a leave must not undo it
 		r.takeReport(t.node, m.Data, m.Header)
 	}
 	l.wake()

@@ -194,14 +194,16 @@ func (s *probeSchedule) next(now time.Time) (time.Time, bool) {
 	return now.Add(time.Duration((1 - s.tokens) / s.rate * float64(time.Second))), true
 }
 
-// result records how node's probe sent at started ended, at now, and
-// reports whether the node is down (it has then left the schedule).
-func (s *probeSchedule) result(node string, started time.Time, o probeOutcome, now time.Time) (down bool) {
+// result records how node's probe sent at started ended, at now. current
+// says the probe is still the node's (it did not leave or get re-probed
+// meanwhile): only then may an answer count as a report. down says the node
+// is down (it has then left the schedule).
+func (s *probeSchedule) result(node string, started time.Time, o probeOutcome, now time.Time) (down, current bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.byNode[node]
 	if e == nil || e.index >= 0 || !e.started.Equal(started) {
-		return false // dropped, rescheduled or re-probed meanwhile
+		return false, false // dropped, rescheduled or re-probed meanwhile
 	}
 	e.started = time.Time{}
 	if e.seen.After(started) || o == probeAnswered {
@@ -209,23 +211,23 @@ func (s *probeSchedule) result(node string, started time.Time, o probeOutcome, n
 		e.timeouts = 0
 		e.due = later(e.seen, now).Add(s.after(e.interval))
 		s.place(e)
-		return false
+		return false, true
 	}
 	switch o {
 	case probeNoResponders:
 		s.drop(e)
-		return true
+		return true, true
 	case probeTimeout:
 		if e.timeouts++; e.timeouts >= s.timeouts {
 			s.drop(e)
-			return true
+			return true, true
 		}
 		e.due = now // ask again at once
 	default: // an error of ours, not the node's: try again later
 		e.due = now.Add(s.after(e.interval))
 	}
 	s.place(e)
-	return false
+	return false, true
 }
 
 func later(a, b time.Time) time.Time {

@@ -8,6 +8,8 @@ import (
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
+func isDown(down, _ bool) bool { return down }
+
 func nodes(ts []probeTicket) []string {
 	var out []string
 	for _, t := range ts {
@@ -42,7 +44,7 @@ func TestProbeScheduleDue(t *testing.T) {
 		t.Fatalf("at +10s due %v, want [b] (a in flight)", nodes(got))
 	}
 	// a's probe times out, but a report came meanwhile: not a miss.
-	if s.result("a", t0.Add(2500*time.Millisecond), probeTimeout, t0.Add(3*time.Second)) {
+	if isDown(s.result("a", t0.Add(2500*time.Millisecond), probeTimeout, t0.Add(3*time.Second))) {
 		t.Fatal("down although a report came during the probe")
 	}
 	if at, _ := s.next(t0.Add(3 * time.Second)); !at.Equal(t0.Add(3 * time.Second).Add(1500 * time.Millisecond)) {
@@ -67,16 +69,16 @@ func TestProbeScheduleOutcomes(t *testing.T) {
 	}
 	started := got[0].started
 	after := now.Add(500 * time.Millisecond)
-	if !s.result("dead", started, probeNoResponders, after) {
+	if !isDown(s.result("dead", started, probeNoResponders, after)) {
 		t.Fatal("no responders is not down")
 	}
-	if s.result("hung", started, probeTimeout, after) {
+	if isDown(s.result("hung", started, probeTimeout, after)) {
 		t.Fatal("one timeout is down")
 	}
-	if s.result("slow", started, probeTimeout, after) {
+	if isDown(s.result("slow", started, probeTimeout, after)) {
 		t.Fatal("one timeout is down")
 	}
-	if s.result("fine", started, probeAnswered, after) {
+	if isDown(s.result("fine", started, probeAnswered, after)) {
 		t.Fatal("answered is down")
 	}
 	// The timed-out ones are probed again at once; fine is not due.
@@ -85,20 +87,28 @@ func TestProbeScheduleOutcomes(t *testing.T) {
 		t.Fatalf("retried %v, want hung and slow", nodes(again))
 	}
 	later := after.Add(500 * time.Millisecond)
-	if !s.result("hung", after, probeTimeout, later) {
+	if !isDown(s.result("hung", after, probeTimeout, later)) {
 		t.Fatal("two timeouts in a row are not down")
 	}
-	if s.result("slow", after, probeAnswered, later) {
+	if isDown(s.result("slow", after, probeAnswered, later)) {
 		t.Fatal("an answer after a timeout is down")
 	}
 	// slow's misses start over: one more timeout is not down.
 	s.take(later.Add(1500 * time.Millisecond))
-	if s.result("slow", later.Add(1500*time.Millisecond), probeTimeout, later.Add(2*time.Second)) {
+	if isDown(s.result("slow", later.Add(1500*time.Millisecond), probeTimeout, later.Add(2*time.Second))) {
 		t.Fatal("timeouts did not start over after an answer")
 	}
 	// A result for a probe that is not the one in flight is ignored.
-	if s.result("slow", t0, probeNoResponders, later) {
+	if down, current := s.result("slow", t0, probeNoResponders, later); down || current {
 		t.Fatal("a stale result counted")
+	}
+	// An answer to a probe of a node that left meanwhile is not current:
+	// the router must not take it as a report (it would undo the leave).
+	s.seen("bye", time.Second, true, t0)
+	g, _ := s.take(t0.Add(2 * time.Second))
+	s.seen("bye", 0, false, t0.Add(2*time.Second)) // its leaving report
+	if down, current := s.result("bye", g[0].started, probeAnswered, t0.Add(2*time.Second)); down || current {
+		t.Fatalf("answer after leaving: down %v, current %v", down, current)
 	}
 	// Down nodes left the schedule; dead comes back with a report.
 	if s.len() != 2 {
