@@ -42,6 +42,12 @@ type Reporter struct {
 	noProbe  bool
 	probeSub *nats.Subscription // nil with WithoutProbe
 
+	// probeMu orders probe answers before the leaving report: Close takes
+	// it to set closed, so no answer (an older seq, status up) follows the
+	// leave; a router would take such an answer as a rejoin.
+	probeMu sync.RWMutex
+	closed  bool
+
 	seq      atomic.Uint64 // starts at the Unix time in ns, so it grows across restarts
 	weight   atomic.Uint64 // math.Float64bits of the weight; 0 means 1
 	draining atomic.Bool
@@ -158,6 +164,11 @@ func (r *Reporter) answerProbe(ctx context.Context, m *nats.Msg) {
 	if m.Reply == "" {
 		return
 	}
+	r.probeMu.RLock()
+	defer r.probeMu.RUnlock()
+	if r.closed {
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.interval)
 	defer cancel()
 	data, err := r.encode(ctx, "", probeEncoding(m.Data, m.Header))
@@ -260,6 +271,9 @@ func (r *Reporter) Close() error {
 	r.closeOnce.Do(func() {
 		r.cancel()
 		<-r.done
+		r.probeMu.Lock()
+		r.closed = true
+		r.probeMu.Unlock()
 		if r.probeSub != nil {
 			_ = r.probeSub.Unsubscribe() // fails only on a closed connection
 		}
