@@ -13,9 +13,13 @@ import (
 // (killed, frozen, cut off) must be noticed within about 1.5 I, yet a
 // router with 10,000 members must neither spend O(members) per tick
 // looking for the late ones nor flood the server when a blip delays every
-// report at once. So each node has one due time (its last report plus
-// factor × I), kept in a min-heap: a report moves the node in O(log n), and
-// finding who is due costs O(due). Probes are paid for from a token bucket
+// report at once. So each node has a due time (its last report plus
+// factor × I) in a min-heap, and finding who is due costs O(due). A report
+// costs O(1): it only notes when it came, and the heap keeps the node's
+// earlier due time until that comes up; then take moves the node on to its
+// real due time (O(log n), once per node and interval rather than once per
+// report: 0.96 µs a report at 10,000 members when each report fixed the
+// heap, on the health path that must take 100,000 reports a second). Probes are paid for from a token bucket
 // (rate per second, a burst of a tenth of a second's worth): past it, due
 // nodes wait for tokens and are counted once as rate-limited. A node has at
 // most one probe in flight; while it is in flight it is out of the heap.
@@ -47,6 +51,16 @@ type probeEntry struct {
 	started  time.Time // when the probe in flight was sent
 	timeouts int       // in a row
 	limited  bool      // counted as rate-limited since its last probe
+	poked    bool      // callers said it failed: due stands, reports or not
+}
+
+// realDue is when e is due: factor × interval after its last report, or
+// its due time as it stands if callers asked for a probe.
+func (s *probeSchedule) realDue(e *probeEntry) time.Time {
+	if e.poked {
+		return e.due
+	}
+	return e.seen.Add(s.after(e.interval))
 }
 
 // probeTicket is one probe to send.
@@ -102,7 +116,14 @@ func (s *probeSchedule) seen(node string, interval time.Duration, probing bool, 
 	if e.index < 0 && !e.started.IsZero() {
 		return false // a probe is in flight; its result reschedules
 	}
-	e.due = now.Add(s.after(interval))
+	if e.poked {
+		return false // callers asked for a probe: it stands
+	}
+	due := now.Add(s.after(interval))
+	if e.index >= 0 && !due.Before(e.due) {
+		return false // later than the heap says: take moves it on (see above)
+	}
+	e.due = due
 	s.place(e)
 	return e.index == 0
 }
@@ -125,8 +146,8 @@ func (s *probeSchedule) poke(node string, now time.Time) bool {
 	if e == nil {
 		return false
 	}
-	if e.index >= 0 && e.due.After(now) {
-		e.due = now
+	if e.index >= 0 && s.realDue(e).After(now) {
+		e.due, e.poked = now, true
 		heap.Fix(&s.waiting, e.index)
 	}
 	return true
@@ -139,26 +160,32 @@ func (s *probeSchedule) take(now time.Time) (out []probeTicket, limited int) {
 	defer s.mu.Unlock()
 	s.refill(now)
 	for len(s.waiting) > 0 && !s.waiting[0].due.After(now) {
+		if e := s.waiting[0]; s.realDue(e).After(e.due) { // reported since: move on
+			e.due = s.realDue(e)
+			heap.Fix(&s.waiting, 0)
+			continue
+		}
 		if s.tokens < 1 {
 			limited = s.markLimited(0, now)
 			break
 		}
 		s.tokens--
 		e := heap.Pop(&s.waiting).(*probeEntry)
-		e.started, e.limited = now, false
+		e.started, e.limited, e.poked = now, false, false
 		out = append(out, probeTicket{node: e.node, started: now})
 	}
 	return out, limited
 }
 
 // markLimited flags the due entries in the heap below i that are not
-// flagged yet, and counts them; it visits only due entries.
+// flagged yet, and counts them; it visits only entries the heap has due
+// (some of which reported since, and are not counted).
 func (s *probeSchedule) markLimited(i int, now time.Time) int {
 	if i >= len(s.waiting) || s.waiting[i].due.After(now) {
 		return 0
 	}
 	n := 0
-	if e := s.waiting[i]; !e.limited {
+	if e := s.waiting[i]; !e.limited && !s.realDue(e).After(now) {
 		e.limited = true
 		n = 1
 	}
@@ -222,7 +249,7 @@ func (s *probeSchedule) result(node string, started time.Time, o probeOutcome, n
 			s.drop(e)
 			return true, true
 		}
-		e.due = now // ask again at once
+		e.due, e.poked = now, true // ask again at once, however recent its last report
 	default: // an error of ours, not the node's: try again later
 		e.due = now.Add(s.after(e.interval))
 	}

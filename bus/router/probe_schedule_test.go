@@ -50,6 +50,24 @@ func TestProbeScheduleDue(t *testing.T) {
 	if at, _ := s.next(t0.Add(3 * time.Second)); !at.Equal(t0.Add(3 * time.Second).Add(1500 * time.Millisecond)) {
 		t.Fatalf("a due at %v", at)
 	}
+	// Feedback about a node that reported a moment ago: probed now, and a
+	// timeout is retried at once, not after its next due time.
+	s.seen("c", time.Minute, true, t0.Add(3*time.Second))
+	s.poke("c", t0.Add(3*time.Second))
+	s.seen("c", time.Minute, true, t0.Add(3*time.Second)) // a report does not undo the poke
+	g, _ := s.take(t0.Add(3 * time.Second))
+	if fmt.Sprint(nodes(g)) != "[c]" {
+		t.Fatalf("poked c not taken: %v", nodes(g))
+	}
+	if isDown(s.result("c", g[0].started, probeTimeout, t0.Add(3500*time.Millisecond))) {
+		t.Fatal("one timeout is down")
+	}
+	if g, _ := s.take(t0.Add(3500 * time.Millisecond)); fmt.Sprint(nodes(g)) != "[c]" {
+		t.Fatalf("timeout of c not retried at once: %v", nodes(g))
+	}
+	if !isDown(s.result("c", t0.Add(3500*time.Millisecond), probeTimeout, t0.Add(4*time.Second))) {
+		t.Fatal("two timeouts in a row are not down")
+	}
 	// Leaving (or probe false) takes a node off the schedule.
 	s.seen("a", time.Second, false, t0.Add(3*time.Second))
 	if s.len() != 1 { // b, in flight
@@ -117,6 +135,31 @@ func TestProbeScheduleOutcomes(t *testing.T) {
 	s.seen("dead", time.Second, true, later)
 	if s.len() != 3 {
 		t.Fatal("a report did not put a down node back")
+	}
+}
+
+// TestProbeScheduleLazy: a report costs O(1) and leaves the heap as it
+// is; a node whose heap time comes up but that reported since is moved on,
+// not probed, and not counted as rate-limited.
+func TestProbeScheduleLazy(t *testing.T) {
+	s := newProbeSchedule(1.5, 2, 1) // one token
+	for _, n := range []string{"a", "b"} {
+		s.seen(n, time.Second, true, t0)
+	}
+	for i := 1; i <= 10; i++ { // a reports every second, b goes quiet
+		s.seen("a", time.Second, true, t0.Add(time.Duration(i)*time.Second))
+	}
+	got, limited := s.take(t0.Add(10 * time.Second))
+	if fmt.Sprint(nodes(got)) != "[b]" || limited != 0 {
+		t.Fatalf("due %v (limited %d), want [b]: a reported", nodes(got), limited)
+	}
+	if at, _ := s.next(t0.Add(10 * time.Second)); !at.Equal(t0.Add(11500 * time.Millisecond)) {
+		t.Fatalf("a due at %v, want +11.5s", at.Sub(t0))
+	}
+	// A shorter interval brings a node's due time forward at once.
+	s.seen("a", 100*time.Millisecond, true, t0.Add(10*time.Second))
+	if at, _ := s.next(t0.Add(10 * time.Second)); !at.Equal(t0.Add(10150 * time.Millisecond)) {
+		t.Fatalf("a due at %v after a shorter interval, want +10.15s", at.Sub(t0))
 	}
 }
 
