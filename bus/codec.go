@@ -297,7 +297,19 @@ type Health struct {
 	Status            string        // "" (up), StatusUp, StatusDraining or StatusLeaving
 	Seq               uint64        // sender's counter; 0 means none
 	Pools             []string      // pools the node serves; nil means [DefaultPool]
+	// Interval is how often the node reports (wire interval_ms, whole
+	// milliseconds); 0 means not said, else MinInterval to MaxInterval. It
+	// lets a router notice a missed report.
+	Interval time.Duration
+	// Probe says the node answers probes on ProbeSubject(node) (wire probe).
+	Probe bool
 }
+
+// The range of a report's interval_ms.
+const (
+	MinInterval = 100 * time.Millisecond
+	MaxInterval = time.Hour
+)
 
 // healthWire is Health as it travels; pointers tell missing from zero.
 type healthWire struct {
@@ -310,6 +322,8 @@ type healthWire struct {
 	Status            string   `json:"status,omitempty" msgpack:"status,omitempty"`
 	Seq               uint64   `json:"seq,omitempty" msgpack:"seq,omitempty"`
 	Pools             []string `json:"pools,omitempty" msgpack:"pools,omitempty"`
+	IntervalMS        *int64   `json:"interval_ms,omitempty" msgpack:"interval_ms,omitempty"`
+	Probe             bool     `json:"probe,omitempty" msgpack:"probe,omitempty"`
 }
 
 // Report converts to the form ResourceAware takes (status leaving maps to up).
@@ -338,6 +352,9 @@ func (h Health) Validate() error {
 	if h.Status != "" && h.Status != StatusUp && h.Status != StatusDraining && h.Status != StatusLeaving {
 		return fmt.Errorf("%w: status %q is not up, draining or leaving", ErrInvalidReport, h.Status)
 	}
+	if h.Interval != 0 && (h.Interval < MinInterval || h.Interval > MaxInterval || h.Interval%time.Millisecond != 0) {
+		return fmt.Errorf("%w: interval_ms %v is not a whole number in [%d, %d]", ErrInvalidReport, float64(h.Interval)/float64(time.Millisecond), MinInterval.Milliseconds(), MaxInterval.Milliseconds())
+	}
 	if h.Pools != nil {
 		if err := validatePools(h.Pools); err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalidReport, err)
@@ -358,10 +375,14 @@ func EncodeHealth(node string, h Health, enc Encoding) ([]byte, error) {
 	w := healthWire{
 		Node: &node, CPUUsage: &h.CPUUsage, MemoryUsage: &h.MemoryUsage,
 		ActiveConnections: &h.ActiveConnections, AvgLatencyMS: &ms,
-		Status: h.Status, Seq: h.Seq, Pools: h.Pools,
+		Status: h.Status, Seq: h.Seq, Pools: h.Pools, Probe: h.Probe,
 	}
 	if h.Weight != 0 {
 		w.Weight = &h.Weight
+	}
+	if h.Interval != 0 {
+		iv := h.Interval.Milliseconds()
+		w.IntervalMS = &iv
 	}
 	return enc.Marshal(&w)
 }
@@ -404,6 +425,14 @@ func DecodeHealth(node string, data []byte, h nats.Header) (Health, error) {
 		ActiveConnections: *w.ActiveConnections,
 		AvgLatency:        time.Duration(math.Round(ms * float64(time.Millisecond))),
 		Status:            w.Status, Seq: w.Seq, Pools: w.Pools,
+		Probe: w.Probe,
+	}
+	if w.IntervalMS != nil {
+		iv := *w.IntervalMS
+		if iv < MinInterval.Milliseconds() || iv > MaxInterval.Milliseconds() {
+			return Health{}, fmt.Errorf("%w: interval_ms %d is not in [%d, %d]", ErrInvalidReport, iv, MinInterval.Milliseconds(), MaxInterval.Milliseconds())
+		}
+		out.Interval = time.Duration(iv) * time.Millisecond
 	}
 	if w.Weight != nil {
 		if *w.Weight == 0 {

@@ -267,7 +267,7 @@ func (q *Request) DecodeMsgpack(d *msgpack.Decoder) error {
 type healthValues struct {
 	node                      string
 	cpu, mem, latency, weight float64
-	conns                     int64
+	conns, interval           int64
 }
 
 // DecodeMsgpack decodes w as msgpack's reflection decoder would.
@@ -303,6 +303,10 @@ func (w *healthWire) DecodeMsgpack(d *msgpack.Decoder) error {
 			w.Seq, err = d.DecodeUint64()
 		case "pools":
 			err = decodeStrings(d, &w.Pools)
+		case "interval_ms":
+			err = decodePtr(d, &w.IntervalMS, &v.interval, (*msgpack.Decoder).DecodeInt64)
+		case "probe":
+			w.Probe, err = d.DecodeBool()
 		default:
 			err = s.noCase()
 		}

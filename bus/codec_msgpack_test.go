@@ -225,8 +225,8 @@ func compareHealthDecoders(t *testing.T, data []byte) bool {
 		t.Fatalf("%x: via bufio: %s, %v; reflection %s, %v", data, healthView(bhand), errHand, healthView(healthWire(bref)), errRef)
 	}
 	pre := func() healthWire {
-		node, f, n := "x", 7.0, int64(7)
-		return healthWire{Node: &node, CPUUsage: &f, MemoryUsage: &f, ActiveConnections: &n, AvgLatencyMS: &f, Weight: &f, Status: "up", Seq: 7, Pools: []string{"p1", "p2"}}
+		node, f, n, iv := "x", 7.0, int64(7), int64(700)
+		return healthWire{Node: &node, CPUUsage: &f, MemoryUsage: &f, ActiveConnections: &n, AvgLatencyMS: &f, Weight: &f, Status: "up", Seq: 7, Pools: []string{"p1", "p2"}, IntervalMS: &iv, Probe: true}
 	}
 	pref, phand := healthWireRef(pre()), pre()
 	_, errRef = decodeStream(data, func(d *msgpack.Decoder) error { return d.Decode(&pref) })
@@ -267,15 +267,16 @@ func healthView(w healthWire) string {
 	ptr("conns", w.ActiveConnections)
 	ptr("latency", w.AvgLatencyMS)
 	ptr("weight", w.Weight)
-	fmt.Fprintf(&b, "status=%q seq=%d pools=%#v", w.Status, w.Seq, w.Pools)
-	if n := reflect.TypeFor[healthWire]().NumField(); n != 9 {
-		panic(fmt.Sprintf("healthView shows 9 fields; healthWire has %d", n))
+	ptr("interval", w.IntervalMS)
+	fmt.Fprintf(&b, "status=%q seq=%d pools=%#v probe=%t", w.Status, w.Seq, w.Pools, w.Probe)
+	if n := reflect.TypeFor[healthWire]().NumField(); n != 11 {
+		panic(fmt.Sprintf("healthView shows 11 fields; healthWire has %d", n))
 	}
 	return b.String()
 }
 
 func TestMsgpackHealthMatchesReflection(t *testing.T) {
-	full, err := EncodeHealth("n-1", Health{CPUUsage: 12.5, MemoryUsage: 40, ActiveConnections: 17, Weight: 2, Status: StatusDraining, Seq: 99, Pools: []string{"a", "b"}}, Msgpack)
+	full, err := EncodeHealth("n-1", Health{CPUUsage: 12.5, MemoryUsage: 40, ActiveConnections: 17, Weight: 2, Status: StatusDraining, Seq: 99, Pools: []string{"a", "b"}, Interval: time.Second, Probe: true}, Msgpack)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +299,12 @@ func TestMsgpackHealthMatchesReflection(t *testing.T) {
 		{"unknown fields", kv(t, "gpu_usage", 3.5, "cpu_usage", 1.0, "extra", []any{map[string]any{}}), true},
 		{"nil", []byte{0xc0}, true},
 		{"empty map", kv(t), true},
-		{"as an array", arr(t, "n", 1.0, 2.0, 3, 4.0, nil, "up", 5, []string{"p"}), true},
+		{"as an array", arr(t, "n", 1.0, 2.0, 3, 4.0, nil, "up", 5, []string{"p"}, 1000, true), true},
+		{"as an array of the old length", arr(t, "n", 1.0, 2.0, 3, 4.0, nil, "up", 5, []string{"p"}), false},
+		{"interval and probe", kv(t, "interval_ms", 1000, "probe", true), true},
+		{"nil interval and probe", kv(t, "interval_ms", nil, "probe", nil), true},
+		{"float interval", kv(t, "interval_ms", 1000.0), false},
+		{"int probe", kv(t, "probe", 1), false},
 		{"as an empty array", arr(t), true},
 		{"array of the wrong length", arr(t, "n", 1.0), false},
 		{"string cpu", kv(t, "cpu_usage", "high"), false},
@@ -539,7 +545,8 @@ func FuzzMsgpackHealthDifferential(f *testing.F) {
 	full, _ := EncodeHealth("n-1", Health{CPUUsage: 12.5, MemoryUsage: 40, ActiveConnections: 17, Weight: 2, Status: StatusDraining, Seq: 99, Pools: []string{"a"}}, Msgpack)
 	f.Add(full)
 	f.Add(kv(f, "cpu_usage", nil, "cpu_usage", 1, "active_connections", 1.5))
-	f.Add(arr(f, "n", 1.0, 2.0, 3, 4.0, nil, "up", 5, []string{"p"}))
+	f.Add(arr(f, "n", 1.0, 2.0, 3, 4.0, nil, "up", 5, []string{"p"}, 1000, true))
+	f.Add(kv(f, "interval_ms", uint16(500), "probe", true, "probe", nil))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		compareHealthDecoders(t, data)
 	})

@@ -85,7 +85,7 @@ func TestDetectEncoding(t *testing.T) {
 }
 
 func TestHealthRoundTrip(t *testing.T) {
-	h := Health{CPUUsage: 12.5, MemoryUsage: 40, ActiveConnections: 17, AvgLatency: 3500 * time.Microsecond, Weight: 2, Status: StatusDraining, Seq: 99}
+	h := Health{CPUUsage: 12.5, MemoryUsage: 40, ActiveConnections: 17, AvgLatency: 3500 * time.Microsecond, Weight: 2, Status: StatusDraining, Seq: 99, Interval: 1500 * time.Millisecond, Probe: true}
 	for _, enc := range []Encoding{JSON, Msgpack} {
 		b, err := EncodeHealth("node-1", h, enc)
 		if err != nil {
@@ -154,6 +154,9 @@ func FuzzDecodeHealth(f *testing.F) {
 	f.Add("node-1", []byte(`{"cpu_usage":10,"memory_usage":20,"active_connections":5,"avg_latency_ms":3,"weight":2,"status":"draining","seq":7,"node":"node-1"}`))
 	m, _ := EncodeHealth("n", Health{CPUUsage: 1, Weight: 3, Seq: 1}, Msgpack)
 	f.Add("n", m)
+	m, _ = EncodeHealth("n", Health{CPUUsage: 1, Interval: time.Second, Probe: true}, Msgpack)
+	f.Add("n", m)
+	f.Add("n", []byte(`{"cpu_usage":1,"memory_usage":2,"active_connections":3,"avg_latency_ms":4,"interval_ms":99,"probe":true}`))
 	f.Fuzz(func(t *testing.T, node string, data []byte) {
 		h, err := DecodeHealth(node, data, nil)
 		if err != nil {
@@ -205,4 +208,30 @@ func FuzzDecodeRingDocument(f *testing.F) {
 			t.Fatal("encoded document is not JSON")
 		}
 	})
+}
+
+func TestHealthInterval(t *testing.T) {
+	base := `"cpu_usage":1,"memory_usage":2,"active_connections":3,"avg_latency_ms":4`
+	for body, want := range map[string]time.Duration{
+		`{` + base + `}`:                                    0,
+		`{` + base + `,"interval_ms":100}`:                  100 * time.Millisecond,
+		`{` + base + `,"interval_ms":3600000,"probe":true}`: time.Hour,
+	} {
+		h, err := DecodeHealth("n", []byte(body), nil)
+		if err != nil || h.Interval != want {
+			t.Errorf("%s: %v, %v; want %v", body, h.Interval, err, want)
+		}
+	}
+	for _, bad := range []string{`0`, `99`, `3600001`, `-5`, `1.5`, `"1000"`, `true`} {
+		body := `{` + base + `,"interval_ms":` + bad + `}`
+		if _, err := DecodeHealth("n", []byte(body), nil); !errors.Is(err, ErrInvalidReport) {
+			t.Errorf("interval_ms %s: %v, want ErrInvalidReport", bad, err)
+		}
+	}
+	if _, err := EncodeHealth("n", Health{Interval: 50 * time.Millisecond}, JSON); !errors.Is(err, ErrInvalidReport) {
+		t.Errorf("encode 50ms: %v", err)
+	}
+	if _, err := EncodeHealth("n", Health{Interval: 1500 * time.Microsecond * 1000}, JSON); err != nil {
+		t.Errorf("encode 1.5s: %v", err)
+	}
 }

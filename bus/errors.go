@@ -23,6 +23,8 @@ var (
 	ErrInvalidPool = errors.New("natsroute: invalid pool")
 	// ErrInvalidDocument is wrapped by errors about ring documents.
 	ErrInvalidDocument = errors.New("natsroute: invalid ring document")
+	// ErrInvalidFeedback is wrapped by errors about route.feedback bodies.
+	ErrInvalidFeedback = errors.New("natsroute: invalid feedback")
 	// ErrClosed is what Router.Ready reports after Close.
 	ErrClosed = errors.New("natsroute: closed")
 )

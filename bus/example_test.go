@@ -182,3 +182,25 @@ func onRing(nc *nats.Conn, node string, want bool) bool {
 	}
 	return found
 }
+
+// Tell the routers that a node failed this caller: each probes it at once,
+// and a node that is dead leaves the ring within a round trip. Without
+// WithAck the report is only published.
+func ExampleClient_ReportFailure() {
+	url, stop := exampleRouter()
+	defer stop()
+
+	nc, err := nats.Connect(url, nats.Name("checkout-7"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	client, err := bus.NewClient(nc)
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = client.ReportFailure(context.Background(), "b", bus.WithReason("connection refused"), bus.WithAck())
+	fmt.Println("acknowledged:", err == nil)
+	// Output:
+	// acknowledged: true
+}

@@ -52,6 +52,10 @@ type NodeStatus struct {
 	// (absent once it has its full share); Note says so in words.
 	SlowStart float64 `json:"slow_start,omitempty" msgpack:"slow_start,omitempty"`
 	Note      string  `json:"note,omitempty" msgpack:"note,omitempty"`
+	// Down says why the node is out of the pool although it has not left,
+	// e.g. "down: no responders to probe"; absent otherwise. Its next report
+	// brings it back.
+	Down string `json:"down,omitempty" msgpack:"down,omitempty"`
 }
 
 // NodesState is the reply of route.nodes: one page of a pool's nodes.

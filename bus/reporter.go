@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,9 @@ func (f HealthFunc) Health(ctx context.Context) (Health, error) { return f(ctx) 
 
 // Reporter publishes a node's health on health.<node> every interval, and
 // status "leaving" on Close, so a clean shutdown leaves the ring at once.
+// Unless WithoutProbe is given, its reports say interval_ms and probe: true,
+// and it answers probes on health.<node>.probe with a fresh report, so a
+// router tells a dead node (no responders) from a late report at once.
 type Reporter struct {
 	nc       *nats.Conn
 	node     string
@@ -35,6 +39,14 @@ type Reporter struct {
 	interval time.Duration
 	enc      Encoding
 	log      *slog.Logger
+	noProbe  bool
+	probeSub *nats.Subscription // nil with WithoutProbe
+
+	// probeMu orders probe answers before the leaving report: Close takes
+	// it to set closed, so no answer (an older seq, status up) follows the
+	// leave; a router would take such an answer as a rejoin.
+	probeMu sync.RWMutex
+	closed  bool
 
 	seq      atomic.Uint64 // starts at the Unix time in ns, so it grows across restarts
 	weight   atomic.Uint64 // math.Float64bits of the weight; 0 means 1
@@ -87,6 +99,13 @@ func WithReporterEncoding(e Encoding) ReporterOption {
 	}
 }
 
+// WithoutProbe turns probing off: reports carry neither interval_ms nor
+// probe, and nothing answers on health.<node>.probe, so routers never probe
+// this node (it leaves on "leaving" or after the member TTL, as before).
+func WithoutProbe() ReporterOption {
+	return func(r *Reporter) error { r.noProbe = true; return nil }
+}
+
 // WithReporterLogger sets where publish and source failures are logged.
 func WithReporterLogger(l *slog.Logger) ReporterOption {
 	return func(r *Reporter) error { r.log = l; return nil }
@@ -113,8 +132,67 @@ func NewReporter(nc *nats.Conn, node string, source HealthSource, interval time.
 	}
 	var ctx context.Context
 	ctx, r.cancel = context.WithCancel(context.Background())
+	if !r.noProbe {
+		sub, err := nc.Subscribe(ProbeSubject(node), func(m *nats.Msg) { r.answerProbe(ctx, m) })
+		if err != nil {
+			r.cancel()
+			return nil, fmt.Errorf("bus: NewReporter: subscribe %s: %w", ProbeSubject(node), err)
+		}
+		r.probeSub = sub
+	}
 	go r.run(ctx)
 	return r, nil
+}
+
+// reportedInterval is the interval_ms a report says: the interval, raised
+// to MinInterval (the node reports more often than it says, which is safe);
+// 0 (unsaid, so never probed) above MaxInterval.
+func (r *Reporter) reportedInterval() time.Duration {
+	iv := r.interval.Round(time.Millisecond)
+	switch {
+	case iv < MinInterval:
+		return MinInterval
+	case iv > MaxInterval:
+		return 0
+	}
+	return iv
+}
+
+// answerProbe replies to a probe with a fresh report in the request's
+// encoding, exactly as it would be published.
+func (r *Reporter) answerProbe(ctx context.Context, m *nats.Msg) {
+	if m.Reply == "" {
+		return
+	}
+	r.probeMu.RLock()
+	defer r.probeMu.RUnlock()
+	if r.closed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.interval)
+	defer cancel()
+	data, err := r.encode(ctx, "", probeEncoding(m.Data, m.Header))
+	if err != nil {
+		r.failures.Add(1)
+		r.log.Warn("probe answer failed", "node", r.node, "err", err)
+		return
+	}
+	if err := m.Respond(data); err != nil {
+		r.failures.Add(1)
+		r.log.Warn("probe answer failed", "node", r.node, "err", err)
+	}
+}
+
+// probeEncoding is the encoding of a probe's answer: JSON when the request
+// says JSON (a body starting with '{' or Content-Type: application/json),
+// otherwise msgpack. Unlike DetectEncoding, an empty body (a probe's usual
+// body) means msgpack: routers probe with empty bodies and decode msgpack
+// fastest; `nats req health.<node>.probe '{}'` gets JSON.
+func probeEncoding(data []byte, h nats.Header) Encoding {
+	if len(data) == 0 && (h == nil || !strings.HasPrefix(h.Get("Content-Type"), "application/json")) {
+		return Msgpack
+	}
+	return DetectEncoding(data, h)
 }
 
 // SetWeight changes the weight sent from the next report on.
@@ -157,9 +235,18 @@ func (r *Reporter) run(ctx context.Context) {
 
 // publish reports once; status overrides the draining flag when set.
 func (r *Reporter) publish(ctx context.Context, status string) error {
+	data, err := r.encode(ctx, status, r.enc)
+	if err != nil {
+		return err
+	}
+	return r.nc.Publish(HealthSubject(r.node), data)
+}
+
+// encode takes a fresh sample and encodes it as a report in enc.
+func (r *Reporter) encode(ctx context.Context, status string, enc Encoding) ([]byte, error) {
 	h, err := r.source.Health(ctx)
 	if err != nil {
-		return fmt.Errorf("health source: %w", err)
+		return nil, fmt.Errorf("health source: %w", err)
 	}
 	if status == "" && r.draining.Load() {
 		status = StatusDraining
@@ -170,11 +257,11 @@ func (r *Reporter) publish(ctx context.Context, status string) error {
 	if p := r.pools.Load(); p != nil {
 		h.Pools = *p
 	}
-	data, err := EncodeHealth(r.node, h, r.enc)
-	if err != nil {
-		return err
+	if !r.noProbe {
+		h.Interval = r.reportedInterval()
+		h.Probe = h.Interval != 0
 	}
-	return r.nc.Publish(HealthSubject(r.node), data)
+	return EncodeHealth(r.node, h, enc)
 }
 
 // Close stops reporting and publishes status "leaving" (the node leaves the
@@ -184,6 +271,12 @@ func (r *Reporter) Close() error {
 	r.closeOnce.Do(func() {
 		r.cancel()
 		<-r.done
+		r.probeMu.Lock()
+		r.closed = true
+		r.probeMu.Unlock()
+		if r.probeSub != nil {
+			_ = r.probeSub.Unsubscribe() // fails only on a closed connection
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		if err = r.publish(ctx, StatusLeaving); err == nil {

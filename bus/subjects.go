@@ -18,6 +18,13 @@ const (
 
 	SubjectPools = "route.pools" // request/reply: the pools a router serves
 
+	// SubjectFeedback takes callers' word that a node failed them (publish,
+	// or request for an acknowledgement); every router replica sees it.
+	SubjectFeedback = "route.feedback"
+	// ProbeSuffix ends the subject a probing node answers probes on:
+	// health.<node>.probe. health.* (two tokens) does not match it.
+	ProbeSuffix = ".probe"
+
 	DefaultBucket     = "natsroute" // JetStream KV bucket holding the ring
 	RingKey           = "ring"      // the key of the default pool's ring document
 	DefaultPool       = "default"   // the pool of reports and requests that name none
@@ -42,6 +49,9 @@ const (
 
 // HealthSubject returns the subject node publishes its health on.
 func HealthSubject(node string) string { return HealthPrefix + node }
+
+// ProbeSubject returns the subject a probing node answers probes on.
+func ProbeSubject(node string) string { return HealthPrefix + node + ProbeSuffix }
 
 // ValidateNodeID checks that id is 1 to 64 characters of [A-Za-z0-9_-]: a
 // single subject token without wildcards, dots or spaces.

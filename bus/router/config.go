@@ -28,9 +28,21 @@ const (
 	DefaultHealthPending = 1 << 20 // messages buffered for health.* before drops
 	DefaultMaxPools      = 1000
 	DefaultShedInterval  = time.Second
-	maxPools             = 100_000
-	maxKVReplicas        = 5
-	maxLimit             = 1 << 20
+	// Liveness (DESIGN.md): a probing node silent for 1.5 × its interval is
+	// probed; a probe waits 500 ms (a round trip here is ~0.2 ms, a loaded
+	// server's a few ms: 500 ms is a hung process, not a busy one); two
+	// timeouts in a row are down (one lost message is not); at most 1,000
+	// probes a second, so 10,000 members late together (a blip) are probed
+	// over 10 s rather than at once; feedback past 1,000 messages a second
+	// is dropped.
+	DefaultProbeMissFactor = 1.5
+	DefaultProbeTimeout    = 500 * time.Millisecond
+	DefaultProbeTimeouts   = 2
+	DefaultProbeRate       = 1000.0
+	DefaultFeedbackRate    = 1000.0
+	maxPools               = 100_000
+	maxKVReplicas          = 5
+	maxLimit               = 1 << 20
 )
 
 // Limits bound what one request may ask for. Zero fields mean the default.
@@ -79,6 +91,23 @@ type Config struct {
 	// ShedInterval is how often shed fractions are recomputed and, if they
 	// changed, written (default 1 s).
 	ShedInterval time.Duration
+	// ProbeMissFactor: a node whose reports say probe and interval_ms is
+	// probed after ProbeMissFactor × interval without a report (default
+	// 1.5; 1.1 to 10).
+	ProbeMissFactor float64
+	// ProbeTimeout is how long a probe waits for its answer (default 500
+	// ms; 10 ms to 10 s).
+	ProbeTimeout time.Duration
+	// ProbeTimeouts is how many probes in a row must time out for a node to
+	// be down (default 2; 1 to 10). No responders is down at once.
+	ProbeTimeouts int
+	// ProbeRate bounds the probes this router sends, per second (default
+	// 1,000; up to 100,000).
+	ProbeRate float64
+	// FeedbackRate bounds the route.feedback messages this router handles,
+	// per second (default 1,000; up to 100,000); the rest are counted and
+	// dropped.
+	FeedbackRate float64
 	// Balancer configures ResourceAware (thresholds, weights, staleness).
 	Balancer resourceaware.Config
 	// Limits bound requests.
@@ -106,7 +135,14 @@ func DefaultConfig() Config {
 		DrainTimeout: DefaultDrainTimeout,
 		MaxPools:     DefaultMaxPools,
 		ShedInterval: DefaultShedInterval,
-		Balancer:     resourceaware.DefaultConfig(),
+
+		ProbeMissFactor: DefaultProbeMissFactor,
+		ProbeTimeout:    DefaultProbeTimeout,
+		ProbeTimeouts:   DefaultProbeTimeouts,
+		ProbeRate:       DefaultProbeRate,
+		FeedbackRate:    DefaultFeedbackRate,
+
+		Balancer: resourceaware.DefaultConfig(),
 		Limits: Limits{
 			MaxKeyBytes:   DefaultMaxKeyBytes,
 			MaxCandidates: DefaultMaxCandidates,
@@ -157,6 +193,24 @@ func (c Config) Validate() error {
 	if c.BalanceFactor != 0 && !(c.BalanceFactor > 1 && c.BalanceFactor <= ring.MaxBalanceFactor) {
 		add("BalanceFactor = %v, want 0 (off) or above 1 and at most %v (e.g. 1.25: no member above 1.25 × the mean load)", c.BalanceFactor, ring.MaxBalanceFactor)
 	}
+	if c.ProbeMissFactor != 0 && !(c.ProbeMissFactor >= 1.1 && c.ProbeMissFactor <= 10) {
+		add("ProbeMissFactor = %v, want 1.1 to 10 (0 means %v): a node is probed after this many report intervals of silence", c.ProbeMissFactor, DefaultProbeMissFactor)
+	}
+	if c.ProbeTimeout != 0 && !(c.ProbeTimeout >= 10*time.Millisecond && c.ProbeTimeout <= 10*time.Second) {
+		add("ProbeTimeout = %v, want 10ms to 10s (0 means %v)", c.ProbeTimeout, DefaultProbeTimeout)
+	}
+	if c.ProbeTimeouts < 0 || c.ProbeTimeouts > 10 {
+		add("ProbeTimeouts = %d, want 1 to 10 (0 means %d)", c.ProbeTimeouts, DefaultProbeTimeouts)
+	}
+	for _, f := range []struct {
+		name string
+		v    float64
+		def  float64
+	}{{"ProbeRate", c.ProbeRate, DefaultProbeRate}, {"FeedbackRate", c.FeedbackRate, DefaultFeedbackRate}} {
+		if f.v != 0 && !(f.v >= 1 && f.v <= 100_000) {
+			add("%s = %v, want 1 to 100000 a second (0 means %v)", f.name, f.v, f.def)
+		}
+	}
 	if c.Coalesce > time.Second {
 		add("Coalesce = %v, want at most 1s: membership changes would wait that long", c.Coalesce)
 	}
@@ -191,6 +245,11 @@ func (c Config) withDefaults() Config {
 	c.DrainTimeout = cmp.Or(c.DrainTimeout, d.DrainTimeout)
 	c.MaxPools = cmp.Or(c.MaxPools, d.MaxPools)
 	c.ShedInterval = cmp.Or(c.ShedInterval, d.ShedInterval)
+	c.ProbeMissFactor = cmp.Or(c.ProbeMissFactor, d.ProbeMissFactor)
+	c.ProbeTimeout = cmp.Or(c.ProbeTimeout, d.ProbeTimeout)
+	c.ProbeTimeouts = cmp.Or(c.ProbeTimeouts, d.ProbeTimeouts)
+	c.ProbeRate = cmp.Or(c.ProbeRate, d.ProbeRate)
+	c.FeedbackRate = cmp.Or(c.FeedbackRate, d.FeedbackRate)
 	c.Limits.MaxKeyBytes = cmp.Or(c.Limits.MaxKeyBytes, d.Limits.MaxKeyBytes)
 	c.Limits.MaxCandidates = cmp.Or(c.Limits.MaxCandidates, d.Limits.MaxCandidates)
 	c.Limits.MaxBatch = cmp.Or(c.Limits.MaxBatch, d.Limits.MaxBatch)

@@ -2,7 +2,9 @@
 // from health.* (every replica sees every report), keeps each pool's ring
 // membership in the JetStream KV bucket with compare-and-set writes, and
 // serves route.request, route.ring, route.nodes and route.pools as a NATS
-// micro service in a queue group. Lookups never block on I/O: they read
+// micro service in a queue group. It probes nodes that miss a report
+// (health.<node>.probe) and takes down those that do not answer; every
+// replica takes route.feedback. Lookups never block on I/O: they read
 // immutable snapshots of the ring and of the health of every node.
 //
 // The cmd/router binary runs one. To embed a router in another program,
@@ -24,5 +26,8 @@
 // router_requests.go (the request path: decode, pool, strategy, encode),
 // membership.go (what reports say of nodes), pool.go and pool_writer.go
 // (a pool's state and its KV writer), strategy.go, keeper.go (the bucket),
-// legacy.go (routers of an earlier release), stats.go, config.go.
+// legacy.go (routers of an earlier release), liveness.go (probes of nodes
+// that miss a report or that callers report on route.feedback, and taking
+// down the dead) with probe_schedule.go (when to probe, without I/O),
+// stats.go, config.go.
 package router

@@ -29,6 +29,7 @@ type track struct {
 	draining bool
 	left     bool     // the last report said leaving
 	pools    []string // the pools of its last report that was not leaving
+	down     string   // why probes found it down since its last report ("" if not; see liveness)
 }
 
 // maxExpiryHold bounds how long expiry is held back while health reports
@@ -84,6 +85,8 @@ func (m *membership) observe(node string, h bus.Health) error {
 	}
 	t.seen, t.seq = r.cfg.Now(), h.Seq
 	t.left = leaving
+	t.down = ""
+	r.live.seen(node, h, t.seen)
 	t.weight = h.Weight
 	if t.weight == 0 {
 		t.weight = 1
@@ -107,7 +110,7 @@ func (m *membership) observe(node string, h bus.Health) error {
 	// Wake a pool's writer when this node's entry should change: compared
 	// with the last report (the view may not show a write in flight yet),
 	// and with the view (another replica may have written otherwise).
-	changed := prev.seen.IsZero() || prev.left != t.left || prev.weight != t.weight || prev.draining != t.draining
+	changed := prev.seen.IsZero() || prev.left != t.left || prev.down != t.down || prev.weight != t.weight || prev.draining != t.draining
 	for _, name := range t.pools {
 		p := r.pool(name)
 		if p == nil {
@@ -146,10 +149,11 @@ func (m *membership) silenceNow() time.Time {
 	return caught
 }
 
-// alive reports whether a tracked node is a live member at now.
+// alive reports whether a tracked node is a live member at now: it has
+// not left, probes have not found it down, and it reported within the TTL.
 func (m *membership) alive(t *track, now time.Time) bool {
 	r := m.r
-	return !t.left && now.Sub(t.seen) <= r.cfg.MemberTTL
+	return !t.left && t.down == "" && now.Sub(t.seen) <= r.cfg.MemberTTL
 }
 
 // forgetSilent drops tracker entries long past the TTL, so a router's memory
@@ -169,6 +173,7 @@ func (m *membership) forgetSilent() {
 			}
 		}
 		delete(r.tracker, id)
+		r.live.sched.remove(id)
 	}
 }
 
@@ -177,14 +182,7 @@ func (m *membership) forgetSilent() {
 func (ms *membership) onHealth(m *nats.Msg) {
 	r := ms.r
 	node, _ := bus.NodeFromSubject(m.Subject)
-	h, err := bus.DecodeHealth(node, m.Data, m.Header)
-	if err == nil {
-		for _, s := range r.Strategies() { // ConsistentHash first: it refuses stale seqs
-			if err = s.Report(node, h); err != nil {
-				break
-			}
-		}
-	}
+	err := r.report(node, m.Data, m.Header)
 	if queueEmpty(m.Sub) {
 		r.caughtUp.Store(r.cfg.Now().UnixNano()) // see silenceNow
 		r.flushAllJoins()
@@ -196,6 +194,20 @@ func (ms *membership) onHealth(m *nats.Msg) {
 		return
 	}
 	r.stats.accepted.Add(1)
+}
+
+// report decodes a report of node and hands it to every strategy.
+func (ms *membership) report(node string, data []byte, hdr nats.Header) error {
+	h, err := bus.DecodeHealth(node, data, hdr)
+	if err != nil {
+		return err
+	}
+	for _, s := range ms.r.Strategies() { // ConsistentHash first: it refuses stale seqs
+		if err := s.Report(node, h); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // queueEmpty reports whether sub has no message waiting besides the one

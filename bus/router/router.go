@@ -44,6 +44,7 @@ type Router struct {
 	membership
 	keeper
 	legacyProbe
+	live *liveness // probes and caller feedback (liveness.go)
 
 	shedPolicy   ring.ShedPolicy // load-aware ConsistentHash (BalanceFactor)
 	joinsWaiting atomic.Bool     // some pool has first reports waiting (pool.report)
@@ -83,6 +84,7 @@ func newRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	r.membership = membership{r: r, tracker: map[string]*track{}}
 	r.keeper = keeper{r: r, kick: make(chan struct{}, 1), suspect: make(chan struct{}, 1)}
 	r.legacyProbe = legacyProbe{r: r}
+	r.live = newLiveness(r)
 	def, err := r.newPool(bus.DefaultPool)
 	if err != nil {
 		return nil, err
@@ -147,6 +149,9 @@ func (r *Router) Start(ctx context.Context) error {
 	r.healthSub.Store(sub)
 	if err := sub.SetPendingLimits(DefaultHealthPending, 256<<20); err != nil {
 		return fmt.Errorf("bus: pending limits: %w", err)
+	}
+	if err := r.live.start(r.ctx); err != nil {
+		return err
 	}
 	r.wg.Go(func() { follow.FollowReconnects(r.ctx, r.nc, r.kick, r.reconnected) })
 	r.wg.Go(func() {
@@ -214,6 +219,9 @@ func (r *Router) stop() error {
 		if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
 			errs = append(errs, err)
 		}
+	}
+	if err := r.live.stop(); err != nil {
+		errs = append(errs, err)
 	}
 	r.poolsMu.Lock()
 	r.closing = true
@@ -436,6 +444,14 @@ func (r *Router) Stats() Stats {
 	for i, n := range reasonNames {
 		s.ReportsRejected[n] = c.rejected[i].Load()
 	}
+	s.Probes, s.Feedback = map[string]uint64{}, map[string]uint64{}
+	for i, n := range probeOutcomeNames {
+		s.Probes[n] = r.live.probes[i].Load()
+	}
+	for i, n := range feedbackOutcomeNames {
+		s.Feedback[n] = r.live.feedback[i].Load()
+	}
+	s.MembersDown = r.live.downs.Load()
 	for si, sn := range strategyNames {
 		for ci, code := range codes {
 			if n := c.requests[si][ci].Load(); n > 0 {
@@ -480,7 +496,7 @@ func (r *Router) NodesPage(pool string, offset, limit int) bus.NodesState {
 		out.Pool = p.name
 	}
 	v := p.ring.Current()
-	all := p.settle().Nodes()
+	all := p.withDown(p.settle().Nodes())
 	out.Revision, out.Total = v.Rev, len(all)
 	if offset >= len(all) {
 		return out
@@ -501,6 +517,7 @@ func (r *Router) NodesPage(pool string, offset, limit int) bus.NodesState {
 			LatencyMS:   float64(n.Report.AvgLatency) / float64(time.Millisecond),
 			Shed:        m.Shed, ShedState: p.shedState(n.ID, m.Shed),
 			Recovering: n.Recovering, Note: n.Note,
+			Down: p.r.live.downReason(n.ID),
 		}
 		if n.SlowStart < 1 {
 			st.SlowStart = n.SlowStart

@@ -130,6 +130,14 @@ type Stats struct {
 	Revision uint64 `json:"revision"`
 	// Pools has every pool's figures, sorted by name.
 	Pools []PoolStats `json:"pools"`
+	// Probes counts probes by result: answered, no_responders, timeout,
+	// error, and rate_limited (a due probe that had to wait for the rate).
+	Probes map[string]uint64 `json:"probes"`
+	// MembersDown counts the times probes took a node down.
+	MembersDown uint64 `json:"members_down"`
+	// Feedback counts route.feedback messages by outcome: probed, ignored
+	// (not about a probing node of that pool), invalid, rate_limited.
+	Feedback map[string]uint64 `json:"feedback"`
 }
 
 // PoolStats are one pool's figures.

@@ -74,6 +74,8 @@ func TestZeroFlags(t *testing.T) {
 		"bucket": refused, "kv-replicas": refused, "queue-group": refused, "vnodes": refused,
 		"member-ttl": refused, "coalesce": refused, "resync": refused, "drain-timeout": refused,
 		"max-pools": refused, "balance-factor": "0 is off", "shed-interval": refused,
+		"probe-miss-factor": refused, "probe-timeout": refused, "probe-timeouts": refused,
+		"probe-rate": refused, "feedback-rate": refused,
 		"staleness": refused, "cpu-threshold": refused, "memory-threshold": refused,
 		"max-connections": refused, "latency-ceiling": refused,
 		"cpu-weight": "0 leaves it out of the score", "memory-weight": "0 leaves it out of the score",

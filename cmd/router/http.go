@@ -68,6 +68,7 @@ type statsCollector struct {
 	reconnects, membersDesc, eligibleDesc, knownDesc, revisionDesc         *prometheus.Desc
 	poolRequests, shedding, oversizeReplies, oversizeDocs, legacy, pools   *prometheus.Desc
 	memberShed, recreated                                                  *prometheus.Desc
+	probes, downs, feedback                                                *prometheus.Desc
 }
 
 func newStatsCollector(r *router.Router) *statsCollector {
@@ -97,12 +98,16 @@ func newStatsCollector(r *router.Router) *statsCollector {
 		eligibleDesc:    d("eligible_nodes", "Nodes ResourceAware would pick from now, by pool.", "pool"),
 		knownDesc:       d("known_nodes", "Nodes ResourceAware knows (members and reporters), by pool.", "pool"),
 		revisionDesc:    d("ring_revision", "KV revision of the ring the router answers from, by pool.", "pool"),
+		probes:          d("probes_total", "Probes of nodes that missed a report or that callers reported, by result (answered, no_responders, timeout, error; rate_limited: a due probe waited for the rate).", "result"),
+		downs:           d("members_down_total", "Times probes took a node down (out of its pools until its next report)."),
+		feedback:        d("feedback_total", "route.feedback messages, by outcome (probed, ignored, invalid, rate_limited).", "outcome"),
 	}
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.accepted, c.rejected, c.dropped, c.writes, c.conflicts, c.kvErrs, c.docs, c.reconnects, c.membersDesc, c.eligibleDesc, c.knownDesc, c.revisionDesc,
-		c.poolRequests, c.shedding, c.oversizeReplies, c.oversizeDocs, c.legacy, c.pools, c.memberShed, c.recreated} {
+		c.poolRequests, c.shedding, c.oversizeReplies, c.oversizeDocs, c.legacy, c.pools, c.memberShed, c.recreated,
+		c.probes, c.downs, c.feedback} {
 		ch <- d
 	}
 }
@@ -130,6 +135,13 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.reconnects, s.Reconnects)
 	counter(c.recreated, s.BucketRecreated)
 	counter(c.oversizeReplies, s.OversizeReplies)
+	for result, n := range s.Probes {
+		counter(c.probes, n, result)
+	}
+	counter(c.downs, s.MembersDown)
+	for outcome, n := range s.Feedback {
+		counter(c.feedback, n, outcome)
+	}
 	legacy := 0.0
 	if s.LegacyRouters {
 		legacy = 1

@@ -232,6 +232,16 @@ func serveFlags(o *options, out io.Writer) *flagSet {
 	fs.env("balance-factor", "NATSROUTE_BALANCE_FACTOR", "BalanceFactor")
 	fs.DurationVar(&c.ShedInterval, "shed-interval", c.ShedInterval, "recompute and write shed fractions at most this often")
 	fs.env("shed-interval", "NATSROUTE_SHED_INTERVAL", "ShedInterval")
+	fs.Float64Var(&c.ProbeMissFactor, "probe-miss-factor", c.ProbeMissFactor, "probe a node whose reports say probe after this many report intervals without a report (1.1 to 10)")
+	fs.env("probe-miss-factor", "NATSROUTE_PROBE_MISS_FACTOR", "ProbeMissFactor")
+	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", c.ProbeTimeout, "how long a probe waits for its answer (10ms to 10s)")
+	fs.env("probe-timeout", "NATSROUTE_PROBE_TIMEOUT", "ProbeTimeout")
+	fs.IntVar(&c.ProbeTimeouts, "probe-timeouts", c.ProbeTimeouts, "probe timeouts in a row that take a node down (no responders takes it down at once)")
+	fs.env("probe-timeouts", "NATSROUTE_PROBE_TIMEOUTS", "ProbeTimeouts")
+	fs.Float64Var(&c.ProbeRate, "probe-rate", c.ProbeRate, "most probes this router sends per second")
+	fs.env("probe-rate", "NATSROUTE_PROBE_RATE", "ProbeRate")
+	fs.Float64Var(&c.FeedbackRate, "feedback-rate", c.FeedbackRate, "most route.feedback messages this router handles per second; the rest are counted and dropped")
+	fs.env("feedback-rate", "NATSROUTE_FEEDBACK_RATE", "FeedbackRate")
 
 	fs.DurationVar(&b.Staleness, "staleness", b.Staleness, "a report older than this counts as neutral (score 0.5)")
 	fs.env("staleness", "NATSROUTE_STALENESS", "Staleness")
@@ -298,6 +308,9 @@ func (o *options) validate(fs *flagSet) []string {
 		{"member-ttl", c.MemberTTL == 0, "> 0"}, {"coalesce", c.Coalesce == 0, "> 0"},
 		{"resync", c.Resync == 0, "> 0"}, {"drain-timeout", c.DrainTimeout == 0, "> 0"},
 		{"max-pools", c.MaxPools == 0, "> 0"}, {"shed-interval", c.ShedInterval == 0, "> 0"},
+		{"probe-miss-factor", c.ProbeMissFactor == 0, "1.1 to 10"}, {"probe-timeout", c.ProbeTimeout == 0, "10ms to 10s"},
+		{"probe-timeouts", c.ProbeTimeouts == 0, "1 to 10"}, {"probe-rate", c.ProbeRate == 0, "1 to 100000"},
+		{"feedback-rate", c.FeedbackRate == 0, "1 to 100000"},
 		{"staleness", b.Staleness == 0, "> 0"}, {"latency-ceiling", b.LatencyCeiling == 0, "> 0"},
 		{"cpu-threshold", b.CPUThresholdPercent == 0, "a percentage in (0, 100]"},
 		{"memory-threshold", b.MemoryThresholdPercent == 0, "a percentage in (0, 100]"},

@@ -1,0 +1,438 @@
+package embedded_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/bus/router"
+)
+
+// TestReporterProbe: a Reporter says interval_ms and probe, answers probes
+// in the request's encoding, stops answering on Close, and does not answer
+// with WithoutProbe; health.* never sees a probe.
+func TestReporterProbe(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	src := bus.HealthFunc(func(context.Context) (bus.Health, error) { return okHealth, nil })
+
+	reports := make(chan *nats.Msg, 100)
+	sub, err := nc.ChanSubscribe(bus.SubjectHealthAll, reports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	rep, err := bus.NewReporter(nc, "p-1", src, time.Hour, bus.WithPools("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rep.Close()
+	first := <-reports // the report NewReporter makes at once
+	h, err := bus.DecodeHealth("p-1", first.Data, first.Header)
+	if err != nil || h.Interval != time.Hour || !h.Probe {
+		t.Fatalf("report %+v, %v; want interval 1h, probe", h, err)
+	}
+
+	for name, c := range map[string]struct {
+		body []byte
+		hdr  nats.Header
+		json bool
+	}{
+		"empty":        {nil, nil, false},
+		"json body":    {[]byte("{}"), nil, true},
+		"content-type": {nil, nats.Header{"Content-Type": []string{"application/json"}}, true},
+	} {
+		m, err := nc.RequestMsg(&nats.Msg{Subject: bus.ProbeSubject("p-1"), Data: c.body, Header: c.hdr}, 2*time.Second)
+		if err != nil {
+			t.Fatalf("%s: probe: %v", name, err)
+		}
+		if isJSON := len(m.Data) > 0 && m.Data[0] == '{'; isJSON != c.json {
+			t.Fatalf("%s: answer %q, want JSON %v", name, m.Data, c.json)
+		}
+		h, err := bus.DecodeHealth("p-1", m.Data, nil)
+		if err != nil || !h.Probe || h.Interval != time.Hour || len(h.Pools) != 1 || h.Seq == 0 {
+			t.Fatalf("%s: answer %+v, %v", name, h, err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(reports); n != 0 {
+		t.Fatalf("health.* received %d messages during probes (first %s)", n, (<-reports).Subject)
+	}
+
+	if err := rep.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Request(bus.ProbeSubject("p-1"), nil, 2*time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("probe after Close: %v, want no responders", err)
+	}
+
+	quiet, err := bus.NewReporter(nc, "q-1", src, 50*time.Millisecond, bus.WithoutProbe())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	for m := range reports {
+		if m.Subject != bus.HealthSubject("q-1") {
+			continue
+		}
+		h, err := bus.DecodeHealth("q-1", m.Data, m.Header)
+		if err != nil || h.Probe || h.Interval != 0 {
+			t.Fatalf("WithoutProbe report %+v, %v", h, err)
+		}
+		break
+	}
+	if _, err := nc.Request(bus.ProbeSubject("q-1"), nil, 2*time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("probe of a WithoutProbe node: %v, want no responders", err)
+	}
+
+	fast, err := bus.NewReporter(nc, "f-1", src, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	m, err := nc.Request(bus.ProbeSubject("f-1"), nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := bus.DecodeHealth("f-1", m.Data, nil); err != nil || h.Interval != bus.MinInterval {
+		t.Fatalf("a 20 ms reporter says %v, %v; want the minimum %v", h.Interval, err, bus.MinInterval)
+	}
+}
+
+// fleet starts a server, a router with default settings and n node
+// processes (node-0 ...) reporting every second, and waits until all are
+// members.
+func fleet(t *testing.T, n int) (*nats.Conn, *router.Router, []*exec.Cmd) {
+	t.Helper()
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	var cmds []*exec.Cmd
+	var want []string
+	for i := range n {
+		id := fmt.Sprintf("node-%d", i)
+		cmds = append(cmds, startNode(t, s.ClientURL(), id))
+		want = append(want, id)
+	}
+	waitFor(t, 10*time.Second, "the fleet to join", func() bool { return members(r) == strings.Join(want, ",") })
+	return nc, r, cmds
+}
+
+// afterReport returns as soon as node has published a report: the worst
+// moment to die, a whole interval before the next one is missed.
+func afterReport(t *testing.T, nc *nats.Conn, node string) {
+	t.Helper()
+	sub, err := nc.SubscribeSync(bus.HealthSubject(node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if _, err := sub.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("no report from %s: %v", node, err)
+	}
+}
+
+func inRing(r *router.Router, node string) bool {
+	d, _ := r.Ring()
+	_, ok := d.Node(node)
+	return ok
+}
+
+// until waits up to max for cond and returns how long it took.
+func until(t *testing.T, max time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	waitFor(t, max, what, cond)
+	return time.Since(start)
+}
+
+func nodeStatus(r *router.Router, node string) bus.NodeStatus {
+	for _, n := range r.Nodes().Nodes {
+		if n.ID == node {
+			return n
+		}
+	}
+	return bus.NodeStatus{}
+}
+
+// TestLivenessKilled (issue 20, row 1): a node whose process is killed
+// leaves the ring within 2.5 s (goal 1.5 s) with 1 s reports and default
+// settings, with nobody saying anything: the missed report is probed, and
+// NATS answers "no responders".
+func TestLivenessKilled(t *testing.T) {
+	nc, r, cmds := fleet(t, 4)
+	afterReport(t, nc, "node-0")
+	start := time.Now()
+	if err := cmds[0].Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "node-0 to leave the ring", func() bool { return !inRing(r, "node-0") })
+	took := time.Since(start)
+	t.Logf("killed node out of the ring after %v (goal 1.5s, floor 2.5s)", took.Round(time.Millisecond))
+	if took > 2500*time.Millisecond {
+		t.Errorf("took %v, want at most 2.5s", took)
+	}
+	st := r.Stats()
+	if st.Probes["no_responders"] < 1 || st.MembersDown != 1 {
+		t.Fatalf("probes %v, downs %d; want a no-responders probe and one down", st.Probes, st.MembersDown)
+	}
+	if n := nodeStatus(r, "node-0"); n.Down != "down: no responders to probe" || n.Member || n.Eligible {
+		t.Fatalf("route.nodes says %+v", n)
+	}
+	if members(r) != "node-1,node-2,node-3" {
+		t.Fatalf("members %s", members(r))
+	}
+	for i := range 200 { // ResourceAware no longer picks it either
+		rep := jsonReply(t, nc, `{"strategy":"ResourceAware"}`)
+		if rep.Node == "node-0" {
+			t.Fatalf("pick %d went to the dead node", i)
+		}
+	}
+}
+
+// TestLivenessFeedback (row 2): a caller's report of a failed node moves
+// its keys within 500 ms (goal 100 ms): the router probes it at once.
+func TestLivenessFeedback(t *testing.T) {
+	nc, r, cmds := fleet(t, 4)
+	c, err := bus.NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	afterReport(t, nc, "node-1")
+	_ = cmds[1].Process.Kill()
+	_ = cmds[1].Wait() // dead, its connection closed
+	if !inRing(r, "node-1") {
+		t.Fatal("node-1 left before the feedback; the test measures nothing")
+	}
+	start := time.Now()
+	if err := c.ReportFailure(ctxT(t), "node-1", bus.WithReason("connection refused"), bus.WithAck()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "node-1 to leave the ring", func() bool { return !inRing(r, "node-1") })
+	took := time.Since(start)
+	t.Logf("reported node out of the ring %v after the feedback (goal 100ms, floor 500ms)", took.Round(time.Microsecond))
+	if took > 500*time.Millisecond {
+		t.Errorf("took %v, want at most 500ms", took)
+	}
+	if st := r.Stats(); st.Feedback["probed"] != 1 || st.MembersDown != 1 {
+		t.Fatalf("feedback %v, downs %d", st.Feedback, st.MembersDown)
+	}
+}
+
+// TestLivenessFrozen (rows 3 and 4): a stopped process keeps its
+// connection but answers nothing: two probe timeouts take it down within
+// 5 s (goal 2.5 s); when it resumes, its next report brings it back
+// within 5 s (goal one interval).
+func TestLivenessFrozen(t *testing.T) {
+	nc, r, cmds := fleet(t, 4)
+	p := cmds[2].Process
+	afterReport(t, nc, "node-2")
+	start := time.Now()
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	defer func() {
+		if !resumed {
+			_ = p.Signal(syscall.SIGCONT)
+		}
+	}()
+	waitFor(t, 15*time.Second, "node-2 to leave the ring", func() bool { return !inRing(r, "node-2") })
+	took := time.Since(start)
+	t.Logf("frozen node out of the ring after %v (goal 2.5s, floor 5s)", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("took %v, want at most 5s", took)
+	}
+	st := r.Stats()
+	if st.Probes["timeout"] < 2 || st.MembersDown != 1 {
+		t.Fatalf("probes %v, downs %d; want two timeouts and one down", st.Probes, st.MembersDown)
+	}
+	if n := nodeStatus(r, "node-2"); !strings.HasPrefix(n.Down, "down: 2 probes timed out") {
+		t.Fatalf("route.nodes says down %q", n.Down)
+	}
+	start = time.Now()
+	if err := p.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	waitFor(t, 15*time.Second, "node-2 to come back", func() bool { return inRing(r, "node-2") })
+	took = time.Since(start)
+	t.Logf("resumed node back in the ring after %v (goal 1s, floor 5s)", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("took %v, want at most 5s", took)
+	}
+	if n := nodeStatus(r, "node-2"); n.Down != "" || !n.Member {
+		t.Fatalf("route.nodes says %+v", n)
+	}
+}
+
+// TestLivenessHostileFeedback (must show): invalid feedback, feedback about
+// unknown nodes or pools, an oversized reason and a flood are counted, and
+// nothing else happens: no node goes down, and requests are answered.
+func TestLivenessHostileFeedback(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	src := bus.HealthFunc(func(context.Context) (bus.Health, error) { return okHealth, nil })
+	rep, err := bus.NewReporter(connect(t, s.ClientURL()), "good", src, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rep.Close()
+	health(t, nc, "noprobe", okHealth) // never said probe: never probed
+	waitFor(t, 5*time.Second, "members", func() bool { return members(r) == "good,noprobe" })
+
+	for _, c := range []struct {
+		name, body, code string
+	}{
+		{"invalid JSON", `{"node":`, "400"},
+		{"not a node id", `{"node":"a.b"}`, "400"},
+		{"10 KB reason", `{"node":"good","reason":"` + strings.Repeat("x", 10<<10) + `"}`, "400"},
+		{"unknown node", `{"node":"nobody"}`, ""},
+		{"unknown pool", `{"node":"good","pool":"nopool"}`, ""},
+		{"not probing", `{"node":"noprobe"}`, ""},
+		{"good", `{"node":"good","caller":"test","reason":"timeout"}`, ""},
+	} {
+		m := req(t, nc, bus.SubjectFeedback, []byte(c.body), nil)
+		if got := m.Header.Get("Nats-Service-Error-Code"); got != c.code {
+			t.Errorf("%s: code %q (%s), want %q", c.name, got, m.Data, c.code)
+		}
+		if c.code == "" && string(m.Data) != "{}" {
+			t.Errorf("%s: reply %q, want {}", c.name, m.Data)
+		}
+	}
+	st := r.Stats()
+	if f := st.Feedback; f["invalid"] != 3 || f["ignored"] != 3 || f["probed"] != 1 {
+		t.Fatalf("feedback %v", f)
+	}
+
+	// A flood: 10,000 messages as fast as one connection sends them.
+	flood := connect(t, s.ClientURL())
+	body := []byte(`{"node":"good","reason":"flood"}`)
+	for range 10_000 {
+		if err := flood.Publish(bus.SubjectFeedback, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := flood.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	total := func(f map[string]uint64) (n uint64) {
+		for _, v := range f {
+			n += v
+		}
+		return n
+	}
+	waitFor(t, 10*time.Second, "the flood to be counted", func() bool { return total(r.Stats().Feedback) == 7+10_000 })
+	st = r.Stats()
+	t.Logf("feedback %v, probes %v", st.Feedback, st.Probes)
+	if st.Feedback["rate_limited"] == 0 {
+		t.Errorf("a flood of 10,000 was not rate-limited: %v", st.Feedback)
+	}
+	if st.MembersDown != 0 || members(r) != "good,noprobe" {
+		t.Fatalf("downs %d, members %s", st.MembersDown, members(r))
+	}
+	// One probe in flight per node: a flood about one node is a few probes.
+	if n := total(st.Probes); n > 1100 {
+		t.Errorf("%d probes for one node under a flood", n)
+	}
+	if st.Probes["no_responders"]+st.Probes["timeout"] != 0 {
+		t.Errorf("probes of a healthy node failed: %v", st.Probes)
+	}
+	jsonReply(t, nc, `{"key":"k"}`)
+}
+
+// TestLivenessHealthyFleet (row 7): eight Reporters at 1 s for 20 s: no
+// report is missed, so no probe is sent and nobody goes down.
+func TestLivenessHealthyFleet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("20 s")
+	}
+	s := runServer(t)
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	src := bus.HealthFunc(func(context.Context) (bus.Health, error) { return okHealth, nil })
+	var want []string
+	for i := range 8 {
+		id := fmt.Sprintf("node-%d", i)
+		rep, err := bus.NewReporter(connect(t, s.ClientURL()), id, src, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rep.Close()
+		want = append(want, id)
+	}
+	waitFor(t, 5*time.Second, "the fleet", func() bool { return members(r) == strings.Join(want, ",") })
+	before := r.Stats().ReportsAccepted
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		st := r.Stats()
+		var probes uint64
+		for _, v := range st.Probes {
+			probes += v
+		}
+		if probes != 0 || st.MembersDown != 0 {
+			t.Fatalf("a healthy fleet: probes %v, downs %d", st.Probes, st.MembersDown)
+		}
+		time.Sleep(100 * time.Millisecond) // sampling, not waiting for a condition
+	}
+	if got := r.Stats().ReportsAccepted - before; got < 8*18 {
+		t.Fatalf("%d reports in 20 s from 8 nodes", got)
+	}
+	if members(r) != strings.Join(want, ",") {
+		t.Fatalf("members %s", members(r))
+	}
+}
+
+// TestReportFailure: the Client publishes feedback, or waits for a router's
+// answer with WithAck; bad arguments are refused before anything is sent.
+func TestReportFailure(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	c, err := bus.NewClient(nc, bus.WithClientPool("cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportFailure(ctxT(t), "n", bus.WithAck()); !errors.Is(err, bus.ErrNoRouter) {
+		t.Fatalf("no router: %v, want ErrNoRouter", err)
+	}
+	if err := c.ReportFailure(ctxT(t), "bad.id"); !errors.Is(err, bus.ErrInvalidFeedback) {
+		t.Fatalf("bad id: %v", err)
+	}
+	if err := c.ReportFailure(ctxT(t), "n", bus.WithReason(strings.Repeat("r", 300))); !errors.Is(err, bus.ErrInvalidFeedback) {
+		t.Fatalf("long reason: %v", err)
+	}
+	sub, err := nc.SubscribeSync(bus.SubjectFeedback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportFailure(ctxT(t), "n-1", bus.WithReason("refused"), bus.AsCaller("svc-a")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := bus.DecodeFeedback(m.Data, m.Header)
+	if err != nil || f != (bus.Feedback{Node: "n-1", Pool: "cache", Caller: "svc-a", Reason: "refused"}) {
+		t.Fatalf("published %+v, %v", f, err)
+	}
+	_ = sub.Unsubscribe()
+
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	if err := c.ReportFailure(ctxT(t), "n-1", bus.WithAck()); err != nil {
+		t.Fatalf("acknowledged: %v", err)
+	}
+	if got := r.Stats().Feedback["ignored"]; got != 1 {
+		t.Fatalf("feedback about an unknown node: ignored %d, want 1", got)
+	}
+}
