@@ -28,6 +28,6 @@
 // (a pool's state and its KV writer), strategy.go, keeper.go (the bucket),
 // legacy.go (routers of an earlier release), liveness.go (probes of nodes
 // that miss a report or that callers report on route.feedback, and taking
-// down the dead) with probe_schedule.go (when to probe, without I/O),
+// down the dead; when to probe is internal/probe, which does no I/O),
 // stats.go, config.go.
 package router

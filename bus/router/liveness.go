@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/natsroute/natsroute/bus/router/internal/probe"
+
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/internal/text"
@@ -22,14 +24,14 @@ import (
 // ResourceAware; its next report brings it back.
 type liveness struct {
 	r     *Router
-	sched *probeSchedule
+	sched *probe.Schedule
 	kick  chan struct{} // wakes run: the schedule changed at its head
 
 	fbMu       sync.Mutex // guards the feedback token bucket
 	fbTokens   float64
 	fbRefilled time.Time
 
-	probes   [numProbeOutcomes]atomic.Uint64
+	probes   [probe.NumOutcomes]atomic.Uint64
 	downs    atomic.Uint64
 	feedback [numFeedbackOutcomes]atomic.Uint64
 
@@ -53,7 +55,7 @@ func newLiveness(r *Router) *liveness {
 	c := r.cfg
 	return &liveness{
 		r:     r,
-		sched: newProbeSchedule(c.ProbeMissFactor, c.ProbeTimeouts, c.ProbeRate),
+		sched: probe.New(c.ProbeMissFactor, c.ProbeTimeouts, c.ProbeRate),
 		kick:  make(chan struct{}, 1),
 		// A second's worth of feedback may come at once.
 		fbTokens: c.FeedbackRate,
@@ -89,7 +91,7 @@ func (l *liveness) stop() error {
 // report: it puts a probing node back on schedule.
 func (l *liveness) seen(node string, h bus.Health, now time.Time) {
 	probing := h.Probe && h.Interval > 0 && h.Status != bus.StatusLeaving
-	if l.sched.seen(node, h.Interval, probing, now) {
+	if l.sched.Seen(node, h.Interval, probing, now) {
 		l.wake()
 	}
 }
@@ -109,13 +111,13 @@ func (l *liveness) run(ctx context.Context) {
 	defer timer.Stop()
 	for {
 		now := r.cfg.Now()
-		due, limited := l.sched.take(now)
-		l.probes[probeRateLimited].Add(uint64(limited))
+		due, limited := l.sched.Take(now)
+		l.probes[probe.RateLimited].Add(uint64(limited))
 		for _, t := range due {
 			r.wg.Go(func() { l.probe(ctx, t) })
 		}
 		wait := time.Hour
-		if at, ok := l.sched.next(now); ok {
+		if at, ok := l.sched.Next(now); ok {
 			// The schedule's own clock may be a test's: sleep at least a
 			// millisecond, at most a second, and look again.
 			wait = min(max(at.Sub(now), time.Millisecond), time.Second)
@@ -131,37 +133,37 @@ func (l *liveness) run(ctx context.Context) {
 }
 
 // probe asks a node for its health and acts on the outcome.
-func (l *liveness) probe(ctx context.Context, t probeTicket) {
+func (l *liveness) probe(ctx context.Context, t probe.Ticket) {
 	r := l.r
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
-	m, err := r.nc.RequestWithContext(pctx, bus.ProbeSubject(t.node), nil)
+	m, err := r.nc.RequestWithContext(pctx, bus.ProbeSubject(t.Node), nil)
 	cancel()
 	if ctx.Err() != nil {
 		return // the router is closing
 	}
-	var o probeOutcome
+	var o probe.Outcome
 	switch {
 	case err == nil:
-		o = probeAnswered
+		o = probe.Answered
 	case errors.Is(err, nats.ErrNoResponders):
-		o = probeNoResponders
+		o = probe.NoResponders
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
-		o = probeTimeout
+		o = probe.Timeout
 	default:
-		o = probeError
-		r.log.Debug("probe failed", "node", t.node, "err", err)
+		o = probe.Error
+		r.log.Debug("probe failed", "node", t.Node, "err", err)
 	}
 	l.probes[o].Add(1)
-	down, current := l.sched.result(t.node, t.started, o, r.cfg.Now())
+	down, current := l.sched.Result(t.Node, t.Started, o, r.cfg.Now())
 	if down {
 		reason := "down: no responders to probe"
-		if o == probeTimeout {
+		if o == probe.Timeout {
 			reason = fmt.Sprintf("down: %d probes timed out (%v each)", r.cfg.ProbeTimeouts, r.cfg.ProbeTimeout)
 		}
-		l.markDown(t.node, reason, t.started)
+		l.markDown(t.Node, reason, t.Started)
 	}
-	if o == probeAnswered && current { // an answer after a leave must not undo it
-		r.takeReport(t.node, m.Data, m.Header)
+	if o == probe.Answered && current { // an answer after a leave must not undo it
+		r.takeReport(t.Node, m.Data, m.Header)
 	}
 	l.wake()
 }
@@ -218,7 +220,7 @@ func (l *liveness) onFeedback(m *nats.Msg) {
 		l.reply(m, enc, bus.CodeBadRequest, err.Error())
 		return
 	}
-	if l.member(f.Node, f.PoolOrDefault()) && l.sched.poke(f.Node, r.cfg.Now()) {
+	if l.member(f.Node, f.PoolOrDefault()) && l.sched.Poke(f.Node, r.cfg.Now()) {
 		l.feedback[feedbackProbed].Add(1)
 		l.wake()
 	} else {

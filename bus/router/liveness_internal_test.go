@@ -75,7 +75,7 @@ func TestDownLeavesAsOnALeave(t *testing.T) {
 	if got := members(); got != "ab" || !p.settle().Known("a") || r.live.downReason("a") != "" {
 		t.Fatalf("after a report: members %q, known %v", got, p.settle().Known("a"))
 	}
-	if r.live.sched.len() != 2 {
-		t.Fatalf("%d nodes on the probe schedule, want 2", r.live.sched.len())
+	if r.live.sched.Len() != 2 {
+		t.Fatalf("%d nodes on the probe schedule, want 2", r.live.sched.Len())
 	}
 }

@@ -173,7 +173,7 @@ func (m *membership) forgetSilent() {
 			}
 		}
 		delete(r.tracker, id)
-		r.live.sched.remove(id)
+		r.live.sched.Remove(id)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/natsroute/natsroute/bus/router/internal/probe"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
@@ -445,7 +447,7 @@ func (r *Router) Stats() Stats {
 		s.ReportsRejected[n] = c.rejected[i].Load()
 	}
 	s.Probes, s.Feedback = map[string]uint64{}, map[string]uint64{}
-	for i, n := range probeOutcomeNames {
+	for i, n := range probe.OutcomeNames {
 		s.Probes[n] = r.live.probes[i].Load()
 	}
 	for i, n := range feedbackOutcomeNames {

@@ -1,4 +1,4 @@
-package router
+package probe
 
 import (
 	"fmt"
@@ -10,130 +10,130 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func isDown(down, _ bool) bool { return down }
 
-func nodes(ts []probeTicket) []string {
+func nodes(ts []Ticket) []string {
 	var out []string
 	for _, t := range ts {
-		out = append(out, t.node)
+		out = append(out, t.Node)
 	}
 	return out
 }
 
 func TestProbeScheduleDue(t *testing.T) {
-	s := newProbeSchedule(1.5, 2, 1000)
-	s.seen("a", time.Second, true, t0)
-	s.seen("b", 2*time.Second, true, t0)
-	s.seen("quiet", time.Second, false, t0) // never said probe: never probed
-	if at, ok := s.next(t0); !ok || !at.Equal(t0.Add(1500*time.Millisecond)) {
+	s := New(1.5, 2, 1000)
+	s.Seen("a", time.Second, true, t0)
+	s.Seen("b", 2*time.Second, true, t0)
+	s.Seen("quiet", time.Second, false, t0) // never said probe: never probed
+	if at, ok := s.Next(t0); !ok || !at.Equal(t0.Add(1500*time.Millisecond)) {
 		t.Fatalf("next %v %v, want +1.5s", at, ok)
 	}
-	if got, _ := s.take(t0.Add(1499 * time.Millisecond)); len(got) != 0 {
+	if got, _ := s.Take(t0.Add(1499 * time.Millisecond)); len(got) != 0 {
 		t.Fatalf("due early: %v", nodes(got))
 	}
 	// A report moves a's due time.
-	s.seen("a", time.Second, true, t0.Add(time.Second))
-	if got, _ := s.take(t0.Add(2 * time.Second)); len(got) != 0 {
+	s.Seen("a", time.Second, true, t0.Add(time.Second))
+	if got, _ := s.Take(t0.Add(2 * time.Second)); len(got) != 0 {
 		t.Fatalf("due after a report: %v", nodes(got))
 	}
-	got, _ := s.take(t0.Add(2500 * time.Millisecond))
+	got, _ := s.Take(t0.Add(2500 * time.Millisecond))
 	if fmt.Sprint(nodes(got)) != "[a]" {
 		t.Fatalf("at +2.5s due %v, want [a]", nodes(got))
 	}
 	// One in flight: a is not taken again, reports or not.
-	s.seen("a", time.Second, true, t0.Add(2600*time.Millisecond))
-	if got, _ := s.take(t0.Add(10 * time.Second)); fmt.Sprint(nodes(got)) != "[b]" {
+	s.Seen("a", time.Second, true, t0.Add(2600*time.Millisecond))
+	if got, _ := s.Take(t0.Add(10 * time.Second)); fmt.Sprint(nodes(got)) != "[b]" {
 		t.Fatalf("at +10s due %v, want [b] (a in flight)", nodes(got))
 	}
 	// a's probe times out, but a report came meanwhile: not a miss.
-	if isDown(s.result("a", t0.Add(2500*time.Millisecond), probeTimeout, t0.Add(3*time.Second))) {
+	if isDown(s.Result("a", t0.Add(2500*time.Millisecond), Timeout, t0.Add(3*time.Second))) {
 		t.Fatal("down although a report came during the probe")
 	}
-	if at, _ := s.next(t0.Add(3 * time.Second)); !at.Equal(t0.Add(3 * time.Second).Add(1500 * time.Millisecond)) {
+	if at, _ := s.Next(t0.Add(3 * time.Second)); !at.Equal(t0.Add(3 * time.Second).Add(1500 * time.Millisecond)) {
 		t.Fatalf("a due at %v", at)
 	}
 	// Feedback about a node that reported a moment ago: probed now, and a
 	// timeout is retried at once, not after its next due time.
-	s.seen("c", time.Minute, true, t0.Add(3*time.Second))
-	s.poke("c", t0.Add(3*time.Second))
-	s.seen("c", time.Minute, true, t0.Add(3*time.Second)) // a report does not undo the poke
-	g, _ := s.take(t0.Add(3 * time.Second))
+	s.Seen("c", time.Minute, true, t0.Add(3*time.Second))
+	s.Poke("c", t0.Add(3*time.Second))
+	s.Seen("c", time.Minute, true, t0.Add(3*time.Second)) // a report does not undo the poke
+	g, _ := s.Take(t0.Add(3 * time.Second))
 	if fmt.Sprint(nodes(g)) != "[c]" {
 		t.Fatalf("poked c not taken: %v", nodes(g))
 	}
-	if isDown(s.result("c", g[0].started, probeTimeout, t0.Add(3500*time.Millisecond))) {
+	if isDown(s.Result("c", g[0].Started, Timeout, t0.Add(3500*time.Millisecond))) {
 		t.Fatal("one timeout is down")
 	}
-	if g, _ := s.take(t0.Add(3500 * time.Millisecond)); fmt.Sprint(nodes(g)) != "[c]" {
+	if g, _ := s.Take(t0.Add(3500 * time.Millisecond)); fmt.Sprint(nodes(g)) != "[c]" {
 		t.Fatalf("timeout of c not retried at once: %v", nodes(g))
 	}
-	if !isDown(s.result("c", t0.Add(3500*time.Millisecond), probeTimeout, t0.Add(4*time.Second))) {
+	if !isDown(s.Result("c", t0.Add(3500*time.Millisecond), Timeout, t0.Add(4*time.Second))) {
 		t.Fatal("two timeouts in a row are not down")
 	}
 	// Leaving (or probe false) takes a node off the schedule.
-	s.seen("a", time.Second, false, t0.Add(3*time.Second))
-	if s.len() != 1 { // b, in flight
-		t.Fatalf("%d on the schedule, want 1", s.len())
+	s.Seen("a", time.Second, false, t0.Add(3*time.Second))
+	if s.Len() != 1 { // b, in flight
+		t.Fatalf("%d on the schedule, want 1", s.Len())
 	}
 }
 
 func TestProbeScheduleOutcomes(t *testing.T) {
-	s := newProbeSchedule(1.5, 2, 1000)
+	s := New(1.5, 2, 1000)
 	for _, n := range []string{"dead", "hung", "slow", "fine"} {
-		s.seen(n, time.Second, true, t0)
+		s.Seen(n, time.Second, true, t0)
 	}
 	now := t0.Add(1500 * time.Millisecond)
-	got, _ := s.take(now)
+	got, _ := s.Take(now)
 	if len(got) != 4 {
 		t.Fatalf("due %v", nodes(got))
 	}
-	started := got[0].started
+	started := got[0].Started
 	after := now.Add(500 * time.Millisecond)
-	if !isDown(s.result("dead", started, probeNoResponders, after)) {
+	if !isDown(s.Result("dead", started, NoResponders, after)) {
 		t.Fatal("no responders is not down")
 	}
-	if isDown(s.result("hung", started, probeTimeout, after)) {
+	if isDown(s.Result("hung", started, Timeout, after)) {
 		t.Fatal("one timeout is down")
 	}
-	if isDown(s.result("slow", started, probeTimeout, after)) {
+	if isDown(s.Result("slow", started, Timeout, after)) {
 		t.Fatal("one timeout is down")
 	}
-	if isDown(s.result("fine", started, probeAnswered, after)) {
+	if isDown(s.Result("fine", started, Answered, after)) {
 		t.Fatal("answered is down")
 	}
 	// The timed-out ones are probed again at once; fine is not due.
-	again, _ := s.take(after)
+	again, _ := s.Take(after)
 	if fmt.Sprint(nodes(again)) != "[hung slow]" && fmt.Sprint(nodes(again)) != "[slow hung]" {
 		t.Fatalf("retried %v, want hung and slow", nodes(again))
 	}
 	later := after.Add(500 * time.Millisecond)
-	if !isDown(s.result("hung", after, probeTimeout, later)) {
+	if !isDown(s.Result("hung", after, Timeout, later)) {
 		t.Fatal("two timeouts in a row are not down")
 	}
-	if isDown(s.result("slow", after, probeAnswered, later)) {
+	if isDown(s.Result("slow", after, Answered, later)) {
 		t.Fatal("an answer after a timeout is down")
 	}
 	// slow's misses start over: one more timeout is not down.
-	s.take(later.Add(1500 * time.Millisecond))
-	if isDown(s.result("slow", later.Add(1500*time.Millisecond), probeTimeout, later.Add(2*time.Second))) {
+	s.Take(later.Add(1500 * time.Millisecond))
+	if isDown(s.Result("slow", later.Add(1500*time.Millisecond), Timeout, later.Add(2*time.Second))) {
 		t.Fatal("timeouts did not start over after an answer")
 	}
 	// A result for a probe that is not the one in flight is ignored.
-	if down, current := s.result("slow", t0, probeNoResponders, later); down || current {
+	if down, current := s.Result("slow", t0, NoResponders, later); down || current {
 		t.Fatal("a stale result counted")
 	}
 	// An answer to a probe of a node that left meanwhile is not current:
 	// the router must not take it as a report (it would undo the leave).
-	s.seen("bye", time.Second, true, t0)
-	g, _ := s.take(t0.Add(2 * time.Second))
-	s.seen("bye", 0, false, t0.Add(2*time.Second)) // its leaving report
-	if down, current := s.result("bye", g[0].started, probeAnswered, t0.Add(2*time.Second)); down || current {
+	s.Seen("bye", time.Second, true, t0)
+	g, _ := s.Take(t0.Add(2 * time.Second))
+	s.Seen("bye", 0, false, t0.Add(2*time.Second)) // its leaving report
+	if down, current := s.Result("bye", g[0].Started, Answered, t0.Add(2*time.Second)); down || current {
 		t.Fatalf("answer after leaving: down %v, current %v", down, current)
 	}
 	// Down nodes left the schedule; dead comes back with a report.
-	if s.len() != 2 {
-		t.Fatalf("%d on the schedule, want 2 (fine, slow)", s.len())
+	if s.Len() != 2 {
+		t.Fatalf("%d on the schedule, want 2 (fine, slow)", s.Len())
 	}
-	s.seen("dead", time.Second, true, later)
-	if s.len() != 3 {
+	s.Seen("dead", time.Second, true, later)
+	if s.Len() != 3 {
 		t.Fatal("a report did not put a down node back")
 	}
 }
@@ -142,47 +142,47 @@ func TestProbeScheduleOutcomes(t *testing.T) {
 // is; a node whose heap time comes up but that reported since is moved on,
 // not probed, and not counted as rate-limited.
 func TestProbeScheduleLazy(t *testing.T) {
-	s := newProbeSchedule(1.5, 2, 1) // one token
+	s := New(1.5, 2, 1) // one token
 	for _, n := range []string{"a", "b"} {
-		s.seen(n, time.Second, true, t0)
+		s.Seen(n, time.Second, true, t0)
 	}
 	for i := 1; i <= 10; i++ { // a reports every second, b goes quiet
-		s.seen("a", time.Second, true, t0.Add(time.Duration(i)*time.Second))
+		s.Seen("a", time.Second, true, t0.Add(time.Duration(i)*time.Second))
 	}
-	got, limited := s.take(t0.Add(10 * time.Second))
+	got, limited := s.Take(t0.Add(10 * time.Second))
 	if fmt.Sprint(nodes(got)) != "[b]" || limited != 0 {
 		t.Fatalf("due %v (limited %d), want [b]: a reported", nodes(got), limited)
 	}
-	if at, _ := s.next(t0.Add(10 * time.Second)); !at.Equal(t0.Add(11500 * time.Millisecond)) {
+	if at, _ := s.Next(t0.Add(10 * time.Second)); !at.Equal(t0.Add(11500 * time.Millisecond)) {
 		t.Fatalf("a due at %v, want +11.5s", at.Sub(t0))
 	}
 	// A shorter interval brings a node's due time forward at once.
-	s.seen("a", 100*time.Millisecond, true, t0.Add(10*time.Second))
-	if at, _ := s.next(t0.Add(10 * time.Second)); !at.Equal(t0.Add(10150 * time.Millisecond)) {
+	s.Seen("a", 100*time.Millisecond, true, t0.Add(10*time.Second))
+	if at, _ := s.Next(t0.Add(10 * time.Second)); !at.Equal(t0.Add(10150 * time.Millisecond)) {
 		t.Fatalf("a due at %v after a shorter interval, want +10.15s", at.Sub(t0))
 	}
 }
 
 func TestProbeScheduleRateLimit(t *testing.T) {
-	s := newProbeSchedule(1.5, 2, 100) // burst 10
+	s := New(1.5, 2, 100) // burst 10
 	for i := range 1000 {
-		s.seen(fmt.Sprintf("n%04d", i), time.Second, true, t0)
+		s.Seen(fmt.Sprintf("n%04d", i), time.Second, true, t0)
 	}
 	now := t0.Add(2 * time.Second)
-	got, limited := s.take(now)
+	got, limited := s.Take(now)
 	if len(got) != 10 || limited != 990 {
 		t.Fatalf("a blip: %d probes at once, %d limited; want 10 and 990", len(got), limited)
 	}
 	// The waiting ones are counted once, not on every look.
-	if again, limited := s.take(now); len(again) != 0 || limited != 0 {
+	if again, limited := s.Take(now); len(again) != 0 || limited != 0 {
 		t.Fatalf("same instant: %d probes, %d limited", len(again), limited)
 	}
-	if at, ok := s.next(now); !ok || !at.Equal(now.Add(10*time.Millisecond)) {
+	if at, ok := s.Next(now); !ok || !at.Equal(now.Add(10*time.Millisecond)) {
 		t.Fatalf("next %v, want a token's wait (10ms)", at.Sub(now))
 	}
 	total := len(got)
 	for i := 1; i <= 100; i++ { // a second at 100/s
-		g, _ := s.take(now.Add(time.Duration(i) * 10 * time.Millisecond))
+		g, _ := s.Take(now.Add(time.Duration(i) * 10 * time.Millisecond))
 		total += len(g)
 	}
 	if total != 110 {
@@ -191,37 +191,37 @@ func TestProbeScheduleRateLimit(t *testing.T) {
 }
 
 func TestProbeSchedulePoke(t *testing.T) {
-	s := newProbeSchedule(1.5, 2, 1000)
-	s.seen("a", time.Minute, true, t0)
-	if s.poke("nobody", t0) {
+	s := New(1.5, 2, 1000)
+	s.Seen("a", time.Minute, true, t0)
+	if s.Poke("nobody", t0) {
 		t.Fatal("poked an unknown node")
 	}
 	now := t0.Add(time.Second)
-	if !s.poke("a", now) {
+	if !s.Poke("a", now) {
 		t.Fatal("poke refused")
 	}
-	if got, _ := s.take(now); fmt.Sprint(nodes(got)) != "[a]" {
+	if got, _ := s.Take(now); fmt.Sprint(nodes(got)) != "[a]" {
 		t.Fatalf("after poke due %v", nodes(got))
 	}
-	if !s.poke("a", now) { // in flight: known, nothing more
+	if !s.Poke("a", now) { // in flight: known, nothing more
 		t.Fatal("poke of a node in flight")
 	}
-	if got, _ := s.take(now); len(got) != 0 {
+	if got, _ := s.Take(now); len(got) != 0 {
 		t.Fatalf("two in flight: %v", nodes(got))
 	}
 }
 
 // BenchmarkProbeScheduleSeen: a report's cost at 10,000 members.
 func BenchmarkProbeScheduleSeen(b *testing.B) {
-	s := newProbeSchedule(1.5, 2, 1000)
+	s := New(1.5, 2, 1000)
 	ids := make([]string, 10_000)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("n%05d", i)
-		s.seen(ids[i], 5*time.Second, true, t0)
+		s.Seen(ids[i], 5*time.Second, true, t0)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		s.seen(ids[i%len(ids)], 5*time.Second, true, t0.Add(time.Duration(i)))
+		s.Seen(ids[i%len(ids)], 5*time.Second, true, t0.Add(time.Duration(i)))
 	}
 }

@@ -1,4 +1,6 @@
-package router
+// Package probe decides when the router probes a node: a schedule of due
+// times, a token bucket, and what each outcome means. It does no I/O.
+package probe
 
 import (
 	"container/heap"
@@ -6,7 +8,7 @@ import (
 	"time"
 )
 
-// probeSchedule decides when each probing node is probed; it does no I/O
+// Schedule decides when each probing node is probed; it does no I/O
 // and takes the time as an argument, so tests drive it with a fake clock.
 //
 // The control problem: a node that reports every interval I and stops
@@ -28,21 +30,21 @@ import (
 // puts the node back on schedule; "no responders" is down at once; a
 // timeout is probed again at once, and timeouts in a row are down. A down
 // node leaves the schedule until its next report.
-type probeSchedule struct {
+type Schedule struct {
 	factor   float64 // due after factor × interval of silence
 	timeouts int     // timeouts in a row that make a node down
 	rate     float64 // probes per second
 	burst    float64 // most tokens held
 
 	mu       sync.Mutex // guards everything below
-	byNode   map[string]*probeEntry
-	waiting  probeHeap // entries not in flight, earliest due first
+	byNode   map[string]*entry
+	waiting  dueHeap // entries not in flight, earliest due first
 	tokens   float64
 	refilled time.Time
 }
 
-// probeEntry is one probing node in the schedule.
-type probeEntry struct {
+// entry is one probing node in the schedule.
+type entry struct {
 	node     string
 	interval time.Duration
 	due      time.Time // probe when nothing arrived by then
@@ -56,41 +58,41 @@ type probeEntry struct {
 
 // realDue is when e is due: factor × interval after its last report, or
 // its due time as it stands if callers asked for a probe.
-func (s *probeSchedule) realDue(e *probeEntry) time.Time {
+func (s *Schedule) realDue(e *entry) time.Time {
 	if e.poked {
 		return e.due
 	}
 	return e.seen.Add(s.after(e.interval))
 }
 
-// probeTicket is one probe to send.
-type probeTicket struct {
-	node    string
-	started time.Time
+// Ticket is one probe to send.
+type Ticket struct {
+	Node    string
+	Started time.Time
 }
 
-// probeOutcome is how a probe ended.
-type probeOutcome int
+// Outcome is how a probe ended.
+type Outcome int
 
 const (
-	probeAnswered probeOutcome = iota
-	probeNoResponders
-	probeTimeout
-	probeRateLimited // not an outcome of a probe: a due probe waited for tokens
-	probeError       // the request failed otherwise (connection closed, ...)
-	numProbeOutcomes
+	Answered Outcome = iota
+	NoResponders
+	Timeout
+	RateLimited // not an outcome of a probe: a due probe waited for tokens
+	Error       // the request failed otherwise (connection closed, ...)
+	NumOutcomes
 )
 
-var probeOutcomeNames = [numProbeOutcomes]string{"answered", "no_responders", "timeout", "rate_limited", "error"}
+var OutcomeNames = [NumOutcomes]string{"answered", "no_responders", "timeout", "rate_limited", "error"}
 
-func newProbeSchedule(factor float64, timeouts int, rate float64) *probeSchedule {
-	return &probeSchedule{
+func New(factor float64, timeouts int, rate float64) *Schedule {
+	return &Schedule{
 		factor: factor, timeouts: timeouts, rate: rate, burst: max(1, rate/10),
-		byNode: map[string]*probeEntry{}, tokens: max(1, rate/10),
+		byNode: map[string]*entry{}, tokens: max(1, rate/10),
 	}
 }
 
-func (s *probeSchedule) after(iv time.Duration) time.Duration {
+func (s *Schedule) after(iv time.Duration) time.Duration {
 	return time.Duration(s.factor * float64(iv))
 }
 
@@ -98,7 +100,7 @@ func (s *probeSchedule) after(iv time.Duration) time.Duration {
 // factor × interval later; any other node (or one that left) leaves the
 // schedule. It reports whether the node is now the first due (whoever
 // sleeps until the first due time must look again). O(log n).
-func (s *probeSchedule) seen(node string, interval time.Duration, probing bool, now time.Time) (first bool) {
+func (s *Schedule) Seen(node string, interval time.Duration, probing bool, now time.Time) (first bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.byNode[node]
@@ -109,7 +111,7 @@ func (s *probeSchedule) seen(node string, interval time.Duration, probing bool, 
 		return false
 	}
 	if e == nil {
-		e = &probeEntry{node: node, index: -1}
+		e = &entry{node: node, index: -1}
 		s.byNode[node] = e
 	}
 	e.interval, e.seen, e.timeouts = interval, now, 0
@@ -129,7 +131,7 @@ func (s *probeSchedule) seen(node string, interval time.Duration, probing bool, 
 }
 
 // remove takes node off the schedule.
-func (s *probeSchedule) remove(node string) {
+func (s *Schedule) Remove(node string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e := s.byNode[node]; e != nil {
@@ -139,7 +141,7 @@ func (s *probeSchedule) remove(node string) {
 
 // poke makes a scheduled node due now (callers said it failed). It reports
 // whether the node is on the schedule; one in flight stays as it is.
-func (s *probeSchedule) poke(node string, now time.Time) bool {
+func (s *Schedule) Poke(node string, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.byNode[node]
@@ -155,7 +157,7 @@ func (s *probeSchedule) poke(node string, now time.Time) bool {
 
 // take returns the probes due at now that tokens pay for (each node then
 // has its probe in flight), and how many due nodes newly had to wait.
-func (s *probeSchedule) take(now time.Time) (out []probeTicket, limited int) {
+func (s *Schedule) Take(now time.Time) (out []Ticket, limited int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refill(now)
@@ -170,9 +172,9 @@ func (s *probeSchedule) take(now time.Time) (out []probeTicket, limited int) {
 			break
 		}
 		s.tokens--
-		e := heap.Pop(&s.waiting).(*probeEntry)
+		e := heap.Pop(&s.waiting).(*entry)
 		e.started, e.limited, e.poked = now, false, false
-		out = append(out, probeTicket{node: e.node, started: now})
+		out = append(out, Ticket{Node: e.node, Started: now})
 	}
 	return out, limited
 }
@@ -180,7 +182,7 @@ func (s *probeSchedule) take(now time.Time) (out []probeTicket, limited int) {
 // markLimited flags the due entries in the heap below i that are not
 // flagged yet, and counts them; it visits only entries the heap has due
 // (some of which reported since, and are not counted).
-func (s *probeSchedule) markLimited(i int, now time.Time) int {
+func (s *Schedule) markLimited(i int, now time.Time) int {
 	if i >= len(s.waiting) || s.waiting[i].due.After(now) {
 		return 0
 	}
@@ -192,7 +194,7 @@ func (s *probeSchedule) markLimited(i int, now time.Time) int {
 	return n + s.markLimited(2*i+1, now) + s.markLimited(2*i+2, now)
 }
 
-func (s *probeSchedule) refill(now time.Time) {
+func (s *Schedule) refill(now time.Time) {
 	if s.refilled.IsZero() {
 		s.refilled = now
 	}
@@ -204,7 +206,7 @@ func (s *probeSchedule) refill(now time.Time) {
 
 // next returns when take has something to do: the earliest due time, or
 // when the next token comes if a due node waits for one.
-func (s *probeSchedule) next(now time.Time) (time.Time, bool) {
+func (s *Schedule) Next(now time.Time) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.waiting) == 0 {
@@ -225,7 +227,7 @@ func (s *probeSchedule) next(now time.Time) (time.Time, bool) {
 // says the probe is still the node's (it did not leave or get re-probed
 // meanwhile): only then may an answer count as a report. down says the node
 // is down (it has then left the schedule).
-func (s *probeSchedule) result(node string, started time.Time, o probeOutcome, now time.Time) (down, current bool) {
+func (s *Schedule) Result(node string, started time.Time, o Outcome, now time.Time) (down, current bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.byNode[node]
@@ -233,7 +235,7 @@ func (s *probeSchedule) result(node string, started time.Time, o probeOutcome, n
 		return false, false // dropped, rescheduled or re-probed meanwhile
 	}
 	e.started = time.Time{}
-	if e.seen.After(started) || o == probeAnswered {
+	if e.seen.After(started) || o == Answered {
 		// A report came while the probe was out, or the answer is one.
 		e.timeouts = 0
 		e.due = later(e.seen, now).Add(s.after(e.interval))
@@ -241,10 +243,10 @@ func (s *probeSchedule) result(node string, started time.Time, o probeOutcome, n
 		return false, true
 	}
 	switch o {
-	case probeNoResponders:
+	case NoResponders:
 		s.drop(e)
 		return true, true
-	case probeTimeout:
+	case Timeout:
 		if e.timeouts++; e.timeouts >= s.timeouts {
 			s.drop(e)
 			return true, true
@@ -265,7 +267,7 @@ func later(a, b time.Time) time.Time {
 }
 
 // place puts e in the heap or moves it there. With s.mu held.
-func (s *probeSchedule) place(e *probeEntry) {
+func (s *Schedule) place(e *entry) {
 	if e.index >= 0 {
 		heap.Fix(&s.waiting, e.index)
 		return
@@ -274,7 +276,7 @@ func (s *probeSchedule) place(e *probeEntry) {
 }
 
 // drop forgets e. With s.mu held.
-func (s *probeSchedule) drop(e *probeEntry) {
+func (s *Schedule) drop(e *entry) {
 	if e.index >= 0 {
 		heap.Remove(&s.waiting, e.index)
 	}
@@ -282,27 +284,27 @@ func (s *probeSchedule) drop(e *probeEntry) {
 }
 
 // len is the number of nodes on the schedule, in flight included.
-func (s *probeSchedule) len() int {
+func (s *Schedule) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.byNode)
 }
 
-// probeHeap orders entries by due time.
-type probeHeap []*probeEntry
+// dueHeap orders entries by due time.
+type dueHeap []*entry
 
-func (h probeHeap) Len() int           { return len(h) }
-func (h probeHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
-func (h probeHeap) Swap(i, j int) {
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h dueHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].index, h[j].index = i, j
 }
-func (h *probeHeap) Push(x any) {
-	e := x.(*probeEntry)
+func (h *dueHeap) Push(x any) {
+	e := x.(*entry)
 	e.index = len(*h)
 	*h = append(*h, e)
 }
-func (h *probeHeap) Pop() any {
+func (h *dueHeap) Pop() any {
 	old := *h
 	e := old[len(old)-1]
 	old[len(old)-1] = nil
