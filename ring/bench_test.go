@@ -2,11 +2,12 @@ package ring
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"unsafe"
 )
 
-var sizes = []int{10, 100, 1000}
+var sizes = []int{10, 100, 1000, 10_000}
 
 // buildSizes are the memberships for the write-side benchmarks; 10,000
 // members at 150 virtual nodes (1.5 M points) is what DESIGN.md "Scale" asks
@@ -212,6 +213,30 @@ func reportCPU(b *testing.B, start int64) {
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
 
+// bytesPerPoint is what the points take, per point: the bucket directory,
+// the buckets and their point arrays (as allocated, rounded up to the
+// allocator's size class). The old layout's figure was its points and its
+// table.
 func bytesPerPoint(s *Snapshot) float64 {
-	return float64(len(s.points)*int(unsafe.Sizeof(s.points[0]))+len(s.table)*int(unsafe.Sizeof(s.table[0]))) / float64(len(s.points))
+	n := len(s.points) * int(unsafe.Sizeof(s.points[0]))
+	for g, b := range s.points {
+		if g == 0 || b != s.points[g-1] { // a run of empty buckets shares one
+			n += roundupsize(int(unsafe.Sizeof(*b))) + roundupsize(cap(b.points)*8)
+		}
+	}
+	return float64(n) / float64(s.Points())
+}
+
+// sizeClasses are the Go allocator's small object sizes (runtime/sizeclasses.go).
+var sizeClasses = []int{8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320, 352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792, 2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472, 9728, 10240, 10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264, 28672, 32768}
+
+// roundupsize is the bytes the allocator hands out for a request of n.
+func roundupsize(n int) int {
+	if n == 0 {
+		return 0
+	}
+	if i, _ := slices.BinarySearch(sizeClasses, n); i < len(sizeClasses) {
+		return sizeClasses[i]
+	}
+	return (n + 8191) &^ 8191
 }
