@@ -2,6 +2,7 @@ package ring
 
 import (
 	"cmp"
+	"math"
 	"slices"
 )
 
@@ -225,29 +226,49 @@ func (old *Snapshot) patch(edits []edit) *Snapshot {
 	return &s
 }
 
-// diff returns the changes that turn s's membership into next (normalized,
-// sorted by id, unique), sorted by id.
-func (s *Snapshot) diff(next []Member) []change {
+// diff returns the changes that turn s's membership into next, sorted by
+// id, and true; or false if next is not valid, normalized and sorted by
+// unique id (normalizeAll must see it then). It is one pass over both: a
+// member equal to the one on the ring costs one comparison (it is valid, as
+// that one is); only the others are validated and checked for order.
+func (s *Snapshot) diff(next []Member) ([]change, bool) {
 	var out []change
-	j := 0
+	j, matched := 0, false // matched: next[j-1] is a member of s
+	add := func() bool {   // next[j] is new or changed
+		m, err := next[j].normalize()
+		if err != nil || m.Weight != next[j].Weight || math.Float64bits(m.Shed) != math.Float64bits(next[j].Shed) {
+			return false
+		}
+		out = append(out, change{m: m})
+		return true
+	}
+	inOrder := func() bool { return j == 0 || next[j-1].ID < next[j].ID }
 	for _, ch := range s.ids.chunks {
 		for _, r := range ch {
-			for j < len(next) && next[j].ID < r.id {
-				out = append(out, change{m: next[j]})
-				j++
+			for j < len(next) && next[j].ID != r.id && next[j].ID < r.id { // joins
+				if !inOrder() || !add() {
+					return nil, false
+				}
+				j, matched = j+1, false
 			}
 			if j < len(next) && next[j].ID == r.id {
-				if next[j] != s.entry(r.slot).member() {
-					out = append(out, change{m: next[j]})
+				// Two members of s in a row are in order: s's order.
+				if !matched && !inOrder() {
+					return nil, false
 				}
-				j++
+				if next[j] != s.entry(r.slot).member() && !add() {
+					return nil, false
+				}
+				j, matched = j+1, true
 				continue
 			}
 			out = append(out, change{m: Member{ID: r.id}, remove: true})
 		}
 	}
 	for ; j < len(next); j++ {
-		out = append(out, change{m: next[j]})
+		if !inOrder() || !add() {
+			return nil, false
+		}
 	}
-	return out
+	return out, true
 }

@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -22,6 +23,13 @@ func (m model) members() []Member {
 // same points in the same order, the same members and counters, and the
 // same answers to Get, GetN and GetFrom; and that its layout is sound.
 func sameAsFresh(t *testing.T, s *Snapshot, want []Member, cfg Config, rng *rand.Rand) {
+	t.Helper()
+	sameAsFreshKeys(t, s, want, cfg, rng, 200)
+}
+
+// sameAsFreshKeys is sameAsFresh asking nkeys keys, and checking the
+// layout only if nkeys >= 100.
+func sameAsFreshKeys(t *testing.T, s *Snapshot, want []Member, cfg Config, rng *rand.Rand, nkeys int) {
 	t.Helper()
 	fresh := mustNew(t, cfg, want...).Snapshot()
 	if !slices.Equal(s.Members(), fresh.Members()) {
@@ -46,9 +54,11 @@ func sameAsFresh(t *testing.T, s *Snapshot, want []Member, cfg Config, rng *rand
 	if len(want) == 0 {
 		return
 	}
-	if cfg.hash == nil { // the reference ignores an injected hash for keys only through newRefHash
+	switch {
+	case nkeys < 100: // the fuzzer's cheap check
+	case cfg.hash == nil:
 		checkLayout(t, s, newRef(s.VirtualNodes(), want...), rng)
-	} else {
+	default:
 		checkLayout(t, s, newRefHash(s.VirtualNodes(), cfg.hash, want...), rng)
 	}
 	var cands []string
@@ -57,7 +67,7 @@ func sameAsFresh(t *testing.T, s *Snapshot, want []Member, cfg Config, rng *rand
 			cands = append(cands, m.ID)
 		}
 	}
-	for _, k := range fixedKeys(200) {
+	for _, k := range fixedKeys(nkeys) {
 		for _, n := range []int{1, 3, len(want)} {
 			got, err1 := s.GetN(k, n)
 			exp, err2 := fresh.GetN(k, n)
@@ -311,7 +321,42 @@ func FuzzRingIncremental(f *testing.F) {
 					t.Fatal(err)
 				}
 			}
-			sameAsFresh(t, r.Snapshot(), want.members(), cfg, rng)
+			sameAsFreshKeys(t, r.Snapshot(), want.members(), cfg, rng, 20)
 		}
 	})
+}
+
+// TestSetInput: Set takes memberships in any order; a duplicate or an
+// invalid member anywhere fails the whole Set and changes nothing, whether
+// the rest matches the ring or not.
+func TestSetInput(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	ms := sortedMembers(300)
+	r := mustNew(t, Config{}, ms...)
+	for trial := range 20 {
+		next := slices.Clone(ms)
+		next[rng.IntN(len(next))].Weight = 2
+		next[rng.IntN(len(next))].Draining = true
+		next = append(next, Member{ID: fmt.Sprintf("zz-%d", trial)}, Member{ID: fmt.Sprintf("0-%d", trial), Shed: 0.5})
+		next = slices.Delete(next, 5, 6+rng.IntN(3))
+		want, _ := normalizeAll(slices.Clone(next), false)
+		if trial%2 == 0 {
+			rng.Shuffle(len(next), func(i, j int) { next[i], next[j] = next[j], next[i] })
+		}
+		before := r.Snapshot()
+		for _, bad := range [][]Member{
+			append(slices.Clone(next), next[len(next)/2]),           // a duplicate
+			append(slices.Clone(next), Member{ID: "x", Weight: -1}), // invalid, new
+			append(slices.Clone(next[1:]), Member{ID: next[0].ID, Shed: 2}),
+		} {
+			if err := r.Set(bad); !errors.Is(err, ErrInvalidMember) || r.Snapshot() != before {
+				t.Fatalf("trial %d: Set of a bad membership: %v", trial, err)
+			}
+		}
+		if err := r.Set(next); err != nil {
+			t.Fatal(err)
+		}
+		sameAsFresh(t, r.Snapshot(), want, Config{}, rng)
+		ms = want
+	}
 }

@@ -61,16 +61,23 @@ func (r *Ring) Remove(ids ...string) {
 
 // Set replaces the whole membership in one swap. Only the members that
 // differ from the current ones cost more than a comparison: applying a
-// document in which one member changed costs that member's points.
+// document in which one member changed costs that member's points, plus one
+// pass over the list if it is sorted by id (ring documents are), or a sort.
 func (r *Ring) Set(members []Member) error {
-	next, err := normalizeAll(members, false)
-	if err != nil {
-		return err
-	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	old := r.snap.Load()
-	r.snap.Store(old.apply(old.diff(next), next))
+	chs, ok := old.diff(members)
+	if !ok {
+		next, err := normalizeAll(members, false)
+		if err != nil {
+			return err
+		}
+		chs, _ = old.diff(next)
+	}
+	if next := old.apply(chs, nil); next != old {
+		r.snap.Store(next)
+	}
 	return nil
 }
 
