@@ -11,8 +11,8 @@ var sizes = []int{10, 100, 1000, 10_000}
 
 // buildSizes are the memberships for the write-side benchmarks; 10,000
 // members at 150 virtual nodes (1.5 M points) is what DESIGN.md "Scale" asks
-// one router to hold.
-var buildSizes = []int{1000, 10_000}
+// one router to hold, 50,000 with a raised max_payload.
+var buildSizes = []int{1000, 10_000, 50_000}
 
 // BenchmarkGet compares Ring.Get with the plain sort.Search baseline
 // (refRing.get) over the same membership and keys, in one run.
@@ -172,11 +172,12 @@ func BenchmarkRemoveOne(b *testing.B) {
 }
 
 // BenchmarkSetOneChanged is how the router applies a new ring document:
-// Set with the whole membership, of which one member was re-weighted.
+// Set with the whole membership, sorted by id as documents are, of which
+// one member was re-weighted.
 func BenchmarkSetOneChanged(b *testing.B) {
 	for _, n := range buildSizes {
 		base := mustNew(b, Config{}, members(n)...)
-		next := members(n)
+		next := sortedMembers(n)
 		next[n/2].Weight = 2
 		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
 			benchWrite(b, base, func(r *Ring) error { return r.Set(next) })
@@ -239,4 +240,23 @@ func roundupsize(n int) int {
 		return sizeClasses[i]
 	}
 	return (n + 8191) &^ 8191
+}
+
+// BenchmarkApply applies a batch: one member joins (changes=1), or a burst
+// of n members joins an empty ring (changes=n, one fresh build).
+func BenchmarkApply(b *testing.B) {
+	for _, n := range buildSizes {
+		base := mustNew(b, Config{}, members(n)...)
+		b.Run(fmt.Sprintf("changes=1/members=%d", n), func(b *testing.B) {
+			benchWrite(b, base, func(r *Ring) error { return r.Apply(Change{Member: Member{ID: "newcomer"}}) })
+		})
+		chs := make([]Change, n)
+		for i, m := range members(n) {
+			chs[i] = Change{Member: m}
+		}
+		empty := mustNew(b, Config{})
+		b.Run(fmt.Sprintf("changes=%d/members=0", n), func(b *testing.B) {
+			benchWrite(b, empty, func(r *Ring) error { return r.Apply(chs...) })
+		})
+	}
 }
