@@ -54,6 +54,31 @@ func (b *bucket) bounds(t uint64) (int, int) {
 	return int(b.table[t]), int(b.table[t+1])
 }
 
+// find returns the index of the first point in slot t whose word is >= x,
+// or the end of the slot. For x = h<<bits, h a hash in slot t, that is the
+// first point with hash >= h: within a slot, words compare as hashes do. b
+// must not be fat (see findFat); find is small enough to be inlined.
+func (b *bucket) find(t, x uint64) int {
+	lo, hi := int(b.table[t]), int(b.table[t+1])
+	ps := b.points
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if ps[m] < x {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+// findFat is find for any bucket, fat or not.
+func (b *bucket) findFat(t, x uint64) int {
+	lo, hi := b.bounds(t)
+	i, _ := slices.BinarySearch(b.points[lo:hi], x)
+	return lo + i
+}
+
 // makeWords returns room for a bucket of n points: len 0, and capacity for
 // the points, the sentinel and, if the bucket is fat, its slot starts.
 func makeWords(n int) []uint64 {
@@ -63,12 +88,16 @@ func makeWords(n int) []uint64 {
 	return make([]uint64, 0, n+1)
 }
 
-// newBucket makes the bucket of words (from makeWords, holding the points)
-// whose slot t starts at start[t]; start[bucketSlots] == len(words). The
-// sentinel is left 0.
-func newBucket(words []uint64, start *[bucketSlots + 1]int) *bucket {
+// newBucket makes b, or a new bucket if b is nil, the bucket of words
+// (holding the points, with room for the sentinel and, if it is fat, the
+// slot starts: see makeWords) whose slot t starts at start[t];
+// start[bucketSlots] == len(words). The sentinel is left 0.
+func newBucket(b *bucket, words []uint64, start *[bucketSlots + 1]int) *bucket {
 	n := len(words)
-	b := &bucket{points: words[:n+1]}
+	if b == nil {
+		b = &bucket{}
+	}
+	b.points = words[:n+1]
 	b.points[n] = 0
 	if n >= fat {
 		w := b.points[n+1 : n+1+bucketSlots+1]
@@ -111,7 +140,7 @@ func (s *Snapshot) rebucket(b *bucket, rm, add []movedPoint) *bucket {
 		rm, add = rm[r:], add[a:]
 	}
 	start[bucketSlots] = len(out)
-	return newBucket(out, &start)
+	return newBucket(nil, out, &start)
 }
 
 // mergeSlot appends the points of one table slot, seg, to out, less the

@@ -21,6 +21,16 @@ const maxTableBits = 17
 // change copies per point it moves.
 const bucketPoints = 9
 
+// contiguousPoints: a ring of fewer points is built with its buckets in one
+// array and their points in another, so that walks and lookups read
+// neighbouring lines, as they did in the flat layout. At 100 members (15,000
+// points in buckets of 7) a separate allocation per bucket made AppendN miss
+// the L1 cache 1.9 times a call instead of 1.3, and GetFrom 17.5 times
+// instead of 6 (cachegrind). A larger ring allocates each bucket on its own:
+// one array would stay alive until a change had copied every bucket in it,
+// doubling the ring's memory for hundreds of changes.
+const contiguousPoints = 1 << 16
+
 // rebuildShare: when the points that a change adds or removes are more than
 // this fraction of the ring, it is built afresh instead of being patched. A
 // fresh build costs about two hashes per point; patching copies every
@@ -200,7 +210,14 @@ func fillSorted[O uint16 | uint32](s *Snapshot, ms []Member, owners []O) {
 		}
 	}
 
-	// 3. Per part: its slots are [q<<(bits-c), (q+1)<<(bits-c)).
+	// 3. Per part: its slots are [q<<(bits-c), (q+1)<<(bits-c)). A small
+	// ring keeps its buckets in one array and its points in another, as the
+	// flat layout did (see contiguousPoints).
+	var arena []uint64
+	var hdrs []bucket
+	if n < contiguousPoints {
+		arena, hdrs = make([]uint64, 0, n+len(s.points)), make([]bucket, len(s.points))
+	}
 	per := 1 << (s.bits - c)
 	start := make([]uint32, per+1) // start[t]: where slot t of the part starts in buf
 	at := make([]uint32, per)      // at[t]: where slot t's next point goes
@@ -229,16 +246,25 @@ func fillSorted[O uint16 | uint32](s *Snapshot, ms []Member, owners []O) {
 			if from == to {
 				continue
 			}
-			words := append(makeWords(to-from), buf[from:to]...)
+			g := (first + t) >> bucketBits
+			var words []uint64
+			var b *bucket
+			if hdrs != nil && to-from < fat {
+				k := len(arena)
+				arena = append(append(arena, buf[from:to]...), 0)
+				words, b = arena[k:k+to-from:k+to-from+1], &hdrs[g]
+			} else {
+				words = append(makeWords(to-from), buf[from:to]...)
+			}
 			var st [bucketSlots + 1]int
 			for u := range st {
 				st[u] = int(start[t+u]) - from
 			}
-			b := newBucket(words, &st)
+			b = newBucket(b, words, &st)
 			if b.fat() {
 				s.nFat++
 			}
-			s.points[(first+t)>>bucketBits] = b
+			s.points[g] = b
 		}
 	}
 }

@@ -61,17 +61,23 @@ func (s *Snapshot) getShed(key string, g int, b *bucket, i int) string {
 		usable -= s.nDrain
 	}
 	var one [1]string
-	return s.walkShed(one[:0], key, g, b, i, 1, usable, skip, nil)[0]
+	return s.walkShedFrom(one[:0], key, g, b, i, 1, usable, skip, nil)[0]
 }
 
-// walkShed appends want members for key under the format-2 rule, walking
+// walkShed is walkShedFrom the point of hash h.
+func (s *Snapshot) walkShed(dst []string, key string, h uint64, want, usable int, skip bool, allowed func(uint32) bool) []string {
+	g, b, i := s.at(h)
+	return s.walkShedFrom(dst, key, g, b, i, want, usable, skip, allowed)
+}
+
+// walkShedFrom appends want members for key under the format-2 rule, walking
 // clockwise from point i of bucket b (number g): first the members that do
 // not shed key, then the ones that do, each in walk order. Members for which
 // allowed (if non-nil) is false are passed over, and so are draining members
 // when skip is set; usable is how many members remain, so the walk can stop
 // once it has met them all. With want <= 16 and shed ranks below 1,024 (as
 // many as members that shed, after a fresh build) it allocates nothing.
-func (s *Snapshot) walkShed(dst []string, key string, g int, b *bucket, i, want, usable int, skip bool, allowed func(uint32) bool) []string {
+func (s *Snapshot) walkShedFrom(dst []string, key string, g int, b *bucket, i, want, usable int, skip bool, allowed func(uint32) bool) []string {
 	// Members that do not shed at all are told apart as in walk; a member
 	// with a shed is tested once, then marked in decided (by its shed rank).
 	var small, smallShed [smallSet]uint32
@@ -91,11 +97,12 @@ func (s *Snapshot) walkShed(dst []string, key string, g int, b *bucket, i, want,
 	}
 
 	got, shed := 0, 0 // members that do not / do shed key, met so far
+	ps, mask := b.points[:b.len()], s.mask
 	for walked := 0; got < want && got+shed < usable && walked < s.n; walked++ {
-		o := uint32(b.points[i] & s.mask)
-		if i++; i == b.len() {
+		o := uint32(ps[i] & mask)
+		if i++; i == len(ps) {
 			g, b = s.next(g)
-			i = 0
+			ps, i = b.points[:b.len()], 0
 		}
 		e := s.entry(o)
 		if (skip && e.drain) || (allowed != nil && !allowed(o)) {
