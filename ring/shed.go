@@ -66,12 +66,13 @@ func (s *Snapshot) getShed(key string, g int, b *bucket, i int) string {
 
 // walkShed is walkShedFrom the point of hash h.
 func (s *Snapshot) walkShed(dst []string, key string, h uint64, want, usable int, skip bool, allowed func(uint32) bool) []string {
-	g, b, i := s.at(h)
+	g, b, i := s.seek(h)
 	return s.walkShedFrom(dst, key, g, b, i, want, usable, skip, allowed)
 }
 
 // walkShedFrom appends want members for key under the format-2 rule, walking
-// clockwise from point i of bucket b (number g): first the members that do
+// clockwise from point i of bucket b (number g), which may be the sentinel
+// (see seek): first the members that do
 // not shed key, then the ones that do, each in walk order. Members for which
 // allowed (if non-nil) is false are passed over, and so are draining members
 // when skip is set; usable is how many members remain, so the walk can stop
@@ -97,12 +98,11 @@ func (s *Snapshot) walkShedFrom(dst []string, key string, g int, b *bucket, i, w
 	}
 
 	got, shed := 0, 0 // members that do not / do shed key, met so far
-	ps, mask := b.points[:b.len()], s.mask
+	ps, mask := b.points, s.mask
 	for walked := 0; got < want && got+shed < usable && walked < s.n; walked++ {
 		o := uint32(ps[i] & mask)
 		if i++; i == len(ps) {
-			g, b = s.next(g)
-			ps, i = b.points[:b.len()], 0
+			g, ps, i = s.step(g)
 		}
 		e := s.entry(o)
 		if (skip && e.drain) || (allowed != nil && !allowed(o)) {
