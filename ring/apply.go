@@ -25,27 +25,36 @@ type edit struct {
 // if not nil, is the membership that results, sorted by id (Set has it at
 // hand). A change that moves few points is patched into the snapshot,
 // sharing everything it does not touch (patch); one that moves many, or
-// that the table no longer suits, is built afresh.
+// that the table no longer suits, is built afresh, and then the changes
+// are only counted, not recorded: a burst of 50,000 joins is one build.
 func (old *Snapshot) apply(chs []change, full []Member) *Snapshot {
-	var edits []edit
-	moved, n, members, joins := 0, old.n, old.nMembers, 0
-	for _, c := range chs {
+	// classify tells whether c does anything, and the member's slot,
+	// presence and points before and after.
+	classify := func(c change) (ed edit, ok bool) {
 		o, had := old.ids.lookup(c.m.ID)
-		ed := edit{change: c, slot: o, had: had}
+		ed = edit{change: c, slot: o, had: had}
 		if had {
 			e := old.entry(o)
 			if !c.remove && e.member() == c.m {
-				continue
+				return ed, false
 			}
 			ed.from = points(old.vnodes, e.weight)
 		} else if c.remove {
-			continue
+			return ed, false
 		}
 		if !c.remove {
 			ed.to = points(old.vnodes, c.m.Weight)
 		}
+		return ed, true
+	}
+	moved, n, members, joins, edits := 0, old.n, old.nMembers, 0, 0
+	for _, c := range chs {
+		ed, ok := classify(c)
+		if !ok {
+			continue
+		}
 		switch {
-		case !had:
+		case !ed.had:
 			members++
 			joins++
 		case c.remove:
@@ -53,34 +62,43 @@ func (old *Snapshot) apply(chs []change, full []Member) *Snapshot {
 		}
 		moved += max(ed.to-ed.from, ed.from-ed.to)
 		n += ed.to - ed.from
-		edits = append(edits, ed)
+		edits++
 	}
-	if len(edits) == 0 {
+	if edits == 0 {
 		return old
 	}
 	slots := old.nSlots + uint32(max(0, joins-old.free.size()))
 	if moved > n/rebuildShare || !old.fits(n, slots) || int(slots) > 2*members+leafLen {
 		if full == nil {
-			full = old.merged(edits)
+			full = old.merged(chs)
 		}
 		return build(old.vnodes, old.hash, full)
 	}
-	return old.patch(edits)
+	eds := make([]edit, 0, edits)
+	for _, c := range chs {
+		if ed, ok := classify(c); ok {
+			eds = append(eds, ed)
+		}
+	}
+	return old.patch(eds)
 }
 
-// merged returns old's membership with edits applied, sorted by id.
-func (old *Snapshot) merged(edits []edit) []Member {
-	out := make([]Member, 0, old.nMembers+len(edits))
+// merged returns old's membership with chs (sorted by id, unique) applied,
+// sorted by id.
+func (old *Snapshot) merged(chs []change) []Member {
+	out := make([]Member, 0, old.nMembers+len(chs))
 	k := 0
 	for _, ch := range old.ids.chunks {
 		for _, r := range ch {
-			for k < len(edits) && edits[k].m.ID < r.id {
-				out = append(out, edits[k].m) // joins
+			for k < len(chs) && chs[k].m.ID < r.id {
+				if !chs[k].remove {
+					out = append(out, chs[k].m) // joins
+				}
 				k++
 			}
-			if k < len(edits) && edits[k].m.ID == r.id {
-				if !edits[k].remove {
-					out = append(out, edits[k].m)
+			if k < len(chs) && chs[k].m.ID == r.id {
+				if !chs[k].remove {
+					out = append(out, chs[k].m)
 				}
 				k++
 				continue
@@ -88,8 +106,10 @@ func (old *Snapshot) merged(edits []edit) []Member {
 			out = append(out, old.entry(r.slot).member())
 		}
 	}
-	for ; k < len(edits); k++ {
-		out = append(out, edits[k].m)
+	for ; k < len(chs); k++ {
+		if !chs[k].remove {
+			out = append(out, chs[k].m)
+		}
 	}
 	return out
 }

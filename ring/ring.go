@@ -73,9 +73,10 @@ func (r *Ring) Set(members []Member) error {
 		if err != nil {
 			return err
 		}
+		members = next
 		chs, _ = old.diff(next)
 	}
-	if next := old.apply(chs, nil); next != old {
+	if next := old.apply(chs, members); next != old {
 		r.snap.Store(next)
 	}
 	return nil

@@ -27,8 +27,10 @@ func (e *entry) member() Member {
 	return Member{ID: e.id, Weight: e.weight, Draining: e.drain, Shed: e.shed}
 }
 
+// set stores m; a shed of -0, which Set lets through in a member equal to
+// one on the ring, is stored as 0.
 func (e *entry) set(m Member) {
-	e.id, e.weight, e.drain, e.shed = m.ID, m.Weight, m.Draining, m.Shed
+	e.id, e.weight, e.drain, e.shed = m.ID, m.Weight, m.Draining, max(m.Shed, 0)
 }
 
 type leaf [leafLen]entry
