@@ -2,16 +2,17 @@ package ring
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"unsafe"
 )
 
-var sizes = []int{10, 100, 1000}
+var sizes = []int{10, 100, 1000, 10_000}
 
 // buildSizes are the memberships for the write-side benchmarks; 10,000
 // members at 150 virtual nodes (1.5 M points) is what DESIGN.md "Scale" asks
-// one router to hold.
-var buildSizes = []int{1000, 10_000}
+// one router to hold, 50,000 with a raised max_payload.
+var buildSizes = []int{1000, 10_000, 50_000}
 
 // BenchmarkGet compares Ring.Get with the plain sort.Search baseline
 // (refRing.get) over the same membership and keys, in one run.
@@ -146,6 +147,7 @@ func BenchmarkBuild(b *testing.B) {
 			}
 			reportCPU(b, cpu)
 			b.ReportMetric(bytesPerPoint(s), "B/point")
+			b.ReportMetric(stateBytesPerPoint(s), "state-B/point")
 		})
 	}
 }
@@ -171,11 +173,12 @@ func BenchmarkRemoveOne(b *testing.B) {
 }
 
 // BenchmarkSetOneChanged is how the router applies a new ring document:
-// Set with the whole membership, of which one member was re-weighted.
+// Set with the whole membership, sorted by id as documents are, of which
+// one member was re-weighted.
 func BenchmarkSetOneChanged(b *testing.B) {
 	for _, n := range buildSizes {
 		base := mustNew(b, Config{}, members(n)...)
-		next := members(n)
+		next := sortedMembers(n)
 		next[n/2].Weight = 2
 		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
 			benchWrite(b, base, func(r *Ring) error { return r.Set(next) })
@@ -212,6 +215,62 @@ func reportCPU(b *testing.B, start int64) {
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
 
+// bytesPerPoint is what the points take, per point: the bucket directory,
+// the buckets and their point arrays (as allocated, rounded up to the
+// allocator's size class). The old layout's figure was its points and its
+// table.
 func bytesPerPoint(s *Snapshot) float64 {
-	return float64(len(s.points)*int(unsafe.Sizeof(s.points[0]))+len(s.table)*int(unsafe.Sizeof(s.table[0]))) / float64(len(s.points))
+	n := len(s.points) * int(unsafe.Sizeof(s.points[0]))
+	for g, b := range s.points {
+		if g == 0 || b != s.points[g-1] { // a run of empty buckets shares one
+			n += roundupsize(int(unsafe.Sizeof(*b))) + roundupsize(cap(b.points)*8)
+		}
+	}
+	return float64(n) / float64(s.Points())
+}
+
+// stateBytesPerPoint is bytesPerPoint plus the members: the slot table and
+// the id index, per point. The old layout's members took 41 bytes a member
+// (a Member and a draining flag), 0.27 bytes a point at 150 points a member.
+func stateBytesPerPoint(s *Snapshot) float64 {
+	n := bytesPerPoint(s) * float64(s.Points())
+	n += float64(len(s.slots)*8 + len(s.slots)*roundupsize(int(unsafe.Sizeof(leaf{}))))
+	n += float64(len(s.ids.chunks) * (24 + 16))
+	for _, ch := range s.ids.chunks {
+		n += float64(roundupsize(cap(ch) * int(unsafe.Sizeof(idRef{}))))
+	}
+	return n / float64(s.Points())
+}
+
+// sizeClasses are the Go allocator's small object sizes (runtime/sizeclasses.go).
+var sizeClasses = []int{8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320, 352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792, 2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472, 9728, 10240, 10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264, 28672, 32768}
+
+// roundupsize is the bytes the allocator hands out for a request of n.
+func roundupsize(n int) int {
+	if n == 0 {
+		return 0
+	}
+	if i, _ := slices.BinarySearch(sizeClasses, n); i < len(sizeClasses) {
+		return sizeClasses[i]
+	}
+	return (n + 8191) &^ 8191
+}
+
+// BenchmarkApply applies a batch: one member joins (changes=1), or a burst
+// of n members joins an empty ring (changes=n, one fresh build).
+func BenchmarkApply(b *testing.B) {
+	for _, n := range buildSizes {
+		base := mustNew(b, Config{}, members(n)...)
+		b.Run(fmt.Sprintf("changes=1/members=%d", n), func(b *testing.B) {
+			benchWrite(b, base, func(r *Ring) error { return r.Apply(Change{Member: Member{ID: "newcomer"}}) })
+		})
+		chs := make([]Change, n)
+		for i, m := range members(n) {
+			chs[i] = Change{Member: m}
+		}
+		empty := mustNew(b, Config{})
+		b.Run(fmt.Sprintf("changes=%d/members=0", n), func(b *testing.B) {
+			benchWrite(b, empty, func(r *Ring) error { return r.Apply(chs...) })
+		})
+	}
 }

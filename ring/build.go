@@ -1,162 +1,187 @@
 package ring
 
 import (
-	"cmp"
-	"math"
 	"math/bits"
 	"slices"
+	"strconv"
 
 	"github.com/cespare/xxhash/v2"
 )
 
-// maxTableBits caps the prefix table at 2^17 slots (512 KiB). Up to about
-// 65,000 points the table has two slots per point; at 1.5 M points (10,000
-// members × 150) a slot holds about 11 points, 88 bytes, which the binary
-// search covers in one or two cache lines.
+// maxTableBits caps the prefix table at 2^17 slots (512 KiB of offsets)
+// while the ring has fewer than 2^23 points. Up to about 65,000 points the
+// table has two slots per point; at 1.5 M points (10,000 members × 150) a
+// slot holds about 11 points, 88 bytes, which the binary search covers in
+// one or two cache lines. Past 2^22 points the table grows with the ring,
+// so that a bucket keeps about 500 points (see bucketPoints).
 const maxTableBits = 17
 
-// rebuildShare: when the points of new or re-weighted members are more than
-// this fraction of the ring, derive builds the whole ring afresh instead of
-// sorting them and merging them in. A fresh build costs about two hashes per
-// point; sorting k new points with a comparison sort costs k·log k compares,
-// which overtakes the fresh build at around an eighth of the ring.
+// bucketPoints: past 2^22 points, the table has enough slots that a bucket
+// holds at most about 2^bucketPoints points on average, which bounds what a
+// change copies per point it moves.
+const bucketPoints = 9
+
+// contiguousPoints: a ring of fewer points (2 MB of them, about 1,700
+// members of weight 1) is built with its buckets in one array and their
+// points in another, so that walks and lookups read neighbouring lines, as
+// they did in the flat layout, and the build allocates twice instead of
+// twice per bucket: at 1,000 members, 8,192 buckets of 18 points, a build
+// with an allocation per bucket took 10.2 ms against 6.2 ms for the flat
+// layout. A larger ring allocates each bucket on its own: one array stays
+// alive until a change has copied every bucket in it, which for hundreds of
+// changes would double the memory of a ring of 12 MB (10,000 members).
+const contiguousPoints = 1 << 18
+
+// rebuildShare: when the points that a change adds or removes are more than
+// this fraction of the ring, it is built afresh instead of being patched. A
+// fresh build costs about two hashes per point; patching copies every
+// bucket that a moved point falls in, which at an eighth of the ring is
+// nearly all of them.
 const rebuildShare = 8
 
-// rawPoint is a point before it is packed into the ring.
-type rawPoint struct {
-	hash  uint64
-	owner uint32
+// tableBits returns the table bits for a ring of n points whose owners are
+// below slots: about two slots per point up to 2^maxTableBits, at least
+// enough for a bucket of ~2^bucketPoints points, at least the owner bits,
+// and at least bucketBits+1, so that there are two buckets or more.
+func tableBits(n int, slots uint32) uint {
+	b := min(bits.Len(uint(n))+1, maxTableBits)
+	b = max(b, bits.Len(uint(n))+bucketBits-bucketPoints, bucketBits+1)
+	return uint(max(b, ownerBits(slots)))
 }
 
-// derive builds the snapshot for membership next (normalized, sorted by ID,
-// unique) from old. It keeps old's points for every member whose weight did
-// not change: if no point changes at all (only draining or shed flags did)
-// the points are shared; if few change, the new ones are sorted and merged
-// into old's in one pass; otherwise the ring is built afresh.
-func derive(old *Snapshot, next []Member) *Snapshot {
-	s := &Snapshot{vnodes: old.vnodes, hash: old.hash, members: next}
-	s.setFlags()
+// ownerBits returns the bits that hold every owner below slots.
+func ownerBits(slots uint32) int {
+	if slots <= 1 {
+		return 0
+	}
+	return bits.Len32(slots - 1)
+}
 
-	// remap[o] is the new index of old member o, or -1 if its points go;
-	// fresh[j] is set when member j needs its points computed.
-	remap := make([]int32, len(old.members))
-	fresh := make([]bool, len(next))
-	same := len(old.members) == len(next)
-	kept, added := 0, 0
-	for i, j := 0, 0; i < len(old.members) || j < len(next); {
-		switch {
-		case j == len(next) || (i < len(old.members) && old.members[i].ID < next[j].ID):
-			remap[i], i, same = -1, i+1, false
-		case i == len(old.members) || next[j].ID < old.members[i].ID:
-			fresh[j], same = true, false
-			added += points(s.vnodes, next[j].Weight)
-			j++
-		default:
-			if old.members[i].Weight == next[j].Weight {
-				remap[i] = int32(j)
-				kept += points(s.vnodes, next[j].Weight)
-			} else {
-				remap[i], fresh[j], same = -1, true, false
-				added += points(s.vnodes, next[j].Weight)
-			}
-			if i != j {
-				same = false
-			}
-			i, j = i+1, j+1
+// fits reports whether s's table still suits a ring of n points with owners
+// below slots: the owners fit in its bits, and its bits are within one of
+// what a fresh build would choose. The slack keeps a ring that grows or
+// shrinks by one member from being rebuilt at a power of two.
+func (s *Snapshot) fits(n int, slots uint32) bool {
+	want := tableBits(n, slots)
+	return int(s.bits) >= ownerBits(slots) && s.bits+1 >= want && s.bits <= want+1
+}
+
+// setBits sets the table bits and what derives from them.
+func (s *Snapshot) setBits(b uint) {
+	s.bits = b
+	s.shift = 64 - b
+	s.gshift = 64 - (b - bucketBits)
+	s.mask = 1<<b - 1
+}
+
+// build returns the snapshot of ms (normalized, sorted by ID, unique). Slots
+// are numbered in id order, and so are shed ranks.
+func build(vnodes int, hash func(string) uint64, ms []Member) *Snapshot {
+	s := &Snapshot{vnodes: vnodes, hash: hash, nMembers: len(ms), nSlots: uint32(len(ms))}
+	s.slots = make([]*leaf, (len(ms)+leafLen-1)/leafLen)
+	for i := range s.slots {
+		s.slots[i] = new(leaf)
+	}
+	refs := make([]idRef, len(ms))
+	for j, m := range ms {
+		e := s.entry(uint32(j))
+		e.set(m)
+		if m.Shed > 0 {
+			e.rank = s.nRanks
+			s.nRanks++
 		}
+		s.count(e, 1)
+		refs[j] = idRef{m.ID, uint32(j)}
+		s.n += points(vnodes, m.Weight)
 	}
-	if same { // only draining or shed flags changed: share the points
-		s.points, s.table, s.shift, s.bits, s.mask = old.points, old.table, old.shift, old.bits, old.mask
-		return s
+	s.ids = newIDIndex(refs)
+	s.setBits(tableBits(s.n, s.nSlots))
+	s.points = make([]*bucket, 1<<(s.bits-bucketBits))
+	switch {
+	case s.n == 0:
+	case len(ms) <= 1<<16:
+		fillSorted(s, ms, make([]uint16, s.n))
+	default:
+		fillSorted(s, ms, make([]uint32, s.n))
 	}
-
-	s.layout(kept + added)
-	if kept == 0 || added > (kept+added)/rebuildShare {
-		s.fill()
-		return s
-	}
-	s.merge(old, remap, s.freshPoints(fresh, added))
+	s.link()
 	return s
 }
 
-// setFlags fills the per-member arrays the lookups read.
-func (s *Snapshot) setFlags() {
-	s.drain = make([]bool, len(s.members))
-	for i, m := range s.members {
-		if m.Draining {
-			s.drain[i] = true
-			s.nDrain++
-		}
-		if m.Shed > 0 {
-			if s.shed == nil {
-				s.shed = make([]float64, len(s.members))
-				s.shedRank = make([]uint32, len(s.members))
-			}
-			s.shed[i], s.shedRank[i] = m.Shed, uint32(s.nShed)
-			s.nShed++
-			if !m.Draining {
-				s.nShedLive++
-			}
+// link sets the sentinel of every bucket that fillSorted made, and makes
+// the empty buckets (nil until then): one object for a run of them, whose
+// only word is the sentinel.
+func (s *Snapshot) link() {
+	var next uint64 // the first point of the ring, the sentinel of the last bucket that has points
+	for _, b := range s.points {
+		if b != nil {
+			next = b.points[0]
+			break
 		}
 	}
-}
-
-// layout sizes the prefix table and allocates the points and the table for
-// n points. The table has about two slots per point (at most 2^maxTableBits),
-// but at least as many slots as members, since a point keeps its owner in the
-// low bits that the table slot frees.
-func (s *Snapshot) layout(n int) {
-	b := max(min(bits.Len(uint(n))+1, maxTableBits), 1)
-	if len(s.members) > 1 {
-		b = max(b, bits.Len(uint(len(s.members)-1)))
-	}
-	s.bits = uint(b)
-	s.shift = 64 - s.bits
-	s.mask = 1<<s.bits - 1
-	s.points = make([]uint64, n)
-	s.table = make([]uint32, 1<<b+1)
-}
-
-// fill computes every member's points and sorts them into place, hashing
-// each point once. A counting sort straight into 2^17 slots would store each
-// point at a random place in a 12 MB array; on a shared machine those stores
-// miss the cache and cost 75 to 400 ms per 1.5 M points (measured while
-// other jobs ran), more than the hashing. So fill sorts in two levels that
-// each keep their working set in cache:
-//
-//  1. hash the points in member order into s.points, their owners into a
-//     temporary array (2 bytes a point up to 65,536 members, else 4), and
-//     count them by the top c bits of the hash: a few hundred buckets of
-//     about 16,000 points;
-//  2. permute points and owners in place into those buckets (American flag
-//     sort: one cursor per bucket, so the stores stay on a few hot lines);
-//  3. per bucket, scatter its points by table slot into a bucket-sized
-//     buffer, packing hash and owner into the point word, sort each slot's
-//     dozen points, and copy the bucket back.
-//
-// It allocates the ring plus the owner array and one bucket: 1.25× the ring.
-func (s *Snapshot) fill() {
-	if len(s.members) <= 1<<16 {
-		fillSorted(s, make([]uint16, len(s.points)))
-	} else {
-		fillSorted(s, make([]uint32, len(s.points)))
+	var run *bucket
+	for g := len(s.points) - 1; g >= 0; g-- {
+		b := s.points[g]
+		if b == nil {
+			if run == nil {
+				run = &bucket{points: []uint64{next}}
+			}
+			s.points[g] = run
+			continue
+		}
+		b.points[b.len()] = next
+		next, run = b.points[0], nil
 	}
 }
 
-func fillSorted[O uint16 | uint32](s *Snapshot, owners []O) {
-	n := len(s.points)
-	c := uint(max(1, min(int(s.bits), bits.Len(uint(n))-14))) // ~16,000 points a bucket
+// count adds e's flags to s's counters (d = 1), or takes them away (d = -1).
+func (s *Snapshot) count(e *entry, d int) {
+	if e.drain {
+		s.nDrain += d
+	}
+	if e.shed > 0 {
+		s.nShed += d
+		if !e.drain {
+			s.nShedLive += d
+		}
+	}
+}
+
+// fillSorted computes every member's points and sorts them into buckets,
+// hashing each point once. A counting sort straight into 2^17 slots would
+// store each point at a random place in a 12 MB array; on a shared machine
+// those stores miss the cache and cost 75 to 400 ms per 1.5 M points
+// (measured while other jobs ran), more than the hashing. So it sorts in two
+// levels that each keep their working set in cache:
+//
+//  1. hash the points in member order into a scratch array, their owners
+//     into owners (2 bytes a point up to 65,536 members, else 4), and count
+//     them by the top c bits of the hash: a few hundred parts of about
+//     16,000 points;
+//  2. permute points and owners in place into those parts (American flag
+//     sort: one cursor per part, so the stores stay on a few hot lines);
+//  3. per part, scatter its points by table slot into a part-sized buffer,
+//     packing hash and owner into the point word, sort each slot's dozen
+//     points, and copy each bucket of the part out into its own array.
+//
+// Owners are slots in id order, so sorting words sorts equal hashes by id.
+// It allocates the ring plus the scratch, the owners and one part: 2.25×
+// the points.
+func fillSorted[O uint16 | uint32](s *Snapshot, ms []Member, owners []O) {
+	n := s.n
+	hs := make([]uint64, n)
+	c := uint(max(0, min(int(s.bits)-bucketBits, bits.Len(uint(n))-14))) // ~16,000 points a part
 	nb := 1 << c
 	count := make([]uint32, nb+1)
 
-	// 1. Hash, in member order.
+	// 1. Hash, in member order. With c == 0, h>>64 is 0: one part.
 	ph := pointHasher{fn: s.hash}
 	k := 0
-	for j, m := range s.members {
+	for j, m := range ms {
 		ph.start(m.ID)
 		for range points(s.vnodes, m.Weight) {
 			h := ph.sum()
-			s.points[k], owners[k] = h, O(j)
+			hs[k], owners[k] = h, O(j)
 			count[h>>(64-c)+1]++
 			k++
 			ph.next()
@@ -166,7 +191,7 @@ func fillSorted[O uint16 | uint32](s *Snapshot, owners []O) {
 		count[q] += count[q-1]
 	}
 
-	// 2. Permute into buckets in place: count[q] is where bucket q starts,
+	// 2. Permute into parts in place: count[q] is where part q starts,
 	// next[q] where its next point goes.
 	next := slices.Clone(count)
 	biggest := uint32(0)
@@ -174,47 +199,75 @@ func fillSorted[O uint16 | uint32](s *Snapshot, owners []O) {
 		end := count[q+1]
 		biggest = max(biggest, end-count[q])
 		for i := next[q]; i < end; i = next[q] {
-			h, o := s.points[i], owners[i]
+			h, o := hs[i], owners[i]
 			for d := h >> (64 - c); d != uint64(q); d = h >> (64 - c) {
 				j := next[d]
 				next[d]++
-				s.points[j], h = h, s.points[j]
+				hs[j], h = h, hs[j]
 				owners[j], o = o, owners[j]
 			}
-			s.points[i], owners[i] = h, o
+			hs[i], owners[i] = h, o
 			next[q]++
 		}
 	}
 
-	// 3. Per bucket: its slots are [q<<(bits-c), (q+1)<<(bits-c)).
+	// 3. Per part: its slots are [q<<(bits-c), (q+1)<<(bits-c)). A small
+	// ring keeps its buckets in one array and its points in another, as the
+	// flat layout did (see contiguousPoints).
+	var arena []uint64
+	var hdrs []bucket
+	if n < contiguousPoints {
+		arena, hdrs = make([]uint64, 0, n+len(s.points)), make([]bucket, len(s.points))
+	}
 	per := 1 << (s.bits - c)
-	at := make([]uint32, per+1) // at[t]: where slot t of the bucket starts in buf
+	start := make([]uint32, per+1) // start[t]: where slot t of the part starts in buf
+	at := make([]uint32, per)      // at[t]: where slot t's next point goes
 	buf := make([]uint64, biggest)
 	for q := range nb {
 		lo, hi := count[q], count[q+1]
 		first := q * per
-		clear(at)
-		for _, h := range s.points[lo:hi] {
-			at[int(h>>s.shift)-first+1]++
+		clear(start)
+		for _, h := range hs[lo:hi] {
+			start[int(h>>s.shift)-first+1]++
 		}
 		for t := range per {
-			at[t+1] += at[t]
-			s.table[first+t] = lo + at[t]
+			start[t+1] += start[t]
 		}
-		for i, h := range s.points[lo:hi] {
+		copy(at, start)
+		for i, h := range hs[lo:hi] {
 			t := int(h>>s.shift) - first
 			buf[at[t]] = h<<s.bits | uint64(owners[int(lo)+i])
 			at[t]++
 		}
-		// at[t] is now where slot t+1 begins.
-		start := uint32(0)
 		for t := range per {
-			sortSlot(buf[start:at[t]])
-			start = at[t]
+			sortSlot(buf[start[t]:start[t+1]])
 		}
-		copy(s.points[lo:hi], buf)
+		for t := 0; t < per; t += bucketSlots {
+			from, to := int(start[t]), int(start[t+bucketSlots])
+			if from == to {
+				continue
+			}
+			g := (first + t) >> bucketBits
+			var words []uint64
+			var b *bucket
+			if hdrs != nil && to-from < fat {
+				k := len(arena)
+				arena = append(append(arena, buf[from:to]...), 0)
+				words, b = arena[k:k+to-from:k+to-from+1], &hdrs[g]
+			} else {
+				words = append(makeWords(to-from), buf[from:to]...)
+			}
+			var st [bucketSlots + 1]int
+			for u := range st {
+				st[u] = int(start[t+u]) - from
+			}
+			b = newBucket(b, words, &st)
+			if b.fat() {
+				s.nFat++
+			}
+			s.points[g] = b
+		}
 	}
-	s.table[len(s.table)-1] = uint32(n)
 }
 
 // sortSlot sorts the points of one slot; there are usually a dozen or fewer.
@@ -230,193 +283,6 @@ func sortSlot(ps []uint64) {
 	}
 }
 
-// freshPoints returns the n points of the members marked fresh, sorted by
-// (hash, owner).
-func (s *Snapshot) freshPoints(fresh []bool, n int) []rawPoint {
-	out := make([]rawPoint, 0, n)
-	ph := pointHasher{fn: s.hash}
-	for j, m := range s.members {
-		if !fresh[j] {
-			continue
-		}
-		ph.start(m.ID)
-		for range points(s.vnodes, m.Weight) {
-			out = append(out, rawPoint{ph.sum(), uint32(j)})
-			ph.next()
-		}
-	}
-	slices.SortFunc(out, func(a, b rawPoint) int {
-		return cmp.Or(cmp.Compare(a.hash, b.hash), cmp.Compare(a.owner, b.owner)) // member index order is ID order
-	})
-	return out
-}
-
-// merge writes old's points that stay (renumbered by remap) and the sorted
-// added points into s, in ring order, and fills the prefix table on the way.
-// It is one sequential pass over old's points, which is what bounds Add,
-// Remove and a one-member Set.
-func (s *Snapshot) merge(old *Snapshot, remap []int32, added []rawPoint) {
-	if old.bits == s.bits {
-		s.mergeSameSlots(old, remap, added)
-		return
-	}
-	w := pointWriter{points: s.points, table: s.table, shift: s.shift, bits: s.bits}
-	a := 0
-	nextAdded := uint64(math.MaxUint64) // hash of added[a]
-	if len(added) > 0 {
-		nextAdded = added[0].hash
-	}
-	for p := range len(old.table) - 1 {
-		top := uint64(p) << old.shift
-		for _, v := range old.points[old.table[p]:old.table[p+1]] {
-			o := remap[v&old.mask]
-			if o < 0 {
-				continue
-			}
-			h := top | v>>old.bits
-			if h >= nextAdded {
-				for a < len(added) && (added[a].hash < h || (added[a].hash == h && added[a].owner < uint32(o))) {
-					w.put(added[a].hash, added[a].owner)
-					a++
-				}
-				nextAdded = math.MaxUint64
-				if a < len(added) {
-					nextAdded = added[a].hash
-				}
-			}
-			w.put(h, uint32(o))
-		}
-	}
-	for _, p := range added[a:] {
-		w.put(p.hash, p.owner)
-	}
-	w.finish()
-}
-
-// mergeSameSlots is merge when old and s have the same table bits, as they
-// do from 2^16 points up (the table stops growing at 2^17 slots). A kept
-// point then keeps its word but for the owner bits, so the kept points are
-// copied in flat runs that renumber owners, each added point is spliced in
-// where a short scan of its slot puts it, and the new table is the old one
-// shifted by the points added and removed before each slot. The loops call
-// nothing: with a call inside, the compiler spilled and reloaded a dozen
-// values an iteration (34 instructions a point; now 17, in renumber). Per
-// Add at 10,000 members that is 32 M instructions against 100 M for the
-// 16-byte layout's merge (valgrind --tool=cachegrind).
-func (s *Snapshot) mergeSameSlots(old *Snapshot, remap []int32, added []rawPoint) {
-	k, i := 0, 0
-	for _, p := range added {
-		end := old.insertAt(p, remap, i)
-		k += renumber(s.points[k:], old.points[i:end], remap, s.mask)
-		s.points[k] = p.hash<<(s.bits&63) | uint64(p.owner)
-		k, i = k+1, end
-	}
-	renumber(s.points[k:], old.points[i:], remap, s.mask)
-
-	// The slots that lose points: those of the members that go, hashed
-	// again (usually one member's 150 points) rather than noted in the copy.
-	var gone []uint64
-	ph := pointHasher{fn: s.hash}
-	for o, m := range old.members {
-		if remap[o] >= 0 {
-			continue
-		}
-		ph.start(m.ID)
-		for range points(old.vnodes, m.Weight) {
-			gone = append(gone, ph.sum()>>(s.shift&63))
-			ph.next()
-		}
-	}
-	slices.Sort(gone)
-
-	// table[p] counts the points in slots before p: a point added to or
-	// removed from slot e changes table[p] for every p > e.
-	p, delta := 0, uint32(0) // delta wraps around when negative
-	for a, g := 0, 0; a < len(added) || g < len(gone); {
-		e, d := uint64(0), uint32(0)
-		if g == len(gone) || (a < len(added) && added[a].hash>>(s.shift&63) < gone[g]) {
-			e, d, a = added[a].hash>>(s.shift&63), 1, a+1
-		} else {
-			e, d, g = gone[g], ^uint32(0), g+1 // -1
-		}
-		p = shiftTable(s.table, old.table, p, int(e)+1, delta)
-		delta += d
-	}
-	shiftTable(s.table, old.table, p, len(s.table), delta)
-}
-
-// renumber copies the points of in whose owner stays to out, renumbering
-// the owner, and returns how many it copied. It is kept out of line: inlined
-// into mergeSameSlots, its loop spilled the point and reloaded the mask on
-// every iteration (23 instructions a point; out of line, 17).
-//
-//go:noinline
-func renumber(out, in []uint64, remap []int32, mask uint64) int {
-	k, keep := 0, ^mask
-	for _, v := range in {
-		if o := remap[v&mask]; o >= 0 {
-			out[k] = v&keep | uint64(uint32(o))
-			k++
-		}
-	}
-	return k
-}
-
-// shiftTable sets dst[p] = src[p] + delta for p in [from, to), if to > from,
-// and returns max(from, to).
-func shiftTable(dst, src []uint32, from, to int, delta uint32) int {
-	if to <= from {
-		return from
-	}
-	d, s := dst[from:to], src[from:to]
-	s = s[:len(d)]
-	for j := range d {
-		d[j] = s[j] + delta
-	}
-	return to
-}
-
-// insertAt returns where a new point goes among old's points from index
-// from on: after every point of its slot with a smaller hash, or the same
-// hash and a smaller (renumbered) owner. A point whose owner goes (remap
-// -1) sorts first among equal hashes; it is dropped anyway.
-func (old *Snapshot) insertAt(p rawPoint, remap []int32, from int) int {
-	slot := p.hash >> (old.shift & 63)
-	x := p.hash << (old.bits & 63)
-	j, hi := max(from, int(old.table[slot])), int(old.table[slot+1])
-	for ; j < hi; j++ {
-		v := old.points[j]
-		if h := v &^ old.mask; h > x || (h == x && remap[v&old.mask] > int32(p.owner)) {
-			break
-		}
-	}
-	return j
-}
-
-// pointWriter appends points in ring order and fills the prefix table.
-type pointWriter struct {
-	points []uint64
-	table  []uint32
-	shift  uint
-	bits   uint
-	n      int    // points written
-	slot   uint64 // first table slot not yet filled
-}
-
-func (w *pointWriter) put(h uint64, owner uint32) {
-	for p := h >> w.shift; w.slot <= p; w.slot++ {
-		w.table[w.slot] = uint32(w.n)
-	}
-	w.points[w.n] = h<<w.bits | uint64(owner)
-	w.n++
-}
-
-func (w *pointWriter) finish() {
-	for ; w.slot < uint64(len(w.table)); w.slot++ {
-		w.table[w.slot] = uint32(w.n)
-	}
-}
-
 // pointHasher hashes a member's points id + ":" + decimal(i) for i = 0, 1,
 // ... in one reused buffer, counting in decimal in place.
 type pointHasher struct {
@@ -427,6 +293,12 @@ type pointHasher struct {
 
 func (ph *pointHasher) start(id string) {
 	ph.buf = append(append(ph.buf[:0], id...), ':', '0')
+	ph.head = len(id) + 1
+}
+
+// startAt is start at point i.
+func (ph *pointHasher) startAt(id string, i int) {
+	ph.buf = strconv.AppendInt(append(append(ph.buf[:0], id...), ':'), int64(i), 10)
 	ph.head = len(id) + 1
 }
 

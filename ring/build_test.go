@@ -12,39 +12,60 @@ import (
 )
 
 // checkLayout checks s's packed points against the reference ring of the
-// same membership: the same (hash, owner) sequence, a prefix table that
-// indexes it, and search answering as sort.Search over the full hashes.
+// same membership: the same (hash, owner id) sequence, bucket tables that
+// index it, owners that fit their bits, and search answering as sort.Search
+// over the full hashes.
 func checkLayout(t *testing.T, s *Snapshot, ref *refRing, rng *rand.Rand) {
 	t.Helper()
-	if len(s.points) != len(ref.hashes) {
-		t.Fatalf("%d points, reference %d", len(s.points), len(ref.hashes))
+	if s.Points() != len(ref.hashes) {
+		t.Fatalf("%d points, reference %d", s.Points(), len(ref.hashes))
 	}
-	if len(s.table) != 1<<s.bits+1 || s.table[0] != 0 || int(s.table[len(s.table)-1]) != len(s.points) {
-		t.Fatalf("table of %d slots (bits %d) runs %d..%d over %d points", len(s.table), s.bits, s.table[0], s.table[len(s.table)-1], len(s.points))
+	if len(s.points) != 1<<(s.bits-bucketBits) || s.bits <= bucketBits {
+		t.Fatalf("%d buckets with %d table bits", len(s.points), s.bits)
 	}
-	if len(s.members) > 0 && uint64(len(s.members)-1) > s.mask {
-		t.Fatalf("%d members do not fit in %d owner bits", len(s.members), s.bits)
+	if s.nSlots > 0 && uint64(s.nSlots-1) > s.mask {
+		t.Fatalf("%d slots do not fit in %d owner bits", s.nSlots, s.bits)
+	}
+	var first uint64 // the ring's first point: the sentinel of the last bucket with points
+	for _, b := range slices.Backward(s.points) {
+		if b.len() > 0 {
+			first = b.points[0]
+		}
+	}
+	for g, b := range slices.Backward(s.points) {
+		var table []int
+		for t := range uint64(bucketSlots) {
+			lo, hi := b.bounds(t)
+			table = append(table, lo, hi)
+		}
+		if table[0] != 0 || table[len(table)-1] != b.len() || !slices.IsSorted(table) || b.fat() != (b.len() >= fat) {
+			t.Fatalf("bucket %d: slots %v over %d points (fat: %v)", g, table, b.len(), b.fat())
+		}
+		if s.Points() > 0 && b.points[b.len()] != first {
+			t.Fatalf("bucket %d: sentinel %#x, want the next point %#x", g, b.points[b.len()], first)
+		}
+		if b.len() > 0 {
+			first = b.points[0]
+		}
 	}
 	i := 0
 	for h, o := range s.all {
-		if h != ref.hashes[i] || s.members[o].ID != ref.ids[i] {
-			t.Fatalf("point %d is (%#x, %s), reference (%#x, %s)", i, h, s.members[o].ID, ref.hashes[i], ref.ids[i])
-		}
-		if ph, po := s.point(i); ph != h || po != o {
-			t.Fatalf("point(%d) = (%#x, %d), all says (%#x, %d)", i, ph, po, h, o)
+		if h != ref.hashes[i] || o >= s.nSlots || s.entry(o).id != ref.ids[i] {
+			t.Fatalf("point %d is (%#x, %d), reference (%#x, %s)", i, h, o, ref.hashes[i], ref.ids[i])
 		}
 		i++
 	}
-	if i != len(s.points) {
-		t.Fatalf("all yielded %d points of %d", i, len(s.points))
+	if i != s.Points() {
+		t.Fatalf("all yielded %d points of %d", i, s.Points())
 	}
 	probe := func(h uint64) {
 		want := sort.Search(len(ref.hashes), func(i int) bool { return ref.hashes[i] >= h })
 		if want == len(ref.hashes) {
 			want = 0
 		}
-		if got := s.search(h); got != want {
-			t.Fatalf("search(%#x) = %d, reference %d", h, got, want)
+		g, b, i := s.at(h)
+		if ph, o := pointAt(s, g, b, i); ph != ref.hashes[want] || s.entry(o).id != ref.ids[want] {
+			t.Fatalf("search(%#x) finds (%#x, %s), reference point %d (%#x, %s)", h, ph, s.entry(o).id, want, ref.hashes[want], ref.ids[want])
 		}
 	}
 	for i, h := range ref.hashes {
@@ -59,6 +80,31 @@ func checkLayout(t *testing.T, s *Snapshot, ref *refRing, rng *rand.Rand) {
 	}
 	probe(0)
 	probe(1<<64 - 1)
+}
+
+// pointAt returns the hash and owner of point i of bucket b (number g).
+func pointAt(s *Snapshot, g int, b *bucket, i int) (uint64, uint32) {
+	t := uint64(0)
+	for _, hi := b.bounds(t); hi <= i; _, hi = b.bounds(t) {
+		t++
+	}
+	v := b.points[i]
+	return (uint64(g)<<bucketBits|t)<<s.shift | v>>s.bits, uint32(v & s.mask)
+}
+
+// ringPoint is a point as the normative order sees it.
+type ringPoint struct {
+	hash uint64
+	id   string
+}
+
+// layoutOf returns s's points in ring order.
+func layoutOf(s *Snapshot) []ringPoint {
+	out := make([]ringPoint, 0, s.Points())
+	for h, o := range s.all {
+		out = append(out, ringPoint{h, s.entry(o).id})
+	}
+	return out
 }
 
 // TestLayoutEveryPath reaches random memberships by building afresh, by
@@ -153,6 +199,46 @@ func TestLayoutCrowdedSlot(t *testing.T) {
 	}
 }
 
+// TestLayoutFatBucket crowds more points into one bucket than its 16-bit
+// table indexes: the bucket turns fat, lookups take the slow path and
+// still answer as the reference, and patching it keeps it right.
+func TestLayoutFatBucket(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds rings of 70,000 points in one bucket")
+	}
+	h := func(s string) uint64 { return xxhash.Sum64String(s) >> 40 } // all in bucket 0
+	rng := rand.New(rand.NewPCG(9, 10))
+	ms := members(470)
+	r := mustNew(t, Config{hash: h}, ms...)
+	if s := r.Snapshot(); s.nFat != 1 || !s.points[0].fat() {
+		t.Fatalf("%d fat buckets, bucket 0 fat: %v", s.nFat, s.points[0].fat())
+	}
+	check := func() {
+		t.Helper()
+		ref := newRefHash(DefaultVirtualNodes, h, ms...)
+		checkLayout(t, r.Snapshot(), ref, rng)
+		for _, k := range fixedKeys(300) {
+			if got, _ := r.GetN(k, 2); !slices.Equal(got, ref.getN(k, 2)) {
+				t.Fatalf("GetN(%q, 2) = %v, reference %v", k, got, ref.getN(k, 2))
+			}
+		}
+	}
+	check()
+	if err := r.Add(Member{ID: "late"}); err != nil {
+		t.Fatal(err)
+	}
+	ms = append(ms, Member{ID: "late", Weight: 1})
+	check()
+	for range 40 { // below 65,535 points: thin again
+		r.Remove(ms[0].ID)
+		ms = ms[1:]
+	}
+	check()
+	if s := r.Snapshot(); s.nFat != 0 {
+		t.Fatalf("%d fat buckets at %d points", s.nFat, s.Points())
+	}
+}
+
 // TestLayoutMoreMembersThanSlots: with more members than 2^maxTableBits the
 // owner needs more bits than the table would have; the table grows to match.
 func TestLayoutMoreMembersThanSlots(t *testing.T) {
@@ -187,7 +273,7 @@ func TestSharedPoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := r.Snapshot()
-	if &after.points[0] != &before.points[0] || &after.table[0] != &before.table[0] {
+	if &after.points[0] != &before.points[0] {
 		t.Fatal("draining and shed changes rebuilt the points")
 	}
 	if m, _ := after.Member("node-5"); m.Shed != 0.25 || after.Shedding() != 2 {

@@ -130,7 +130,7 @@ func TestInsertionOrder(t *testing.T) {
 		}
 		r.Remove("zz-temp")
 		got := r.Snapshot()
-		if !slices.Equal(got.points, want.points) || !slices.Equal(got.members, want.members) {
+		if !slices.Equal(layoutOf(got), layoutOf(want)) || !slices.Equal(got.Members(), want.Members()) {
 			t.Fatalf("trial %d: ring differs from the one built in one go", trial)
 		}
 	}
@@ -166,7 +166,8 @@ func TestCollision(t *testing.T) {
 	// A key hashing exactly onto the collision belongs to the smallest id.
 	owner := func(r *Ring) string {
 		s := r.Snapshot()
-		return s.members[s.owner(s.search(1<<63))].ID
+		_, b, i := s.at(1 << 63)
+		return s.entry(uint32(b.points[i] & s.mask)).id
 	}
 	if got := owner(r); got != "b" {
 		t.Fatalf("owner at the collision = %q, want b", got)
@@ -178,7 +179,7 @@ func colliding(s *Snapshot, h uint64) []string {
 	var at []string
 	for ph, o := range s.all {
 		if ph == h {
-			at = append(at, s.members[o].ID)
+			at = append(at, s.entry(o).id)
 		}
 	}
 	return at
@@ -492,7 +493,7 @@ func FuzzRing(f *testing.F) {
 		if one != got[0] {
 			t.Fatalf("Get = %q, GetN[0] = %q", one, got[0])
 		}
-		if s := r.Snapshot(); s.nShedLive > 0 && slices.ContainsFunc(s.members, func(m Member) bool { return !m.Draining && !Sheds(key, m.ID, m.Shed) }) {
+		if s := r.Snapshot(); s.nShedLive > 0 && slices.ContainsFunc(s.Members(), func(m Member) bool { return !m.Draining && !Sheds(key, m.ID, m.Shed) }) {
 			if m, _ := s.Member(one); Sheds(key, m.ID, m.Shed) {
 				t.Fatalf("Get = %q, which sheds the key, though a member that does not is usable", one)
 			}

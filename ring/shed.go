@@ -40,35 +40,45 @@ func shedHash(key, id string) uint64 {
 func (s *Snapshot) Shedding() int { return s.nShed }
 
 // getShed is Get for a snapshot in which some member that is not draining
-// sheds. i is the key's point. Most keys land on a member that does not shed
-// at all or does not shed this key, and return after one test.
-func (s *Snapshot) getShed(key string, i int) string {
+// sheds, from point i of bucket b (number g), the key's point. Most keys
+// land on a member that does not shed at all or does not shed this key, and
+// return after one test.
+func (s *Snapshot) getShed(key string, g int, b *bucket, i int) string {
 	skip := s.skipDraining()
-	for skip && s.drain[s.owner(i)] {
-		if i++; i == len(s.points) {
+	o := uint32(b.points[i] & s.mask)
+	for skip && s.entry(o).drain {
+		if i++; i == b.len() {
+			g, b = s.next(g)
 			i = 0
 		}
+		o = uint32(b.points[i] & s.mask)
 	}
-	o := s.owner(i)
-	if f := s.shed[o]; f == 0 || !Sheds(key, s.members[o].ID, f) {
-		return s.members[o].ID
+	if e := s.entry(o); e.shed == 0 || !Sheds(key, e.id, e.shed) {
+		return e.id
 	}
-	usable := len(s.members)
+	usable := s.nMembers
 	if skip {
 		usable -= s.nDrain
 	}
 	var one [1]string
-	return s.walkShed(one[:0], key, i, 1, usable, skip, nil)[0]
+	return s.walkShedFrom(one[:0], key, g, b, i, 1, usable, skip, nil)[0]
 }
 
-// walkShed appends want members for key under the format-2 rule, walking
-// clockwise from point i: first the members that do not shed key, then the
-// ones that do, each in walk order. Members for which allowed (if non-nil) is
-// false are passed over, and so are draining members when skip is set;
-// usable is how many members remain, so the walk can stop once it has met
-// them all. With want <= 16 and at most 1,024 shedding members in the
-// snapshot it allocates nothing.
-func (s *Snapshot) walkShed(dst []string, key string, i, want, usable int, skip bool, allowed func(uint32) bool) []string {
+// walkShed is walkShedFrom the point of hash h.
+func (s *Snapshot) walkShed(dst []string, key string, h uint64, want, usable int, skip bool, allowed func(uint32) bool) []string {
+	g, b, i := s.seek(h)
+	return s.walkShedFrom(dst, key, g, b, i, want, usable, skip, allowed)
+}
+
+// walkShedFrom appends want members for key under the format-2 rule, walking
+// clockwise from point i of bucket b (number g), which may be the sentinel
+// (see seek): first the members that do
+// not shed key, then the ones that do, each in walk order. Members for which
+// allowed (if non-nil) is false are passed over, and so are draining members
+// when skip is set; usable is how many members remain, so the walk can stop
+// once it has met them all. With want <= 16 and shed ranks below 1,024 (as
+// many as members that shed, after a fresh build) it allocates nothing.
+func (s *Snapshot) walkShedFrom(dst []string, key string, g int, b *bucket, i, want, usable int, skip bool, allowed func(uint32) bool) []string {
 	// Members that do not shed at all are told apart as in walk; a member
 	// with a shed is tested once, then marked in decided (by its shed rank).
 	var small, smallShed [smallSet]uint32
@@ -76,33 +86,35 @@ func (s *Snapshot) walkShed(dst []string, key string, i, want, usable int, skip 
 	var seen []uint64  // the same as a bitset, when want > smallSet
 	shedders := smallShed[:0]
 	if want > smallSet {
-		seen = make([]uint64, (len(s.members)+63)/64)
+		seen = make([]uint64, (s.nSlots+63)/64)
 		shedders = make([]uint32, 0, want)
 	}
 	var smallDecided [16]uint64
 	decided := smallDecided[:0]
-	if w := (s.nShed + 63) / 64; w <= len(smallDecided) {
+	if w := int(s.nRanks+63) / 64; w <= len(smallDecided) {
 		decided = smallDecided[:w]
 	} else {
 		decided = make([]uint64, w)
 	}
 
 	got, shed := 0, 0 // members that do not / do shed key, met so far
-	for walked := 0; got < want && got+shed < usable && walked < len(s.points); walked++ {
-		o := s.owner(i)
-		if i++; i == len(s.points) {
-			i = 0
+	ps, mask := b.points, s.mask
+	for walked := 0; got < want && got+shed < usable && walked < s.n; walked++ {
+		o := uint32(ps[i] & mask)
+		if i++; i == len(ps) {
+			g, ps, i = s.step(g)
 		}
-		if (skip && s.drain[o]) || (allowed != nil && !allowed(o)) {
+		e := s.entry(o)
+		if (skip && e.drain) || (allowed != nil && !allowed(o)) {
 			continue
 		}
-		if f := s.shed[o]; f > 0 {
-			r := s.shedRank[o]
+		if f := e.shed; f > 0 {
+			r := e.rank
 			if decided[r/64]&(1<<(r%64)) != 0 {
 				continue
 			}
 			decided[r/64] |= 1 << (r % 64)
-			if Sheds(key, s.members[o].ID, f) {
+			if Sheds(key, e.id, f) {
 				if len(shedders) < want {
 					shedders = append(shedders, o)
 				}
@@ -120,11 +132,11 @@ func (s *Snapshot) walkShed(dst []string, key string, i, want, usable int, skip 
 			}
 			seen[o/64] |= 1 << (o % 64)
 		}
-		dst = append(dst, s.members[o].ID)
+		dst = append(dst, e.id)
 		got++
 	}
 	for _, o := range shedders[:min(len(shedders), want-got)] {
-		dst = append(dst, s.members[o].ID)
+		dst = append(dst, s.entry(o).id)
 	}
 	return dst
 }
