@@ -46,6 +46,14 @@ type ShedBackoff struct {
 	LastRise, LastFall time.Time
 }
 
+// Changed is when the member's shed last changed (zero: no change seen).
+func (b ShedBackoff) Changed() time.Time {
+	if b.LastFall.After(b.LastRise) {
+		return b.LastFall
+	}
+	return b.LastRise
+}
+
 // Holds reports whether the member's shed may not fall at now. Set
 // MemberLoad.Hold from it.
 func (b ShedBackoff) Holds(now time.Time) bool { return now.Before(b.HoldUntil) }
@@ -161,11 +169,8 @@ type ShedStatus struct {
 // Describe says where a member's shed is going at now, from its backoff
 // state and its shed in the document.
 func (p ShedPolicy) Describe(b ShedBackoff, shed float64, now time.Time) ShedStatus {
-	s := ShedStatus{At: now, Shed: shed, Fallbacks: p.Fallbacks(b, now), LastFallback: b.LastFallback, Changed: b.LastRise}
+	s := ShedStatus{At: now, Shed: shed, Fallbacks: p.Fallbacks(b, now), LastFallback: b.LastFallback, Changed: b.Changed()}
 	fell := b.LastFall.After(b.LastRise)
-	if fell {
-		s.Changed = b.LastFall
-	}
 	switch {
 	case !(shed > 0):
 		s.Direction = ShedNone

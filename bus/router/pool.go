@@ -4,7 +4,6 @@ import (
 	"maps"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/internal/follow"
@@ -27,13 +26,13 @@ type pool struct {
 	resyncNow chan struct{} // asks the writer to re-read the key
 
 	// Guarded by r.healthMu.
-	reporters map[string]*track    // nodes whose last report lists this pool
-	shed      map[string]float64   // shed fractions the load policy wants
-	shedRev   uint64               // the document revision the policy last ran on
-	shedAt    map[string]time.Time // when each member's shed last changed
+	reporters map[string]*track  // nodes whose last report lists this pool
+	shed      map[string]float64 // shed fractions the load policy wants
+	shedRev   uint64             // the document revision the policy last ran on
 	// What the documents this router applied say of each member's sheds:
-	// the give-back policy's backoff, derived from that history alone, so
-	// replicas that applied the same documents agree (ring.ShedBackoff).
+	// when it last changed and the give-back policy's backoff, derived from
+	// that history alone, so replicas that applied the same documents agree
+	// (ring.ShedBackoff).
 	backoff map[string]ring.ShedBackoff
 
 	// Changes waiting for the balancer, at most one per node: the newest.
@@ -230,7 +229,7 @@ func (p *pool) updateShed() bool {
 				// A load reported before the shed last changed (plus a
 				// moment for connections to turn over) cannot show the
 				// change yet: the policy keeps that member's shed.
-				m.Pending = !now.Add(-states[j].Age).After(p.shedAt[n.ID].Add(r.cfg.ShedInterval))
+				m.Pending = !now.Add(-states[j].Age).After(p.backoff[n.ID].Changed().Add(r.cfg.ShedInterval))
 			}
 			m.Hold = p.backoff[n.ID].Holds(now) // a fall undone lately: wait before the next
 			ms[i] = m
@@ -246,15 +245,16 @@ func (p *pool) updateShed() bool {
 	return changed
 }
 
-// noteShedChanges records when members' shed changed in the pool's
-// document: every replica sees the same documents, so they agree on which
-// loads were measured before a change. With r.healthMu held.
+// noteShedChanges records the members' shed changes in the pool's
+// document (their backoff, whose Changed time also dates the last change):
+// every replica sees the same documents, so they agree on which loads were
+// measured before a change and on when a fall may come. With r.healthMu
+// held.
 func (p *pool) noteShedChanges(old, cur bus.RingDocument) {
 	now := p.r.cfg.Now()
 	pol := p.r.shedPolicy
 	for _, n := range cur.Nodes {
 		if o, _ := old.Node(n.ID); o.Shed != n.Shed {
-			p.shedAt[n.ID] = now
 			p.backoff[n.ID] = pol.Observe(p.backoff[n.ID], o.Shed, n.Shed, now)
 		}
 	}
@@ -263,13 +263,9 @@ func (p *pool) noteShedChanges(old, cur bus.RingDocument) {
 			p.backoff[o.ID] = pol.Observe(p.backoff[o.ID], o.Shed, 0, now)
 		}
 	}
-	maps.DeleteFunc(p.shedAt, func(id string, at time.Time) bool {
-		_, member := cur.Node(id)
-		return !member && now.Sub(at) > p.r.cfg.MemberTTL
-	})
 	maps.DeleteFunc(p.backoff, func(id string, b ring.ShedBackoff) bool {
 		_, member := cur.Node(id)
-		return !member && now.Sub(b.LastRise) > p.r.cfg.MemberTTL && now.Sub(b.LastFall) > p.r.cfg.MemberTTL
+		return !member && now.Sub(b.Changed()) > p.r.cfg.MemberTTL
 	})
 }
 

@@ -311,7 +311,7 @@ func (r *Router) newPool(name string) (*pool, error) {
 	p := &pool{
 		name: name, key: bus.PoolKey(name), r: r, ring: f, balancer: b,
 		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
-		reporters: map[string]*track{}, shed: map[string]float64{}, shedAt: map[string]time.Time{},
+		reporters: map[string]*track{}, shed: map[string]float64{},
 		backoff: map[string]ring.ShedBackoff{},
 		pend:    map[string]pendingChange{},
 	}
