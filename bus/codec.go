@@ -259,6 +259,16 @@ type Explanation struct {
 	// Shed are the members the walk passed over because they shed this key
 	// (ConsistentHash, ring document format 2), with their shed fraction.
 	Shed []ShedNote `json:"shed,omitempty" msgpack:"shed,omitempty"`
+	// Out are the pool's nodes that liveness keeps out of it, with why and
+	// until when: "down: no responders to probe", "ejected: 5 failures
+	// from 3 callers, back in 30 s".
+	Out []OutNote `json:"out,omitempty" msgpack:"out,omitempty"`
+}
+
+// OutNote is a node kept out of its pool by liveness, and why.
+type OutNote struct {
+	ID  string `json:"id" msgpack:"id"`
+	Why string `json:"why" msgpack:"why"`
 }
 
 // ShedNote is a member that shed a key, and the fraction of keys it sheds.

@@ -56,6 +56,10 @@ type NodeStatus struct {
 	// e.g. "down: no responders to probe"; absent otherwise. Its next report
 	// brings it back.
 	Down string `json:"down,omitempty" msgpack:"down,omitempty"`
+	// Ejected says why and until when callers' failures keep the node out
+	// of the pool although it answers probes, e.g. "ejected: 5 failures
+	// from 3 callers, back in 30 s"; absent otherwise.
+	Ejected string `json:"ejected,omitempty" msgpack:"ejected,omitempty"`
 }
 
 // NodesState is the reply of route.nodes: one page of a pool's nodes.

@@ -40,6 +40,14 @@ const (
 	DefaultProbeTimeouts   = 2
 	DefaultProbeRate       = 1000.0
 	DefaultFeedbackRate    = 1000.0
+
+	// Ejection (gray failure; Envoy's outlier detection is the anchor).
+	DefaultEjectFailures   = 5
+	DefaultEjectCallers    = 2
+	DefaultEjectWindow     = 10 * time.Second
+	DefaultEjectTime       = 30 * time.Second
+	DefaultEjectMaxTime    = 5 * time.Minute
+	DefaultEjectMaxPercent = 10.0
 	maxPools               = 100_000
 	maxKVReplicas          = 5
 	maxLimit               = 1 << 20
@@ -108,6 +116,20 @@ type Config struct {
 	// per second (default 1,000; up to 100,000); the rest are counted and
 	// dropped.
 	FeedbackRate float64
+	// EjectFailures failures from EjectCallers distinct callers within
+	// EjectWindow, against a node that still answers probes (or does not
+	// probe), eject it from the pool for EjectTime, twice as long on each
+	// ejection in a row, up to EjectMaxTime (defaults 5, 2, 10 s, 30 s,
+	// 5 min).
+	EjectFailures int
+	EjectCallers  int
+	EjectWindow   time.Duration
+	EjectTime     time.Duration
+	EjectMaxTime  time.Duration
+	// EjectMaxPercent caps the share of a pool that ejections hold at once
+	// (default 10; at least one node may always be ejected, as in Envoy);
+	// 0 turns ejection off.
+	EjectMaxPercent float64
 	// Balancer configures ResourceAware (thresholds, weights, staleness).
 	Balancer resourceaware.Config
 	// Limits bound requests.
@@ -141,6 +163,12 @@ func DefaultConfig() Config {
 		ProbeTimeouts:   DefaultProbeTimeouts,
 		ProbeRate:       DefaultProbeRate,
 		FeedbackRate:    DefaultFeedbackRate,
+		EjectFailures:   DefaultEjectFailures,
+		EjectCallers:    DefaultEjectCallers,
+		EjectWindow:     DefaultEjectWindow,
+		EjectTime:       DefaultEjectTime,
+		EjectMaxTime:    DefaultEjectMaxTime,
+		EjectMaxPercent: DefaultEjectMaxPercent,
 
 		Balancer: resourceaware.DefaultConfig(),
 		Limits: Limits{
@@ -211,6 +239,27 @@ func (c Config) Validate() error {
 			add("%s = %v, want 1 to 100000 a second (0 means %v)", f.name, f.v, f.def)
 		}
 	}
+	if c.EjectFailures < 0 || c.EjectFailures > 1000 {
+		add("EjectFailures = %d, want 1 to 1000 (0 means %d)", c.EjectFailures, DefaultEjectFailures)
+	}
+	if c.EjectCallers < 0 || c.EjectCallers > 100 {
+		add("EjectCallers = %d, want 1 to 100 (0 means %d)", c.EjectCallers, DefaultEjectCallers)
+	}
+	if c.EjectCallers > cmp.Or(c.EjectFailures, DefaultEjectFailures) {
+		add("EjectCallers = %d is more than the failures that eject (%d): no node could ever be ejected", c.EjectCallers, cmp.Or(c.EjectFailures, DefaultEjectFailures))
+	}
+	if c.EjectWindow != 0 && !(c.EjectWindow >= 100*time.Millisecond && c.EjectWindow <= 10*time.Minute) {
+		add("EjectWindow = %v, want 100ms to 10m (0 means %v)", c.EjectWindow, DefaultEjectWindow)
+	}
+	if c.EjectTime != 0 && !(c.EjectTime >= time.Second && c.EjectTime <= time.Hour) {
+		add("EjectTime = %v, want 1s to 1h (0 means %v)", c.EjectTime, DefaultEjectTime)
+	}
+	if c.EjectMaxTime != 0 && !(c.EjectMaxTime >= cmp.Or(c.EjectTime, DefaultEjectTime) && c.EjectMaxTime <= bus.MaxEjectionSeconds*time.Second) {
+		add("EjectMaxTime = %v, want the first ejection's time (%v) to 24h (0 means %v)", c.EjectMaxTime, cmp.Or(c.EjectTime, DefaultEjectTime), DefaultEjectMaxTime)
+	}
+	if !(c.EjectMaxPercent >= 0 && c.EjectMaxPercent <= 100) {
+		add("EjectMaxPercent = %v, want 0 (no ejection) to 100", c.EjectMaxPercent)
+	}
 	if c.Coalesce > time.Second {
 		add("Coalesce = %v, want at most 1s: membership changes would wait that long", c.Coalesce)
 	}
@@ -250,6 +299,11 @@ func (c Config) withDefaults() Config {
 	c.ProbeTimeouts = cmp.Or(c.ProbeTimeouts, d.ProbeTimeouts)
 	c.ProbeRate = cmp.Or(c.ProbeRate, d.ProbeRate)
 	c.FeedbackRate = cmp.Or(c.FeedbackRate, d.FeedbackRate)
+	c.EjectFailures = cmp.Or(c.EjectFailures, d.EjectFailures)
+	c.EjectCallers = cmp.Or(c.EjectCallers, d.EjectCallers)
+	c.EjectWindow = cmp.Or(c.EjectWindow, d.EjectWindow)
+	c.EjectTime = cmp.Or(c.EjectTime, d.EjectTime)
+	c.EjectMaxTime = cmp.Or(c.EjectMaxTime, d.EjectMaxTime)
 	c.Limits.MaxKeyBytes = cmp.Or(c.Limits.MaxKeyBytes, d.Limits.MaxKeyBytes)
 	c.Limits.MaxCandidates = cmp.Or(c.Limits.MaxCandidates, d.Limits.MaxCandidates)
 	c.Limits.MaxBatch = cmp.Or(c.Limits.MaxBatch, d.Limits.MaxBatch)

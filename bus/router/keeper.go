@@ -2,8 +2,10 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -53,6 +55,33 @@ func (k *keeper) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
 			return err
 		}
 	}
+	return k.loadEjections(ctx, kv)
+}
+
+// loadEjections reads the ejections in the bucket before the writers run,
+// so a router that starts while a node is ejected does not put it back.
+func (k *keeper) loadEjections(ctx context.Context, kv jetstream.KeyValue) error {
+	keys, err := kv.ListKeysFiltered(ctx, bus.EjectedPrefix+">")
+	if err != nil {
+		return fmt.Errorf("bus: list ejections: %w", err)
+	}
+	var names []string
+	for key := range keys.Keys() {
+		names = append(names, key)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("bus: list ejections: %w", err)
+	}
+	for _, key := range names {
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // over since it was listed
+		}
+		if err != nil {
+			return fmt.Errorf("bus: read %s: %w", key, err)
+		}
+		k.r.ej.applyEntry(e)
+	}
 	return nil
 }
 
@@ -60,6 +89,10 @@ func (k *keeper) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
 // routers created.
 func (k *keeper) applyEntry(e jetstream.KeyValueEntry) {
 	r := k.r
+	if strings.HasPrefix(e.Key(), bus.EjectedPrefix) {
+		r.ej.applyEntry(e)
+		return
+	}
 	name, ok := bus.PoolFromKey(e.Key())
 	if !ok {
 		return
@@ -153,5 +186,21 @@ func (k *keeper) reconnected() {
 		case p.resyncNow <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// allowKeyTTL makes sure the bucket takes per-key TTLs, which ejections
+// need to end by themselves; a bucket of an earlier release is updated.
+// Without them (no permission to update the stream) ejections still work
+// but each router keeps its own, and it says so.
+func (k *keeper) allowKeyTTL(ctx context.Context, kv jetstream.KeyValue) {
+	r := k.r
+	updated, err := follow.AllowKeyTTL(ctx, r.js, kv)
+	switch {
+	case err != nil:
+		r.log.Warn("the bucket does not take per-key TTLs and could not be updated to: ejections will not be shared between replicas",
+			"bucket", r.cfg.Bucket, "err", err)
+	case updated:
+		r.log.Info("updated the bucket to take per-key TTLs (for shared ejections)", "bucket", r.cfg.Bucket)
 	}
 }

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,24 +33,34 @@ type liveness struct {
 	fbRefilled time.Time
 
 	probes   [probe.NumOutcomes]atomic.Uint64
-	downs    atomic.Uint64
+	downs    [numDownReasons]atomic.Uint64
 	feedback [numFeedbackOutcomes]atomic.Uint64
 
 	fbSub *nats.Subscription // set by start
 }
 
+// Why probes took a node down.
+const (
+	downNoResponders = iota
+	downTimeouts
+	numDownReasons
+)
+
+var downReasonNames = [numDownReasons]string{"no_responders", "probe_timeouts"}
+
 // What became of a route.feedback message.
 type feedbackOutcome int
 
 const (
-	feedbackProbed      feedbackOutcome = iota // about a probing node: probed (or its probe was out already)
-	feedbackIgnored                            // valid, but not about a probing node of that pool
+	feedbackProbed      feedbackOutcome = iota // about a probing member: probed (or its probe was out already), counted toward ejection
+	feedbackCounted                            // about a member that does not probe: counted toward ejection
+	feedbackIgnored                            // valid, but not about a member of that pool
 	feedbackInvalid                            // refused: undecodable or a bad field
 	feedbackRateLimited                        // dropped: past the feedback rate
 	numFeedbackOutcomes
 )
 
-var feedbackOutcomeNames = [numFeedbackOutcomes]string{"probed", "ignored", "invalid", "rate_limited"}
+var feedbackOutcomeNames = [numFeedbackOutcomes]string{"probed", "counted", "ignored", "invalid", "rate_limited"}
 
 func newLiveness(r *Router) *liveness {
 	c := r.cfg
@@ -156,21 +167,24 @@ func (l *liveness) probe(ctx context.Context, t probe.Ticket) {
 	l.probes[o].Add(1)
 	down, current := l.sched.Result(t.Node, t.Started, o, r.cfg.Now())
 	if down {
-		reason := "down: no responders to probe"
+		kind, reason := downNoResponders, "down: no responders to probe"
 		if o == probe.Timeout {
-			reason = fmt.Sprintf("down: %d probes timed out (%v each)", r.cfg.ProbeTimeouts, r.cfg.ProbeTimeout)
+			kind, reason = downTimeouts, fmt.Sprintf("down: %d probes timed out (%v each)", r.cfg.ProbeTimeouts, r.cfg.ProbeTimeout)
 		}
-		l.markDown(t.Node, reason, t.Started)
+		l.markDown(t.Node, kind, reason, t.Started)
 	}
 	if o == probe.Answered && current { // an answer after a leave must not undo it
 		r.takeReport(t.Node, m.Data, m.Header)
+	}
+	if o == probe.Answered {
+		r.ej.answeredProbe(t.Node, r.cfg.Now())
 	}
 	l.wake()
 }
 
 // markDown takes a node out of its pools, unless a report came after the
 // probe that found it down was sent.
-func (l *liveness) markDown(node, reason string, since time.Time) {
+func (l *liveness) markDown(node string, kind int, reason string, since time.Time) {
 	r := l.r
 	r.healthMu.Lock()
 	t := r.tracker[node]
@@ -187,7 +201,7 @@ func (l *liveness) markDown(node, reason string, since time.Time) {
 			p.wake()
 		}
 	}
-	l.downs.Add(1)
+	l.downs[kind].Add(1)
 	r.log.Info("node down", "node", node, "reason", reason, "pools", pools)
 }
 
@@ -220,22 +234,24 @@ func (l *liveness) onFeedback(m *nats.Msg) {
 		l.reply(m, enc, bus.CodeBadRequest, err.Error())
 		return
 	}
-	if l.member(f.Node, f.PoolOrDefault()) && l.sched.Poke(f.Node, r.cfg.Now()) {
+	p, now := r.pool(f.PoolOrDefault()), r.cfg.Now()
+	switch {
+	case p == nil || !l.member(f.Node, p):
+		l.feedback[feedbackIgnored].Add(1)
+	case l.sched.Poke(f.Node, now):
 		l.feedback[feedbackProbed].Add(1)
 		l.wake()
-	} else {
-		l.feedback[feedbackIgnored].Add(1)
+		r.ej.fail(p, f.Node, f.Caller, f.Reason, now)
+	default:
+		l.feedback[feedbackCounted].Add(1)
+		r.ej.fail(p, f.Node, f.Caller, f.Reason, now)
 	}
 	l.reply(m, enc, 0, "")
 }
 
-// member reports whether node reports for pool.
-func (l *liveness) member(node, pool string) bool {
+// member reports whether node reports for p.
+func (l *liveness) member(node string, p *pool) bool {
 	r := l.r
-	p := r.pool(pool)
-	if p == nil {
-		return false
-	}
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
 	t := r.tracker[node]
@@ -291,24 +307,53 @@ func (r *Router) takeReport(node string, data []byte, hdr nats.Header) {
 	r.stats.accepted.Add(1)
 }
 
-// withDown adds to a pool's balancer nodes (sorted by id) the nodes that
-// report for it but are down, which the balancer has forgotten, so that
-// route.nodes says why they are out.
-func (p *pool) withDown(nodes []resourceaware.NodeState) []resourceaware.NodeState {
+// withOut adds to a pool's balancer nodes (sorted by id) the nodes that
+// report for it but are down or ejected, which the balancer has forgotten,
+// so that route.nodes says why they are out.
+func (p *pool) withOut(nodes []resourceaware.NodeState) []resourceaware.NodeState {
 	r := p.r
-	var down []string
+	type out struct{ id, reason string }
+	var outs []out
+	now := r.cfg.Now()
 	r.healthMu.Lock()
 	for id, t := range p.reporters {
-		if t.down != "" {
-			down = append(down, id)
+		switch {
+		case t.down != "":
+			outs = append(outs, out{id, "down"})
+		case p.isEjected(id, now):
+			outs = append(outs, out{id, "ejected"})
 		}
 	}
 	r.healthMu.Unlock()
-	for _, id := range down {
-		i, found := slices.BinarySearchFunc(nodes, id, func(n resourceaware.NodeState, id string) int { return strings.Compare(n.ID, id) })
+	for _, o := range outs {
+		i, found := slices.BinarySearchFunc(nodes, o.id, func(n resourceaware.NodeState, id string) int { return strings.Compare(n.ID, id) })
 		if !found {
-			nodes = slices.Insert(nodes, i, resourceaware.NodeState{ID: id, Status: bus.StatusUp, Reason: "down"})
+			nodes = slices.Insert(nodes, i, resourceaware.NodeState{ID: o.id, Status: bus.StatusUp, Reason: o.reason})
 		}
 	}
 	return nodes
+}
+
+// outNotes lists the pool's nodes that liveness keeps out, sorted by id,
+// with why (for explain).
+func (p *pool) outNotes() []bus.OutNote {
+	r := p.r
+	var ids []string
+	now := r.cfg.Now()
+	r.healthMu.Lock()
+	for id, t := range p.reporters {
+		if t.down != "" || p.isEjected(id, now) {
+			ids = append(ids, id)
+		}
+	}
+	r.healthMu.Unlock()
+	slices.Sort(ids)
+	var notes []bus.OutNote
+	for _, id := range ids {
+		why := cmp.Or(r.live.downReason(id), p.ejectedWhy(id))
+		if why != "" {
+			notes = append(notes, bus.OutNote{ID: id, Why: why})
+		}
+	}
+	return notes
 }

@@ -47,8 +47,8 @@ func TestDownLeavesAsOnALeave(t *testing.T) {
 	if err := r.observe("b", h); err != nil {
 		t.Fatal(err)
 	}
-	r.live.markDown("a", "down: no responders to probe", sent)
-	r.live.markDown("b", "down: no responders to probe", sent)
+	r.live.markDown("a", downNoResponders, "down: no responders to probe", sent)
+	r.live.markDown("b", downNoResponders, "down: no responders to probe", sent)
 	if got := members(); got != "b" {
 		t.Fatalf("after a down: members %q, want b", got)
 	}
@@ -58,7 +58,7 @@ func TestDownLeavesAsOnALeave(t *testing.T) {
 	if got := r.live.downReason("a"); got != "down: no responders to probe" {
 		t.Fatalf("down reason %q", got)
 	}
-	if ns := p.withDown(p.settle().Nodes()); len(ns) != 2 || ns[0].ID != "a" {
+	if ns := p.withOut(p.settle().Nodes()); len(ns) != 2 || ns[0].ID != "a" {
 		t.Fatalf("route.nodes would list %+v", ns)
 	}
 	if r.Stats().MembersDown != 1 {

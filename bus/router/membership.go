@@ -117,6 +117,9 @@ func (m *membership) observe(node string, h bus.Health) error {
 			continue
 		}
 		n, member := p.ring.Current().Doc.Node(node)
+		if p.isEjected(node, t.seen) {
+			continue // out until its ejection ends, whatever it reports
+		}
 		if changed || slices.Contains(add, p) || member == t.left || (member && (n.Weight != t.weight || (n.Status == bus.StatusDraining) != t.draining)) {
 			p.wake()
 		}

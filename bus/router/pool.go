@@ -34,6 +34,10 @@ type pool struct {
 	// that history alone, so replicas that applied the same documents agree
 	// (ring.ShedBackoff).
 	backoff map[string]ring.ShedBackoff
+	// Ejections this pool honours, by node (see ejector); nEjected is
+	// their number, read without the lock.
+	ejected  map[string]ejection
+	nEjected atomic.Int32
 
 	// Changes waiting for the balancer, at most one per node: the newest.
 	// pendMu also serializes every change handed to the balancer from the
@@ -63,6 +67,9 @@ type pendingChange struct {
 // The batch goes in when the health queue runs empty (see onHealth), when
 // it reaches an eighth of the pool, or before the pool's balancer is read.
 func (p *pool) report(node string, rep resourceaware.Report) error {
+	if p.ejectedNow(node) {
+		return nil // it comes back when the ejection ends, through the ring
+	}
 	p.pendMu.Lock()
 	if _, waiting := p.pend[node]; !waiting && p.balancer.Known(node) {
 		defer p.pendMu.Unlock()
@@ -175,7 +182,7 @@ func (p *pool) syncBalancer(old, cur *follow.View[bus.RingDocument]) {
 	// not make a node that left known again.
 	ids := make([]string, 0, len(cur.Doc.Nodes))
 	for _, n := range cur.Doc.Nodes {
-		if t := r.tracker[n.ID]; t == nil || r.alive(t, now) {
+		if t := r.tracker[n.ID]; (t == nil || r.alive(t, now)) && !p.isEjected(n.ID, now) {
 			ids = append(ids, n.ID)
 		}
 	}
@@ -191,7 +198,7 @@ func (p *pool) syncBalancer(old, cur *follow.View[bus.RingDocument]) {
 		if _, still := cur.Doc.Node(n.ID); still {
 			continue
 		}
-		if t := p.reporters[n.ID]; t == nil || !r.alive(t, now) {
+		if t := p.reporters[n.ID]; t == nil || !r.alive(t, now) || p.isEjected(n.ID, now) {
 			gone = append(gone, n.ID)
 		}
 	}
@@ -290,6 +297,12 @@ func (p *pool) stats() PoolStats {
 		Shedding: v.Snap.Shedding(), OversizeDocuments: p.oversize.Load(),
 	}
 	ps.Known, ps.Eligible = p.settle().Counts()
+	if p.nEjected.Load() > 0 {
+		r := p.r
+		r.healthMu.Lock()
+		ps.Ejected = p.ejectedCount(r.cfg.Now())
+		r.healthMu.Unlock()
+	}
 	for si, sn := range strategyNames {
 		for ci, code := range codes {
 			if n := p.requests[si][ci].Load(); n > 0 {

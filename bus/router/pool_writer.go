@@ -16,11 +16,11 @@ import (
 // reported weight and status (and the shed the load policy wants); nodes
 // that said leaving, went silent for the TTL, moved to other pools, or (for
 // members this router has never heard from) stayed silent for the TTL since
-// it started, are not. With joins false, nodes not in base stay out (used
+// it started, are not; nor are nodes ejected from the pool. With joins false, nodes not in base stay out (used
 // when the whole document would be too large to write).
 func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDocument {
 	r := p.r
-	now := r.silenceNow()
+	now, wall := r.silenceNow(), r.cfg.Now()
 	legacy := r.legacy.Load()
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
@@ -29,6 +29,9 @@ func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDo
 	out := base
 	out.Nodes = make([]bus.RingNode, 0, len(base.Nodes)+len(reporters))
 	for _, n := range base.Nodes {
+		if p.isEjected(n.ID, wall) {
+			continue
+		}
 		if t, known := r.tracker[n.ID]; known {
 			if reporters[n.ID] != t {
 				continue // it reports for other pools only
@@ -45,7 +48,7 @@ func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDo
 	var gone []bool // gone[i]: base member i expired or left
 	for id, t := range reporters {
 		i, member := slices.BinarySearchFunc(out.Nodes[:inBase], id, cmpNode)
-		if !r.alive(t, now) {
+		if !r.alive(t, now) || p.isEjected(id, wall) {
 			if member {
 				if gone == nil {
 					gone = make([]bool, inBase)
@@ -104,12 +107,15 @@ func cmpNodes(a, b bus.RingNode) int { return cmpNode(a, b.ID) }
 func (p *pool) due() bool {
 	r := p.r
 	doc := p.ring.Current().Doc
-	now := r.silenceNow()
+	now, wall := r.silenceNow(), r.cfg.Now()
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
 	startup := now.Sub(r.started) <= r.cfg.MemberTTL
 	reporters := p.members()
 	for _, n := range doc.Nodes {
+		if p.isEjected(n.ID, wall) {
+			return true
+		}
 		t, known := r.tracker[n.ID]
 		if (!known && !startup) || (known && (reporters[n.ID] != t || !r.alive(t, now))) {
 			return true

@@ -47,6 +47,7 @@ type Router struct {
 	keeper
 	legacyProbe
 	live *liveness // probes and caller feedback (liveness.go)
+	ej   *ejector  // ejections for callers' failures (eject.go)
 
 	shedPolicy   ring.ShedPolicy // load-aware ConsistentHash (BalanceFactor)
 	joinsWaiting atomic.Bool     // some pool has first reports waiting (pool.report)
@@ -87,6 +88,7 @@ func newRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	r.keeper = keeper{r: r, kick: make(chan struct{}, 1), suspect: make(chan struct{}, 1)}
 	r.legacyProbe = legacyProbe{r: r}
 	r.live = newLiveness(r)
+	r.ej = newEjector(r)
 	def, err := r.newPool(bus.DefaultPool)
 	if err != nil {
 		return nil, err
@@ -120,6 +122,7 @@ func (r *Router) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.allowKeyTTL(ctx, kv)
 	if r.bucketGen, err = follow.Generation(ctx, kv); err != nil {
 		r.log.Warn("bucket status unreadable; a bucket created anew will be noticed by its revisions only", "err", err)
 	}
@@ -155,9 +158,10 @@ func (r *Router) Start(ctx context.Context) error {
 	if err := r.live.start(r.ctx); err != nil {
 		return err
 	}
+	r.wg.Go(func() { r.ej.run(r.ctx) })
 	r.wg.Go(func() { follow.FollowReconnects(r.ctx, r.nc, r.kick, r.reconnected) })
 	r.wg.Go(func() {
-		follow.WatchKeys(r.ctx, def.ring.Bucket, []string{bus.RingKey, bus.RingKey + ".>"}, func(ctx context.Context) error { _, _, err := def.ring.Resync(ctx); return err }, r.applyEntry, r.kick, r.log)
+		follow.WatchKeys(r.ctx, def.ring.Bucket, []string{bus.RingKey, bus.RingKey + ".>", bus.EjectedPrefix + ">"}, func(ctx context.Context) error { _, _, err := def.ring.Resync(ctx); return err }, r.applyEntry, r.kick, r.log)
 	})
 	r.wg.Go(func() { r.watchLegacy(r.ctx) })
 	r.wg.Go(func() { r.keepBucket(r.ctx) })
@@ -313,6 +317,7 @@ func (r *Router) newPool(name string) (*pool, error) {
 		dirty: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1),
 		reporters: map[string]*track{}, shed: map[string]float64{},
 		backoff: map[string]ring.ShedBackoff{},
+		ejected: map[string]ejection{},
 		pend:    map[string]pendingChange{},
 	}
 	f.OnApply = p.syncBalancer
@@ -453,7 +458,15 @@ func (r *Router) Stats() Stats {
 	for i, n := range feedbackOutcomeNames {
 		s.Feedback[n] = r.live.feedback[i].Load()
 	}
-	s.MembersDown = r.live.downs.Load()
+	s.Downs = map[string]uint64{}
+	for i, n := range downReasonNames {
+		v := r.live.downs[i].Load()
+		s.Downs[n] = v
+		s.MembersDown += v
+	}
+	s.Ejections = map[string]uint64{
+		"ejected": r.ej.ejections.Load(), "over_share": r.ej.capped.Load(), "unshared": r.ej.unshared.Load(),
+	}
 	for si, sn := range strategyNames {
 		for ci, code := range codes {
 			if n := c.requests[si][ci].Load(); n > 0 {
@@ -498,7 +511,7 @@ func (r *Router) NodesPage(pool string, offset, limit int) bus.NodesState {
 		out.Pool = p.name
 	}
 	v := p.ring.Current()
-	all := p.withDown(p.settle().Nodes())
+	all := p.withOut(p.settle().Nodes())
 	out.Revision, out.Total = v.Rev, len(all)
 	if offset >= len(all) {
 		return out
@@ -519,7 +532,7 @@ func (r *Router) NodesPage(pool string, offset, limit int) bus.NodesState {
 			LatencyMS:   float64(n.Report.AvgLatency) / float64(time.Millisecond),
 			Shed:        m.Shed, ShedState: p.shedState(n.ID, m.Shed),
 			Recovering: n.Recovering, Note: n.Note,
-			Down: p.r.live.downReason(n.ID),
+			Down: p.r.live.downReason(n.ID), Ejected: p.ejectedWhy(n.ID),
 		}
 		if n.SlowStart < 1 {
 			st.SlowStart = n.SlowStart

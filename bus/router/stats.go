@@ -21,6 +21,10 @@ const (
 	rejectInvalidPool                   // pools: empty, too many, duplicate or invalid name
 	rejectTooManyPools                  // a new pool past max_pools
 	numRejections
+
+	// Not rejections of reports, but logged under the same limit.
+	rejectEjectCap = numRejections // an ejection past the pool's share
+	numLogKinds    = numRejections + 1
 )
 
 var reasonNames = [numRejections]string{"malformed", "invalid_id", "invalid_value", "stale_seq", "invalid_pool", "too_many_pools"}
@@ -62,8 +66,8 @@ type counters struct {
 	legacyRouters   atomic.Int64  // 1 while a router of an earlier release shares the bucket
 
 	logMu      sync.Mutex // guards lastLog and suppressed
-	lastLog    [numRejections]time.Time
-	suppressed [numRejections]int
+	lastLog    [numLogKinds]time.Time
+	suppressed [numLogKinds]int
 }
 
 // request counts one answered request, in its pool too if it had one.
@@ -133,11 +137,20 @@ type Stats struct {
 	// Probes counts probes by result: answered, no_responders, timeout,
 	// error, and rate_limited (a due probe that had to wait for the rate).
 	Probes map[string]uint64 `json:"probes"`
-	// MembersDown counts the times probes took a node down.
-	MembersDown uint64 `json:"members_down"`
-	// Feedback counts route.feedback messages by outcome: probed, ignored
-	// (not about a probing node of that pool), invalid, rate_limited.
+	// MembersDown counts the times probes took a node down; Downs splits
+	// it by reason: no_responders, probe_timeouts.
+	MembersDown uint64            `json:"members_down"`
+	Downs       map[string]uint64 `json:"downs"`
+	// Feedback counts route.feedback messages by outcome: probed (about a
+	// probing member), counted (about a member that does not probe),
+	// ignored (not about a member of that pool), invalid, rate_limited.
 	Feedback map[string]uint64 `json:"feedback"`
+	// Ejections counts ejections by outcome: ejected (this router began
+	// one: callers' failures against a node that answers probes),
+	// over_share (one not begun or not honoured: the pool's share of
+	// ejected nodes was reached), unshared (begun, but the bucket refused
+	// its key: only this router honours it).
+	Ejections map[string]uint64 `json:"ejections"`
 }
 
 // PoolStats are one pool's figures.
@@ -151,6 +164,7 @@ type PoolStats struct {
 	Format            int            `json:"format"`   // of its ring document
 	Shedding          int            `json:"shedding"` // members that shed keys
 	OversizeDocuments uint64         `json:"oversize_documents"`
+	Ejected           int            `json:"ejected"` // members ejected now (callers' failures)
 	Requests          []RequestCount `json:"requests"`
 }
 

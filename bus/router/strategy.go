@@ -94,7 +94,7 @@ func (c consistentHash) Select(ctx context.Context, q bus.Request) (bus.Reply, e
 // explainKey says what the walk from key passed over before owner: draining
 // members and members that shed the key.
 func explainKey(p *pool, s *ring.Snapshot, q bus.Request, owner string) *bus.Explanation {
-	e := &bus.Explanation{KeyHash: fmt.Sprintf("%016x", s.KeyHash(q.Key))}
+	e := &bus.Explanation{KeyHash: fmt.Sprintf("%016x", s.KeyHash(q.Key)), Out: p.outNotes()}
 	s.Walk(q.Key, func(m ring.Member) bool {
 		if m.ID == owner {
 			return false
@@ -206,6 +206,7 @@ func (s resourceAware) Select(ctx context.Context, q bus.Request) (bus.Reply, er
 				e.Nodes = append(e.Nodes, bus.NodeScore{ID: n.ID, Score: n.Score, Eligible: n.Eligible, Reason: n.Reason, Note: n.Note})
 			}
 		}
+		e.Out = p.outNotes()
 		reply.Explanation = e
 	}
 	return reply, nil

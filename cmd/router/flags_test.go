@@ -76,6 +76,8 @@ func TestZeroFlags(t *testing.T) {
 		"max-pools": refused, "balance-factor": "0 is off", "shed-interval": refused,
 		"probe-miss-factor": refused, "probe-timeout": refused, "probe-timeouts": refused,
 		"probe-rate": refused, "feedback-rate": refused,
+		"eject-failures": refused, "eject-callers": refused, "eject-window": refused, "eject-time": refused,
+		"eject-max-time": refused, "eject-max-percent": "0 turns ejection off",
 		"staleness": refused, "cpu-threshold": refused, "memory-threshold": refused,
 		"max-connections": refused, "latency-ceiling": refused,
 		"cpu-weight": "0 leaves it out of the score", "memory-weight": "0 leaves it out of the score",

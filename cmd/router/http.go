@@ -68,7 +68,7 @@ type statsCollector struct {
 	reconnects, membersDesc, eligibleDesc, knownDesc, revisionDesc         *prometheus.Desc
 	poolRequests, shedding, oversizeReplies, oversizeDocs, legacy, pools   *prometheus.Desc
 	memberShed, recreated                                                  *prometheus.Desc
-	probes, downs, feedback                                                *prometheus.Desc
+	probes, downs, feedback, ejections, ejected                            *prometheus.Desc
 }
 
 func newStatsCollector(r *router.Router) *statsCollector {
@@ -99,15 +99,17 @@ func newStatsCollector(r *router.Router) *statsCollector {
 		knownDesc:       d("known_nodes", "Nodes ResourceAware knows (members and reporters), by pool.", "pool"),
 		revisionDesc:    d("ring_revision", "KV revision of the ring the router answers from, by pool.", "pool"),
 		probes:          d("probes_total", "Probes of nodes that missed a report or that callers reported, by result (answered, no_responders, timeout, error; rate_limited: a due probe waited for the rate).", "result"),
-		downs:           d("members_down_total", "Times probes took a node down (out of its pools until its next report)."),
-		feedback:        d("feedback_total", "route.feedback messages, by outcome (probed, ignored, invalid, rate_limited).", "outcome"),
+		downs:           d("members_down_total", "Times probes took a node down (out of its pools until its next report), by reason (no_responders, probe_timeouts).", "reason"),
+		feedback:        d("feedback_total", "route.feedback messages, by outcome (probed, counted, ignored, invalid, rate_limited).", "outcome"),
+		ejections:       d("ejections_total", "Ejections for callers' failures, by outcome (ejected: this router began one; over_share: refused, the pool's share of ejected nodes was reached; unshared: the bucket refused the key, only this router honours it).", "outcome"),
+		ejected:         d("ejected_members", "Members ejected now for callers' failures, by pool.", "pool"),
 	}
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.accepted, c.rejected, c.dropped, c.writes, c.conflicts, c.kvErrs, c.docs, c.reconnects, c.membersDesc, c.eligibleDesc, c.knownDesc, c.revisionDesc,
 		c.poolRequests, c.shedding, c.oversizeReplies, c.oversizeDocs, c.legacy, c.pools, c.memberShed, c.recreated,
-		c.probes, c.downs, c.feedback} {
+		c.probes, c.downs, c.feedback, c.ejections, c.ejected} {
 		ch <- d
 	}
 }
@@ -138,9 +140,14 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	for result, n := range s.Probes {
 		counter(c.probes, n, result)
 	}
-	counter(c.downs, s.MembersDown)
+	for reason, n := range s.Downs {
+		counter(c.downs, n, reason)
+	}
 	for outcome, n := range s.Feedback {
 		counter(c.feedback, n, outcome)
+	}
+	for outcome, n := range s.Ejections {
+		counter(c.ejections, n, outcome)
 	}
 	legacy := 0.0
 	if s.LegacyRouters {
@@ -154,6 +161,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.knownDesc, float64(p.Known), p.Name)
 		gauge(c.revisionDesc, float64(p.Revision), p.Name)
 		gauge(c.shedding, float64(p.Shedding), p.Name)
+		gauge(c.ejected, float64(p.Ejected), p.Name)
 		counter(c.oversizeDocs, p.OversizeDocuments, p.Name)
 		for _, rq := range p.Requests {
 			counter(c.poolRequests, rq.Count, p.Name, rq.Strategy, codeLabel(rq.Code))

@@ -242,6 +242,18 @@ func serveFlags(o *options, out io.Writer) *flagSet {
 	fs.env("probe-rate", "NATSROUTE_PROBE_RATE", "ProbeRate")
 	fs.Float64Var(&c.FeedbackRate, "feedback-rate", c.FeedbackRate, "most route.feedback messages this router handles per second; the rest are counted and dropped")
 	fs.env("feedback-rate", "NATSROUTE_FEEDBACK_RATE", "FeedbackRate")
+	fs.IntVar(&c.EjectFailures, "eject-failures", c.EjectFailures, "caller-reported failures within --eject-window that eject a node still answering probes (1 to 1000)")
+	fs.env("eject-failures", "NATSROUTE_EJECT_FAILURES", "EjectFailures")
+	fs.IntVar(&c.EjectCallers, "eject-callers", c.EjectCallers, "distinct callers those failures must come from (1 to 100)")
+	fs.env("eject-callers", "NATSROUTE_EJECT_CALLERS", "EjectCallers")
+	fs.DurationVar(&c.EjectWindow, "eject-window", c.EjectWindow, "how far back failures count toward an ejection (100ms to 10m)")
+	fs.env("eject-window", "NATSROUTE_EJECT_WINDOW", "EjectWindow")
+	fs.DurationVar(&c.EjectTime, "eject-time", c.EjectTime, "how long a first ejection lasts; each one in a row lasts twice the last (1s to 1h)")
+	fs.env("eject-time", "NATSROUTE_EJECT_TIME", "EjectTime")
+	fs.DurationVar(&c.EjectMaxTime, "eject-max-time", c.EjectMaxTime, "the longest an ejection lasts (--eject-time to 24h)")
+	fs.env("eject-max-time", "NATSROUTE_EJECT_MAX_TIME", "EjectMaxTime")
+	fs.Float64Var(&c.EjectMaxPercent, "eject-max-percent", c.EjectMaxPercent, "most of a pool ejected at once, percent (at least one node; 0 turns ejection off)")
+	fs.env("eject-max-percent", "NATSROUTE_EJECT_MAX_PERCENT", "EjectMaxPercent")
 
 	fs.DurationVar(&b.Staleness, "staleness", b.Staleness, "a report older than this counts as neutral (score 0.5)")
 	fs.env("staleness", "NATSROUTE_STALENESS", "Staleness")
@@ -311,6 +323,9 @@ func (o *options) validate(fs *flagSet) []string {
 		{"probe-miss-factor", c.ProbeMissFactor == 0, "1.1 to 10"}, {"probe-timeout", c.ProbeTimeout == 0, "10ms to 10s"},
 		{"probe-timeouts", c.ProbeTimeouts == 0, "1 to 10"}, {"probe-rate", c.ProbeRate == 0, "1 to 100000"},
 		{"feedback-rate", c.FeedbackRate == 0, "1 to 100000"},
+		{"eject-failures", c.EjectFailures == 0, "1 to 1000"}, {"eject-callers", c.EjectCallers == 0, "1 to 100"},
+		{"eject-window", c.EjectWindow == 0, "100ms to 10m"}, {"eject-time", c.EjectTime == 0, "1s to 1h"},
+		{"eject-max-time", c.EjectMaxTime == 0, "--eject-time to 24h"},
 		{"staleness", b.Staleness == 0, "> 0"}, {"latency-ceiling", b.LatencyCeiling == 0, "> 0"},
 		{"cpu-threshold", b.CPUThresholdPercent == 0, "a percentage in (0, 100]"},
 		{"memory-threshold", b.MemoryThresholdPercent == 0, "a percentage in (0, 100]"},

@@ -86,10 +86,43 @@ func BindBucket(ctx context.Context, js jetstream.JetStream, bucket string, repl
 		Description: "natsroute ring membership",
 		History:     1,
 		Replicas:    replicas,
+		// Per-key TTLs: ejections (DESIGN.md, Liveness) end by themselves.
+		LimitMarkerTTL: MarkerTTL,
 	})
 	if errors.Is(err, jetstream.ErrBucketExists) { // another router was first
 		kv, err = js.KeyValue(ctx, bucket)
 		return kv, false, err
 	}
 	return kv, err == nil, err
+}
+
+// MarkerTTL is how long the bucket keeps the marker a key leaves when its
+// per-key TTL runs out.
+const MarkerTTL = time.Minute
+
+// AllowKeyTTL turns on per-key TTLs in a bucket created without them (by
+// an earlier release): it updates the bucket's stream, changing nothing
+// else. It needs permission to update the stream; without it, the caller
+// must do without per-key TTLs.
+func AllowKeyTTL(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (updated bool, err error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return false, err
+	}
+	kst, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return false, fmt.Errorf("bucket %q: no stream status", kv.Bucket())
+	}
+	cfg := kst.StreamInfo().Config
+	if cfg.AllowMsgTTL {
+		return false, nil
+	}
+	cfg.AllowMsgTTL = true
+	if cfg.SubjectDeleteMarkerTTL == 0 {
+		cfg.SubjectDeleteMarkerTTL = MarkerTTL
+	}
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		return false, fmt.Errorf("bucket %q: allow per-key TTLs: %w", kv.Bucket(), err)
+	}
+	return true, nil
 }
