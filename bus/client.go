@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -30,6 +31,7 @@ type Client struct {
 	enc     Encoding
 	subject string
 	pool    string // "" is the default pool
+	caller  string // names it in failure reports: the connection's name, or one of its own
 }
 
 // ClientOption configures a Client; invalid values make NewClient fail.
@@ -101,7 +103,12 @@ func NewClient(nc *nats.Conn, opts ...ClientOption) (*Client, error) {
 	if nc == nil {
 		return nil, errors.New("bus: NewClient needs a NATS connection")
 	}
-	c := &Client{nc: nc, timeout: DefaultClientTimeout, enc: Msgpack, subject: SubjectRequest}
+	c := &Client{nc: nc, timeout: DefaultClientTimeout, enc: Msgpack, subject: SubjectRequest, caller: nc.Opts.Name}
+	if c.caller == "" {
+		// Routers count distinct callers before they eject a node: clients
+		// without a name must not all count as one.
+		c.caller = "client-" + strings.ToLower(rand.Text()[:12])
+	}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err

@@ -23,7 +23,10 @@ func WithReason(reason string) FailureOption {
 	return func(f *failureReport) { f.fb.Reason = reason }
 }
 
-// AsCaller names the caller (default: the connection's name, if any).
+// AsCaller names the caller (default: the connection's name, or if it has
+// none a name the Client made up at random). Routers eject a node only on
+// failures from several distinct callers, so each caller process should
+// have a name of its own.
 func AsCaller(caller string) FailureOption {
 	return func(f *failureReport) { f.fb.Caller = caller }
 }
@@ -41,7 +44,7 @@ func WithAck() FailureOption {
 // and returns its error (*ServiceError, ErrNoRouter, ErrTimeout). A bad node
 // id, pool, caller or reason is refused before anything is sent.
 func (c *Client) ReportFailure(ctx context.Context, node string, opts ...FailureOption) error {
-	f := failureReport{fb: Feedback{Node: node, Pool: c.pool, Caller: c.nc.Opts.Name}}
+	f := failureReport{fb: Feedback{Node: node, Pool: c.pool, Caller: c.caller}}
 	for _, o := range opts {
 		o(&f)
 	}

@@ -387,3 +387,42 @@ func TestEjectDeadIsDown(t *testing.T) {
 		t.Fatalf("route.nodes says %+v", n)
 	}
 }
+
+// TestEjectUnnamedClients: Clients on connections without a name still
+// count as distinct callers (each makes up its own name), while feedback
+// that names no caller counts toward no ejection at all.
+func TestEjectUnnamedClients(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	ids := grayFleet(t, s, 4)
+	waitFor(t, 10*time.Second, "the fleet", func() bool { return members(r) == strings.Join(ids, ",") })
+	for i := range 6 { // raw feedback without a caller, and one that names one
+		body := `{"node":"` + ids[0] + `"}`
+		if i == 5 {
+			body = `{"node":"` + ids[0] + `","caller":"svc-x"}`
+		}
+		if err := nc.Publish(bus.SubjectFeedback, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the failures handled", func() bool { return feedbackSeen(r) == 6 })
+	waitFor(t, 5*time.Second, "its probe answered", func() bool { return r.Stats().Probes["answered"] >= 1 })
+	if !inRing(r, ids[0]) {
+		t.Fatal("anonymous failures and one named caller's ejected a node")
+	}
+	a, err := bus.NewClient(connect(t, s.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bus.NewClient(connect(t, s.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*bus.Client{a, b, a, b, a} {
+		if err := c.ReportFailure(ctxT(t), ids[1], bus.WithAck()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "two unnamed clients' failures to eject it", func() bool { return !inRing(r, ids[1]) })
+}

@@ -296,7 +296,7 @@ func TestLivenessHostileFeedback(t *testing.T) {
 		}
 	}
 	st := r.Stats()
-	if f := st.Feedback; f["invalid"] != 3 || f["ignored"] != 3 || f["probed"] != 1 {
+	if f := st.Feedback; f["invalid"] != 3 || f["ignored"] != 2 || f["counted"] != 1 || f["probed"] != 1 {
 		t.Fatalf("feedback %v", f)
 	}
 
@@ -325,6 +325,9 @@ func TestLivenessHostileFeedback(t *testing.T) {
 	}
 	if st.MembersDown != 0 || members(r) != "good,noprobe" {
 		t.Fatalf("downs %d, members %s", st.MembersDown, members(r))
+	}
+	if st.Ejections["ejected"] != 0 { // one anonymous caller, however loud
+		t.Fatalf("a flood from one caller ejected: %v", st.Ejections)
 	}
 	// One probe in flight per node: a flood about one node is a few probes.
 	if n := total(st.Probes); n > 1100 {

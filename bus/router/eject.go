@@ -92,8 +92,12 @@ func (e *ejector) on() bool { return e.r.cfg.EjectMaxPercent > 0 }
 
 // fail records that caller says node failed it in p, and ejects the node
 // if that makes enough failures from enough callers.
+//
+// Feedback that names no caller counts toward no ejection: nothing tells
+// one anonymous caller from another, and a flood from one of them must not
+// look like many callers (the Go Client always names itself).
 func (e *ejector) fail(p *pool, node, caller, reason string, now time.Time) {
-	if !e.on() {
+	if !e.on() || caller == "" {
 		return
 	}
 	k := poolNode{p.name, node}
