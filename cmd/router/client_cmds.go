@@ -283,7 +283,7 @@ func printStatus(w io.Writer, nodes bus.NodesState, rs bus.RingState) {
 		}
 		elig := "yes"
 		if !n.Eligible {
-			elig = "no: " + n.Reason
+			elig = "no: " + cmp.Or(n.Down, n.Ejected, n.Reason) // "down: no responders to probe"
 		}
 		fmt.Fprintf(tw, "%s\t%v\t%s\t%g\t%s\t%.4f\t%s\t%.1f\t%.1f\t%d\t%.1fms\t%s\n", n.ID, yesNo(n.Member), n.Status, n.Weight, age, n.Score, elig, n.CPUUsage, n.MemoryUsage, n.Connections, n.LatencyMS, cmp.Or(n.ShedState, shedLabel(n.Shed)))
 	}
@@ -354,12 +354,20 @@ func watchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	defer cache.Close()
+	client, err := bus.NewClient(nc, bus.WithTimeout(time.Second))
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 1
+	}
 	prev := map[string]bus.RingNode{}
 	fmt.Fprintf(stdout, "watching %s/%s (Ctrl-C stops)\n", bucket, bus.PoolKey(pool))
 	for printed := false; ; printed = true {
 		doc, rev := cache.Ring()
 		if rev > 0 || printed {
 			fmt.Fprintf(stdout, "%s revision %d: %s\n", time.Now().Format("15:04:05.000"), rev, describeChange(prev, doc))
+			for _, why := range whyOut(ctx, client, pool, prev, doc) {
+				fmt.Fprintf(stdout, "  %s\n", why)
+			}
 			prev = map[string]bus.RingNode{}
 			for _, n := range doc.Nodes {
 				prev[n.ID] = n
@@ -369,6 +377,37 @@ func watchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return 0 // interrupted
 		}
 	}
+}
+
+// whyOut asks a router why the members that left since prev are out, for
+// those that liveness took out ("node-3 down: no responders to probe",
+// "node-4 ejected: 5 failures from 2 callers, back in 30 s"). It asks only
+// for a few leaves in a pool small enough for one route.nodes page, and
+// says nothing if no router answers.
+func whyOut(ctx context.Context, c *bus.Client, pool string, prev map[string]bus.RingNode, doc bus.RingDocument) []string {
+	var gone []string
+	for id := range prev {
+		if _, still := doc.Node(id); !still {
+			gone = append(gone, id)
+		}
+	}
+	if len(gone) == 0 || len(gone) > 20 {
+		return nil
+	}
+	slices.Sort(gone)
+	st, err := c.NodesPage(ctx, pool, 0, bus.DefaultNodesPage)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, n := range st.Nodes {
+		if slices.Contains(gone, n.ID) {
+			if why := cmp.Or(n.Down, n.Ejected); why != "" {
+				out = append(out, n.ID+" "+why)
+			}
+		}
+	}
+	return out
 }
 
 // describeChange lists joins, leaves and changes between two memberships.

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -51,5 +53,67 @@ func TestCheckLiveness(t *testing.T) {
 	}
 	if out, _, code := runCmd(t, []string{"NATSROUTE_PROBE_TIMEOUT=250ms", "NATSROUTE_PROBE_RATE=50"}, "--check"); code != 0 || !strings.Contains(out, "valid") {
 		t.Fatalf("--check with liveness variables: %d %q", code, out)
+	}
+}
+
+// TestLivenessCLI: watch, status and /metrics say why nodes are out: a
+// node gone without a word is down, a node that fails two callers while
+// answering probes is ejected, with when it is back.
+func TestLivenessCLI(t *testing.T) {
+	r := startMonitoredRouter(t)
+	url := r.nc.ConnectedUrl()
+	env := []string{"NATS_URL=" + url}
+	src := bus.HealthFunc(func(context.Context) (bus.Health, error) { return bus.Health{CPUUsage: 10, MemoryUsage: 10}, nil })
+	for _, id := range []string{"gray-a", "gray-b", "gray-c"} {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		rep, err := bus.NewReporter(nc, id, src, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = rep.Close() })
+	}
+	watch := start(t, nil, "watch", "--server", url)
+	waitFor(t, 10*time.Second, "watch to show the joins", func() bool { return strings.Contains(watch.stdout.String(), "gray-c") })
+
+	// A node that says it answers probes every 100 ms, and is gone.
+	r.report(t, "ghost", bus.Health{CPUUsage: 1, MemoryUsage: 1, Interval: 100 * time.Millisecond, Probe: true})
+	waitFor(t, 10*time.Second, "watch to say why ghost left", func() bool {
+		return strings.Contains(watch.stdout.String(), "  ghost down: no responders to probe\n")
+	})
+
+	var callers []*bus.Client
+	for _, name := range []string{"svc-a", "svc-b"} {
+		nc, err := nats.Connect(url, nats.Name(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		c, err := bus.NewClient(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		callers = append(callers, c)
+	}
+	for i := range 5 {
+		if err := callers[i%2].ReportFailure(context.Background(), "gray-a", bus.WithReason("reset by peer"), bus.WithAck()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ejected := regexp.MustCompile(`  gray-a ejected: 5 failures from 2 callers \(last: reset by peer\), back in (2\d|30) s\n`)
+	waitFor(t, 10*time.Second, "watch to say why gray-a left", func() bool { return ejected.MatchString(watch.stdout.String()) })
+
+	out, _, code := runCmd(t, env, "status")
+	if code != 0 || !strings.Contains(out, "no: down: no responders to probe") || !regexp.MustCompile(`no: ejected: 5 failures from 2 callers \(last: reset by peer\), back in (2\d|30) s`).MatchString(out) {
+		t.Fatalf("status: %d\n%s", code, out)
+	}
+	m := r.metrics(t)
+	for _, want := range []string{`natsroute_ejections_total{outcome="ejected"} 1`, `natsroute_ejected_members{pool="default"} 1`, `natsroute_members_down_total{reason="no_responders"} 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
