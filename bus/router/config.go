@@ -28,14 +28,16 @@ const (
 	DefaultHealthPending = 1 << 20 // messages buffered for health.* before drops
 	DefaultMaxPools      = 1000
 	DefaultShedInterval  = time.Second
-	// Liveness (DESIGN.md): a probing node silent for 1.5 × its interval is
-	// probed; a probe waits 500 ms (a round trip here is ~0.2 ms, a loaded
+	// Liveness (DESIGN.md): a probing node silent for 1.45 × its interval
+	// is probed (so that one killed right after a report is out within 1.5
+	// intervals, its probe's round trip included; 1.5 measured 1.502 s at
+	// 1 s reports); a probe waits 500 ms (a round trip here is ~0.2 ms, a loaded
 	// server's a few ms: 500 ms is a hung process, not a busy one); two
 	// timeouts in a row are down (one lost message is not); at most 1,000
 	// probes a second, so 10,000 members late together (a blip) are probed
 	// over 10 s rather than at once; feedback past 1,000 messages a second
 	// is dropped.
-	DefaultProbeMissFactor = 1.5
+	DefaultProbeMissFactor = 1.45
 	DefaultProbeTimeout    = 500 * time.Millisecond
 	DefaultProbeTimeouts   = 2
 	DefaultProbeRate       = 1000.0
@@ -101,7 +103,7 @@ type Config struct {
 	ShedInterval time.Duration
 	// ProbeMissFactor: a node whose reports say probe and interval_ms is
 	// probed after ProbeMissFactor × interval without a report (default
-	// 1.5; 1.1 to 10).
+	// 1.45; 1.1 to 10).
 	ProbeMissFactor float64
 	// ProbeTimeout is how long a probe waits for its answer (default 500
 	// ms; 10 ms to 10 s).
