@@ -63,6 +63,26 @@ type ejectHistory struct {
 	ended  time.Time
 }
 
+// next is the number in a row of a node's next ejection at now: one more
+// than the last, or 1 again once the node has stayed in for longest since
+// its last ejection ended.
+func (h ejectHistory) next(now time.Time, longest time.Duration) int {
+	if !h.ended.IsZero() && now.Sub(h.ended) > longest {
+		return 1
+	}
+	return h.repeat + 1
+}
+
+// ejectionLength is how long the repeat-th ejection in a row lasts: first,
+// doubled each time, at most longest.
+func ejectionLength(repeat int, first, longest time.Duration) time.Duration {
+	d := first
+	for i := 1; i < repeat && d < longest; i++ {
+		d *= 2
+	}
+	return min(d, longest)
+}
+
 // ejection is an ejection a pool honours (pool.ejected, under r.healthMu).
 type ejection struct {
 	rev   uint64 // of its KV entry; 0 if kept local
@@ -187,10 +207,7 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 	first := f.recent[0].at
 	answered := e.answered[node]
 	reason := f.reason
-	h := e.hist[k]
-	if !h.ended.IsZero() && now.Sub(h.ended) > cfg.EjectMaxTime {
-		h.repeat = 0 // well for long enough: start again
-	}
+	repeat := e.hist[k].next(now, cfg.EjectMaxTime)
 	e.mu.Unlock()
 
 	r.healthMu.Lock()
@@ -209,12 +226,7 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 			"pool", p.name, "node", node, "failures", n, "callers", callers, "max_percent", cfg.EjectMaxPercent)
 		return
 	}
-	repeat := h.repeat + 1
-	d := cfg.EjectTime
-	for i := 1; i < repeat && d < cfg.EjectMaxTime; i++ {
-		d *= 2
-	}
-	d = min(d, cfg.EjectMaxTime)
+	d := ejectionLength(repeat, cfg.EjectTime, cfg.EjectMaxTime)
 	rec := bus.Ejection{Failures: n, Callers: callers, Reason: text.Clip(reason), Seconds: d.Seconds(), Repeat: min(repeat, 64), Router: r.connName()}
 	if len(rec.Reason) > bus.MaxFeedbackText {
 		rec.Reason = ""
