@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -425,4 +427,108 @@ func TestEjectUnnamedClients(t *testing.T) {
 		}
 	}
 	waitFor(t, 5*time.Second, "two unnamed clients' failures to eject it", func() bool { return !inRing(r, ids[1]) })
+}
+
+// TestEjectReplicasAgree: three replicas under rounds of random failures
+// from several callers, with short ejections that end and repeat, agree
+// after each round on which nodes are ejected, never hold more than the
+// pool's share, and keep exactly the others in the shared ring.
+func TestEjectReplicasAgree(t *testing.T) {
+	if testing.Short() {
+		t.Skip("about 20 s")
+	}
+	s := runServer(t)
+	cfg := testConfig(t)
+	cfg.EjectTime, cfg.EjectMaxTime, cfg.EjectWindow = 2*time.Second, 4*time.Second, 2*time.Second
+	cfg.EjectMaxPercent = 20
+	var rs []*router.Router
+	for range 3 {
+		rs = append(rs, startRouter(t, connect(t, s.ClientURL()), cfg))
+	}
+	ids := grayFleet(t, s, 12)
+	all := strings.Join(ids, ",")
+	for _, r := range rs {
+		waitFor(t, 10*time.Second, "the fleet", func() bool { return members(r) == all })
+	}
+	var callers []*bus.Client
+	for i := range 4 {
+		callers = append(callers, caller(t, s, fmt.Sprint("svc-", i)))
+	}
+	agree := func(got *string) bool {
+		sets := make([]string, len(rs))
+		for i, r := range rs {
+			var out []string
+			for _, n := range r.Nodes().Nodes {
+				if n.Ejected != "" {
+					out = append(out, n.ID)
+				}
+			}
+			sets[i] = strings.Join(out, ",")
+		}
+		want := sets[0]
+		*got = want
+		if sets[1] != want || sets[2] != want {
+			return false
+		}
+		var in []string
+		for _, id := range ids {
+			if !slices.Contains(strings.Split(want, ","), id) {
+				in = append(in, id)
+			}
+		}
+		for _, r := range rs {
+			if members(r) != strings.Join(in, ",") {
+				return false
+			}
+		}
+		return true
+	}
+	const share = 2 // 20 % of 12
+	rng := rand.New(rand.NewPCG(1, 2))
+	sent := uint64(0)
+	for round := range 6 {
+		for range 40 {
+			c, id := callers[rng.IntN(len(callers))], ids[rng.IntN(5)] // failures gather on a few nodes
+			if err := c.ReportFailure(ctxT(t), id); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
+		for _, r := range rs {
+			waitFor(t, 10*time.Second, "the round handled", func() bool { return feedbackSeen(r) == sent })
+		}
+		// Agreement: every replica names the same ejected nodes, within the
+		// share, and the ring holds exactly the others. Ejections are written
+		// after the feedback is handled: the agreed state must hold still for
+		// 300 ms (a write takes about a millisecond), and be reached well
+		// before the shortest ejection (2 s) ends: replicas that disagree
+		// until their ejections end would agree on nothing afterwards.
+		want, last, since := "", "\x00", time.Now()
+		waitFor(t, 1500*time.Millisecond, fmt.Sprint("round ", round, ": replicas agree"), func() bool {
+			if !agree(&want) {
+				last = "\x00"
+				return false
+			}
+			if want != last {
+				last, since = want, time.Now()
+			}
+			return time.Since(since) >= 300*time.Millisecond
+		})
+		if n := len(strings.FieldsFunc(want, func(r rune) bool { return r == ',' })); n > share {
+			t.Fatalf("round %d: %d ejected (%s), more than the share %d", round, n, want, share)
+		}
+		t.Logf("round %d: ejected [%s]", round, want)
+		// The next round starts once these ejections have ended, on every
+		// replica (2 s, then 4 s for the same node in a row).
+		for _, r := range rs {
+			waitFor(t, 10*time.Second, "the ejections to end", func() bool { return ejectedIn(r, "default") == 0 })
+		}
+	}
+	var ejections uint64
+	for _, r := range rs {
+		ejections += r.Stats().Ejections["ejected"]
+	}
+	if ejections == 0 {
+		t.Fatal("no ejection in six rounds: the test exercised nothing")
+	}
 }

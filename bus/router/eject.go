@@ -239,11 +239,14 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 	r.wg.Go(func() { e.write(p, node, rec, d) })
 }
 
-// write creates the ejection's key with a TTL of its length, and applies
-// it. A key that exists is another replica's ejection of the same node,
-// which the watch brings. A bucket that refuses the key (one created
-// without per-key TTLs that this router may not update) leaves the
-// ejection to this router alone, and says so.
+// write creates the ejection's key with a TTL of its length. The watch
+// brings it back, in stream order with every other replica's ejections:
+// applying it here first would let this replica honour its own ejection
+// ahead of another's that came earlier in the stream, and the replicas
+// would disagree on which ones the pool's share leaves out. A key that
+// exists is another replica's ejection of the same node. A bucket that
+// refuses the key (one created without per-key TTLs that this router may
+// not update) leaves the ejection to this router alone, and says so.
 func (e *ejector) write(p *pool, node string, rec bus.Ejection, d time.Duration) {
 	r := e.r
 	defer func() {
@@ -266,7 +269,7 @@ func (e *ejector) write(p *pool, node string, rec bus.Ejection, d time.Duration)
 	switch {
 	case err == nil:
 		e.ejections.Add(1)
-		e.apply(p, node, rec, rev, r.cfg.Now(), time.Now())
+		r.log.Debug("ejection written", "pool", p.name, "node", node, "revision", rev)
 	case errors.Is(err, jetstream.ErrKeyExists):
 		// Another replica was first: its entry comes through the watch.
 	case r.ctx.Err() != nil:

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,6 +73,7 @@ func (k *keeper) loadEjections(ctx context.Context, kv jetstream.KeyValue) error
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("bus: list ejections: %w", err)
 	}
+	var entries []jetstream.KeyValueEntry
 	for _, key := range names {
 		e, err := kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -80,6 +82,12 @@ func (k *keeper) loadEjections(ctx context.Context, kv jetstream.KeyValue) error
 		if err != nil {
 			return fmt.Errorf("bus: read %s: %w", key, err)
 		}
+		entries = append(entries, e)
+	}
+	// In stream order, as the watch gives them and every replica applied
+	// them: the pool's share leaves out the same ones everywhere.
+	slices.SortFunc(entries, func(a, b jetstream.KeyValueEntry) int { return cmp.Compare(a.Revision(), b.Revision()) })
+	for _, e := range entries {
 		k.r.ej.applyEntry(e)
 	}
 	return nil
