@@ -36,6 +36,20 @@ func grayFleet(t *testing.T, s *server.Server, n int) []string {
 	return ids
 }
 
+// bucket returns the default KV bucket.
+func bucket(t *testing.T, nc *nats.Conn) jetstream.KeyValue {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
 // caller returns a Client that reports failures as name.
 func caller(t *testing.T, s *server.Server, name string) *bus.Client {
 	t.Helper()
@@ -123,14 +137,7 @@ func TestEjectGray(t *testing.T) {
 	}
 
 	// The key in the bucket, as subjects.md has it.
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := bucket(t, nc)
 	e, err := kv.Get(ctxT(t), "ejected.default."+gray)
 	if err != nil {
 		t.Fatal(err)
@@ -209,14 +216,7 @@ func TestEjectEndsByItself(t *testing.T) {
 		n := nodeStatus(rb, gray)
 		return n.Ejected == "" && n.SlowStart > 0 && n.SlowStart < 1
 	})
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := bucket(t, nc)
 	waitFor(t, 10*time.Second, "the ejection key to leave the bucket by itself", func() bool {
 		_, err := kv.Get(ctxT(t), "ejected.default."+gray)
 		return errors.Is(err, jetstream.ErrKeyNotFound)
