@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/router"
 )
@@ -531,4 +532,49 @@ func TestEjectReplicasAgree(t *testing.T) {
 	if ejections == 0 {
 		t.Fatal("no ejection in six rounds: the test exercised nothing")
 	}
+}
+
+// TestLivenessHeldBackForLegacyRouter: while a router of an earlier
+// release shares the bucket (it keeps every reporting node until the TTL),
+// liveness takes nobody out, or the two would fight over the document;
+// once it is gone, ejections and downs work again.
+func TestLivenessHeldBackForLegacyRouter(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := testConfig(t)
+	cfg.Resync = 200 * time.Millisecond // look for old routers often
+	r := startRouter(t, connect(t, s.ClientURL()), cfg)
+	ids := grayFleet(t, s, 4)
+	waitFor(t, 10*time.Second, "the fleet", func() bool { return members(r) == strings.Join(ids, ",") })
+	svc, err := micro.AddService(connect(t, s.ClientURL()), micro.Config{Name: bus.ServiceName, Version: "0.1.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the old router to be seen", func() bool { return r.Stats().LegacyRouters })
+
+	a, b := caller(t, s, "svc-a"), caller(t, s, "svc-b")
+	fail5 := func(id string) {
+		t.Helper()
+		for _, c := range []*bus.Client{a, b, a, b, a} {
+			if err := c.ReportFailure(ctxT(t), id, bus.WithAck()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	fail5(ids[0])
+	health(t, nc, "ghost", bus.Health{CPUUsage: 1, MemoryUsage: 1, Interval: 100 * time.Millisecond, Probe: true})
+	waitFor(t, 5*time.Second, "the ghost probed", func() bool { return r.Stats().Probes["no_responders"] >= 1 })
+	waitFor(t, 5*time.Second, "the gray node probed", func() bool { return r.Stats().Probes["answered"] >= 1 })
+	if st := r.Stats(); st.Ejections["ejected"] != 0 || st.MembersDown != 0 || !inRing(r, ids[0]) || !inRing(r, "ghost") {
+		t.Fatalf("with an old router: ejections %v, downs %d, members %s", st.Ejections, st.MembersDown, members(r))
+	}
+
+	if err := svc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the old router to be gone", func() bool { return !r.Stats().LegacyRouters })
+	fail5(ids[1])
+	waitFor(t, 5*time.Second, "an ejection", func() bool { return !inRing(r, ids[1]) })
+	health(t, nc, "ghost", bus.Health{CPUUsage: 1, MemoryUsage: 1, Interval: 100 * time.Millisecond, Probe: true})
+	waitFor(t, 5*time.Second, "the ghost down", func() bool { return !inRing(r, "ghost") })
 }

@@ -186,6 +186,13 @@ func (l *liveness) probe(ctx context.Context, t probe.Ticket) {
 // probe that found it down was sent.
 func (l *liveness) markDown(node string, kind int, reason string, since time.Time) {
 	r := l.r
+	if r.legacy.Load() {
+		// A router of an earlier release keeps every reporting node until
+		// its TTL and would put it back: the two would fight over the
+		// document. The node leaves after the TTL, as before.
+		r.log.Info("node down, but left in the ring while a router of an earlier release shares the bucket", "node", node, "reason", reason)
+		return
+	}
 	r.healthMu.Lock()
 	t := r.tracker[node]
 	if t == nil || t.left || t.down != "" || t.seen.After(since) {
