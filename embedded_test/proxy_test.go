@@ -16,6 +16,7 @@ import (
 type linkProxy struct {
 	ln     net.Listener
 	target string
+	wg     sync.WaitGroup // the accept loop and the pumps
 
 	mu       sync.Mutex // guards everything below
 	open     *sync.Cond // broadcast when cut or closed changes
@@ -23,7 +24,6 @@ type linkProxy struct {
 	closed   bool
 	conns    []net.Conn
 	accepted int
-	wg       sync.WaitGroup
 }
 
 // startProxy listens on a free port of 127.0.0.1 and forwards each
