@@ -117,11 +117,11 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer victimConn.Close()
 	for _, n := range nodes {
 		conn := nc
-		opts := []bus.ReporterOption{bus.WithReporterLogger(cfg.Logger)}
+		var opts []bus.ReporterOption
 		if n == victim {
 			conn = victimConn
 			// Once killed, its reports fail: nothing to say about that.
-			opts = []bus.ReporterOption{bus.WithReporterLogger(slog.New(slog.DiscardHandler))}
+			opts = append(opts, bus.WithReporterLogger(slog.New(slog.DiscardHandler)))
 		}
 		if n.pools != nil {
 			opts = append(opts, bus.WithPools(n.pools...))
