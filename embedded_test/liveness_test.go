@@ -470,7 +470,7 @@ func TestLivenessHealthyFleet(t *testing.T) {
 	if requests.Load() == 0 {
 		t.Error("no request was answered: there was no load")
 	}
-	if got := st.ReportsAccepted - before.ReportsAccepted; got < 8*(uint64(run/time.Second)-3) {
+	if got := st.ReportsAccepted - before.ReportsAccepted; got < 8*uint64(run/time.Second)*9/10 { // 90 %, as at 20 s: a loaded Reporter skips ticks
 		t.Fatalf("%d reports in %v from 8 nodes", got, run)
 	}
 	if members(r) != want {
