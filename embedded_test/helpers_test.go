@@ -39,6 +39,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if os.Getenv(burnProcEnv) != "" {
+		if err := runBurnProc(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if url := os.Getenv(nodeProcEnv); url != "" {
 		if err := runNodeProc(url, os.Getenv(nodeProcIDEnv), os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/router"
@@ -115,13 +118,20 @@ func TestReporterProbe(t *testing.T) {
 func fleet(t *testing.T, n int) (*nats.Conn, *router.Router, []*exec.Cmd) {
 	t.Helper()
 	s := runServer(t)
+	return fleetOn(t, s, n, func(int) string { return s.ClientURL() })
+}
+
+// fleetOn is fleet on server s, node i connecting to url(i) (a proxy's,
+// say).
+func fleetOn(t *testing.T, s *server.Server, n int, url func(i int) string) (*nats.Conn, *router.Router, []*exec.Cmd) {
+	t.Helper()
 	nc := connect(t, s.ClientURL())
 	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
 	var cmds []*exec.Cmd
 	var want []string
 	for i := range n {
 		id := fmt.Sprintf("node-%d", i)
-		cmds = append(cmds, startNode(t, s.ClientURL(), id))
+		cmds = append(cmds, startNode(t, url(i), id))
 		want = append(want, id)
 	}
 	waitFor(t, 10*time.Second, "the fleet to join", func() bool { return members(r) == strings.Join(want, ",") })
@@ -260,6 +270,57 @@ func TestLivenessFrozen(t *testing.T) {
 	}
 }
 
+// TestLivenessCutLink (issue 20, a cut link): a node whose network link is cut (a TCP
+// proxy that forwards nothing either way and closes nothing, so NATS sees
+// no disconnect and the server still routes probes to it) leaves the ring
+// within 5 s (goal 2.5 s: a missed report at 1.5 s, then two probe
+// timeouts of 500 ms) with 1 s reports and default settings, and comes
+// back within 5 s of the link healing (what it sent meanwhile arrives).
+func TestLivenessCutLink(t *testing.T) {
+	const victim = 3
+	s := runServer(t)
+	px := startProxy(t, s.ClientURL())
+	nc, r, _ := fleetOn(t, s, 8, func(i int) string {
+		if i == victim {
+			return px.URL()
+		}
+		return s.ClientURL()
+	})
+	node := fmt.Sprintf("node-%d", victim)
+	afterReport(t, nc, node)
+	start := time.Now()
+	px.Cut()
+	timeTo(t, start, 15*time.Second, 2500*time.Millisecond, 5*time.Second, "cut-off "+node+" out of the ring", func() bool { return !inRing(r, node) })
+	st := r.Stats()
+	if st.Probes["timeout"] < 2 || st.Probes["no_responders"] != 0 || st.MembersDown != 1 {
+		t.Fatalf("probes %v, downs %d; want two timeouts (the server still has its subscription) and one down", st.Probes, st.MembersDown)
+	}
+	if n := nodeStatus(r, node); !strings.HasPrefix(n.Down, "down: 2 probes timed out") || n.Member || n.Eligible {
+		t.Fatalf("route.nodes says %+v", n)
+	}
+	if got, want := members(r), "node-0,node-1,node-2,node-4,node-5,node-6,node-7"; got != want {
+		t.Fatalf("members %s, want %s", got, want)
+	}
+	for i := range 200 { // ResourceAware no longer picks it either
+		if rep := jsonReply(t, nc, `{"strategy":"ResourceAware"}`); rep.Node == node {
+			t.Fatalf("pick %d went to the cut-off node", i)
+		}
+	}
+
+	start = time.Now()
+	px.Restore()
+	timeTo(t, start, 15*time.Second, time.Second, 5*time.Second, "healed "+node+" back in the ring", func() bool { return inRing(r, node) })
+	if n := nodeStatus(r, node); n.Down != "" || !n.Member {
+		t.Fatalf("route.nodes says %+v", n)
+	}
+	// The connection was never closed: what the node sent while cut off
+	// arrives when the link heals, on the same connection.
+	t.Logf("connections through the proxy: %d (1: the old connection resumed; more: the client reconnected)", px.Accepted())
+	if got := r.Stats().MembersDown; got != 1 {
+		t.Fatalf("downs %d after healing, want still 1", got)
+	}
+}
+
 // TestLivenessHostileFeedback (must show): invalid feedback, feedback about
 // unknown nodes or pools, an oversized reason and a flood are counted, and
 // nothing else happens: no node goes down, and requests are answered.
@@ -339,44 +400,83 @@ func TestLivenessHostileFeedback(t *testing.T) {
 	jsonReply(t, nc, `{"key":"k"}`)
 }
 
-// TestLivenessHealthyFleet (row 7): eight Reporters at 1 s for 20 s: no
-// report is missed, so no probe is sent and nobody goes down.
+// TestLivenessHealthyFleet (row 7): eight node processes reporting every
+// second for 60 s on a loaded machine (a process keeping every core busy,
+// and route.request at full speed from four goroutines): no probe finds
+// anything wrong and nobody goes down. A report the load delays past 1.5 s
+// may be probed; the probe must be answered.
+//
+// The burner is a process of its own on purpose. With the same goroutines
+// in the router's process (which here also holds the server), the Go
+// scheduler let timers wait 200-660 ms behind them on this 2-core machine,
+// and within 10-25 s every node had a probe time out (never twice in a
+// row: no down). That measures a router starved by its own process, not a
+// loaded machine.
 func TestLivenessHealthyFleet(t *testing.T) {
 	if testing.Short() {
-		t.Skip("20 s")
+		t.Skip("60 s")
 	}
-	s := runServer(t)
-	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
-	src := bus.HealthFunc(func(context.Context) (bus.Health, error) { return okHealth, nil })
-	var want []string
-	for i := range 8 {
-		id := fmt.Sprintf("node-%d", i)
-		rep, err := bus.NewReporter(connect(t, s.ClientURL()), id, src, time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rep.Close()
-		want = append(want, id)
+	const run = 60 * time.Second
+	nc, r, _ := fleet(t, 8)
+	want := members(r)
+	client, err := bus.NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the fleet", func() bool { return members(r) == strings.Join(want, ",") })
-	before := r.Stats().ReportsAccepted
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		st := r.Stats()
-		var probes uint64
-		for _, v := range st.Probes {
-			probes += v
-		}
-		if probes != 0 || st.MembersDown != 0 {
-			t.Fatalf("a healthy fleet: probes %v, downs %d", st.Probes, st.MembersDown)
+	startBurner(t)
+
+	ctx, stop := context.WithCancel(context.Background())
+	var load sync.WaitGroup
+	defer func() { stop(); load.Wait() }()
+	var requests, reqErrors atomic.Int64
+	var firstErr atomic.Pointer[error]
+	for g := range 4 { // route.request at full speed
+		load.Go(func() {
+			for i := 0; ctx.Err() == nil; i++ {
+				_, err := client.Pick(ctx, fmt.Sprintf("user-%d-%d", g, i))
+				if err != nil && ctx.Err() == nil {
+					reqErrors.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
+					continue
+				}
+				requests.Add(1)
+			}
+		})
+	}
+
+	wrong := func(st router.Stats) uint64 {
+		return st.Probes["no_responders"] + st.Probes["timeout"] + st.Probes["error"]
+	}
+	before := r.Stats()
+	t0 := time.Now()
+	for time.Since(t0) < run {
+		if st := r.Stats(); wrong(st) != 0 || st.MembersDown != 0 || st.Ejections["ejected"] != 0 || ejectedIn(r, bus.DefaultPool) != 0 {
+			t.Fatalf("a healthy fleet after %v: probes %v, downs %d, ejections %v", time.Since(t0).Round(time.Second), st.Probes, st.MembersDown, st.Ejections)
 		}
 		time.Sleep(100 * time.Millisecond) // sampling, not waiting for a condition
 	}
-	if got := r.Stats().ReportsAccepted - before; got < 8*18 {
-		t.Fatalf("%d reports in 20 s from 8 nodes", got)
+	stop()
+	load.Wait()
+	st := r.Stats()
+	t.Logf("%v under load: %d requests (%.0f/s), %d errors; %d reports; probes %v; downs %d",
+		run, requests.Load(), float64(requests.Load())/run.Seconds(), reqErrors.Load(), st.ReportsAccepted-before.ReportsAccepted, st.Probes, st.MembersDown)
+	if wrong(st) != 0 || st.MembersDown != 0 || st.Ejections["ejected"] != 0 {
+		t.Fatalf("a healthy fleet: probes %v, downs %d, ejections %v", st.Probes, st.MembersDown, st.Ejections)
 	}
-	if members(r) != strings.Join(want, ",") {
-		t.Fatalf("members %s", members(r))
+	// The requests are load, not the subject: their latency has its own
+	// tests. A few time out (2 s) when the whole suite runs with -race
+	// beside the burner; they are logged, not failed.
+	if p := firstErr.Load(); p != nil {
+		t.Logf("first of %d failed requests: %v", reqErrors.Load(), *p)
+	}
+	if requests.Load() == 0 {
+		t.Error("no request was answered: there was no load")
+	}
+	if got := st.ReportsAccepted - before.ReportsAccepted; got < 8*uint64(run/time.Second)*9/10 { // 90 %, as at 20 s: a loaded Reporter skips ticks
+		t.Fatalf("%d reports in %v from 8 nodes", got, run)
+	}
+	if members(r) != want {
+		t.Fatalf("members %s, want %s", members(r), want)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +21,8 @@ import (
 const (
 	nodeProcEnv   = "NATSROUTE_TEST_NODE_URL"
 	nodeProcIDEnv = "NATSROUTE_TEST_NODE_ID"
+	// burnProcEnv, set to anything, makes the test binary a CPU burner.
+	burnProcEnv = "NATSROUTE_TEST_BURN"
 )
 
 // runNodeProc runs a Reporter (1 s interval, defaults otherwise) until
@@ -48,8 +52,16 @@ func runNodeProc(url, node string, in io.Reader, out io.Writer) error {
 // it if the test has not.
 func startNode(t *testing.T, url, node string) *exec.Cmd {
 	t.Helper()
+	return startChildProc(t, "node "+node, nodeProcEnv+"="+url, nodeProcIDEnv+"="+node)
+}
+
+// startChildProc runs this test binary again with env added (TestMain picks
+// its role from it) and waits for its "ready"; cleanup closes its stdin
+// and kills it if the test has not.
+func startChildProc(t *testing.T, name string, env ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), nodeProcEnv+"="+url, nodeProcIDEnv+"="+node)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -80,10 +92,48 @@ func startNode(t *testing.T, url, node string) *exec.Cmd {
 	select {
 	case err := <-ready:
 		if err != nil {
-			t.Fatalf("node %s did not start: %v", node, err)
+			t.Fatalf("%s did not start: %v", name, err)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatalf("node %s did not start in 20s", node)
+		t.Fatalf("%s did not start in 20s", name)
 	}
 	return cmd
+}
+
+// runBurnProc keeps GOMAXPROCS goroutines busy until stdin closes; it says
+// "ready" once they run.
+func runBurnProc(in io.Reader, out io.Writer) error {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			x := uint64(1)
+			for {
+				select {
+				case <-done:
+					_ = x
+					return
+				default:
+				}
+				for range 100_000 {
+					x = x*6364136223846793005 + 1442695040888963407
+				}
+			}
+		})
+	}
+	if err := lineWriter(out)("ready"); err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, in)
+	close(done)
+	wg.Wait()
+	return nil
+}
+
+// startBurner starts a process that keeps every core busy (GOMAXPROCS
+// goroutines) until the test ends: load on the machine, from outside the
+// router's process, as other programs put it there.
+func startBurner(t *testing.T) {
+	t.Helper()
+	startChildProc(t, "burner", burnProcEnv+"=1")
 }

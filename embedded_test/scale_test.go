@@ -121,16 +121,21 @@ type scaleResult struct {
 	reqRate      float64
 	reqP50       time.Duration
 	reqP99       time.Duration
-	hbSent       int64         // heartbeats sent during the request phase
-	hbAccepted   uint64        // and accepted by the router in it
-	silentLeave  time.Duration // last report → gone from the KV document
-	silentMissed bool          // not gone within scaleSilentWait
-	leaveBurst   time.Duration // every member says leaving → KV document has none
-	leaveCPU     time.Duration // router CPU during it
-	leaveWrite   uint64        // KV writes it took
-	joinsTimed   int           // single joins timed (the rest missed scaleJoinWait)
-	joinToKV     time.Duration // median over the joins timed
-	joinToCache  time.Duration // median
+	hbSent       int64             // heartbeats sent during the request phase
+	hbAccepted   uint64            // and accepted by the router in it
+	steadyProbes uint64            // probes the router sent in the request phase
+	probeRate    float64           // and per second
+	probes       map[string]uint64 // the router's probes by result, whole run
+	downs        uint64            // members probes took down, whole run
+	answered     int64             // probes the fleet's responder answered, whole run
+	silentLeave  time.Duration     // last report → gone from the KV document
+	silentMissed bool              // not gone within scaleSilentWait
+	leaveBurst   time.Duration     // every member says leaving → KV document has none
+	leaveCPU     time.Duration     // router CPU during it
+	leaveWrite   uint64            // KV writes it took
+	joinsTimed   int               // single joins timed (the rest missed scaleJoinWait)
+	joinToKV     time.Duration     // median over the joins timed
+	joinToCache  time.Duration     // median
 	joinCacheMax time.Duration
 
 	rssMB, peakMB float64
@@ -149,7 +154,8 @@ type scaleRun struct {
 	subjects []string
 	pubs     []*nats.Conn // for the burst, the ingest phase and single joins
 	hb       *heartbeats
-	profiles string // where CPU profiles go; "" for none
+	answered *atomic.Int64 // probes answered for the fleet
+	profiles string        // where CPU profiles go; "" for none
 	res      scaleResult
 }
 
@@ -172,6 +178,8 @@ func runScale(b *testing.B, n int) scaleResult {
 		r.ids[i] = fmt.Sprintf("node-%05d", i)
 		r.subjects[i] = bus.HealthSubject(r.ids[i])
 	}
+	scaleSilent = r.ids[n/2]
+	r.answered = answerProbes(b, connect(b, r.url))
 	for range scalePublishers {
 		r.pubs = append(r.pubs, connect(b, r.url))
 	}
@@ -193,7 +201,40 @@ func runScale(b *testing.B, n int) scaleResult {
 	r.leaveBurst() // 7
 	end := r.router.stats(b)
 	r.res.kvWrites, r.res.kvErrors = end.Stats.KVWrites, end.Stats.KVErrors
+	r.res.probes, r.res.downs, r.res.answered = end.Stats.Probes, end.Stats.MembersDown, r.answered.Load()
+	r.logf("probes, whole run: %v (the fleet's responder answered %d); members down %d", r.res.probes, r.res.answered, r.res.downs)
 	return r.res
+}
+
+// answerProbes answers the probes of the fleet's probing members (see
+// scaleHealth) as their Reporters would, with their current health, so
+// that a probe of a live member never takes it down; it counts them.
+func answerProbes(b testing.TB, nc *nats.Conn) *atomic.Int64 {
+	b.Helper()
+	var n atomic.Int64
+	_, err := nc.Subscribe(bus.ProbeSubject("*"), func(m *nats.Msg) {
+		id := strings.TrimSuffix(strings.TrimPrefix(m.Subject, "health."), ".probe")
+		h := scaleHealth(id)
+		if !h.Probe {
+			return // not one of ours: let it time out
+		}
+		data, err := bus.EncodeHealth(id, h, bus.Msgpack)
+		if err == nil {
+			err = m.Respond(data)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "scale: probe answer for %s: %v\n", id, err)
+			return
+		}
+		n.Add(1)
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := nc.FlushTimeout(time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	return &n
 }
 
 func (r *scaleRun) logf(format string, args ...any) {
@@ -369,14 +410,22 @@ func (r *scaleRun) requestsWhileSilent() {
 	took := time.Since(t0)
 	after := r.router.stats(b)
 	res.hbSent, res.hbAccepted = hb.sent.Load(), after.Stats.ReportsAccepted-before.Stats.ReportsAccepted
+	res.steadyProbes = probesSent(after.Stats.Probes) - probesSent(before.Stats.Probes)
+	res.probeRate = float64(res.steadyProbes) / took.Seconds()
 	res.requests, res.reqErrors = len(lat)+errs, errs
 	res.reqRate = float64(res.requests) / took.Seconds()
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		res.reqP50, res.reqP99 = lat[len(lat)/2], lat[len(lat)*99/100]
 	}
-	r.logf("requests: %d in %v (%d errors), p50 %v p99 %v; silent member gone after %s (TTL %v); router accepted %d of %d heartbeats sent meanwhile",
-		res.requests, took.Round(time.Millisecond), errs, res.reqP50, res.reqP99, res.silentText(), scaleTTL, res.hbAccepted, res.hbSent)
+	r.logf("requests: %d in %v (%d errors), p50 %v p99 %v; silent member gone after %s (TTL %v); router accepted %d of %d heartbeats sent meanwhile; %d probes sent (%.2f/s)",
+		res.requests, took.Round(time.Millisecond), errs, res.reqP50, res.reqP99, res.silentText(), scaleTTL, res.hbAccepted, res.hbSent, res.steadyProbes, res.probeRate)
+}
+
+// probesSent counts the probes a router sent (rate_limited counts a due
+// probe that waited, not a probe).
+func probesSent(p map[string]uint64) uint64 {
+	return p["answered"] + p["no_responders"] + p["timeout"] + p["error"]
 }
 
 // singleJoins times scaleJoins new nodes joining one at a time, spaced
@@ -474,11 +523,21 @@ func scalePool(id string) string {
 	return fmt.Sprintf("p%03d", i%scalePools)
 }
 
-// scaleHealth is okHealth for a node, in its pool.
+// scaleSilent is the member that stops reporting in the request phase.
+var scaleSilent string
+
+// scaleHealth is okHealth for a node, in its pool. The fleet's members say
+// what the Go Reporter says (probe: true, their 5 s interval), so the
+// router schedules a probe for each and sends it if a report is late;
+// the silent member and single joins do not (as a nats pub would not), so
+// they leave by the TTL, which is what their phases time.
 func scaleHealth(id string) bus.Health {
 	h := okHealth
 	if p := scalePool(id); p != "" {
 		h.Pools = []string{p}
+	}
+	if strings.HasPrefix(id, "node-") && id != scaleSilent {
+		h.Probe, h.Interval = true, scaleHeartbeat
 	}
 	return h
 }
@@ -777,6 +836,8 @@ func (r scaleResult) report(b *testing.B) {
 	if r.joinsTimed > 0 {
 		b.ReportMetric(ms(r.joinToCache), "join-to-cache-ms")
 	}
+	b.ReportMetric(r.probeRate, "steady-probes/s")
+	b.ReportMetric(float64(r.downs), "downs")
 	b.ReportMetric(ms(r.leaveBurst), "leave-burst-ms")
 	b.ReportMetric(r.rssMB, "rss-MB")
 	b.ReportMetric(r.peakMB, "rss-peak-MB")
@@ -829,6 +890,7 @@ func printScaleTable(rs []scaleResult) {
 		{"  p99 (ms)", "≤ 2 (floor 5)", func(r scaleResult) string { return ms(r.reqP99) }},
 		{"  errors", "0", func(r scaleResult) string { return strconv.Itoa(r.reqErrors) }},
 		{"  heartbeats accepted / sent", "all", func(r scaleResult) string { return fmt.Sprintf("%d / %d", r.hbAccepted, r.hbSent) }},
+		{"  probes sent (per second)", "0 (no report is late)", func(r scaleResult) string { return fmt.Sprintf("%d (%.2f)", r.steadyProbes, r.probeRate) }},
 		{"silent member gone after", "≤ TTL+5 = 15 s", scaleResult.silentText},
 		{"single joins timed", "", func(r scaleResult) string { return fmt.Sprintf("%d of %d", r.joinsTimed, scaleJoins) }},
 		{"join → KV, median (ms)", "", func(r scaleResult) string { return r.joinMS(r.joinToKV) }},
@@ -840,6 +902,8 @@ func printScaleTable(rs []scaleResult) {
 		{"router RSS at end (MB)", "≤ 64", func(r scaleResult) string { return strconv.FormatFloat(r.rssMB, 'f', 1, 64) }},
 		{"router RSS peak (MB)", "", func(r scaleResult) string { return strconv.FormatFloat(r.peakMB, 'f', 1, 64) }},
 		{"KV writes / errors, whole run", "", func(r scaleResult) string { return fmt.Sprintf("%d / %d", r.kvWrites, r.kvErrors) }},
+		{"probes sent / answered for the fleet, whole run", "", func(r scaleResult) string { return fmt.Sprintf("%d / %d", probesSent(r.probes), r.answered) }},
+		{"members down, whole run", "0", func(r scaleResult) string { return strconv.FormatUint(r.downs, 10) }},
 	}
 	for _, row := range rows {
 		fmt.Fprint(w, row.name, "\t")

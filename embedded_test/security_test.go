@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"strings"
@@ -25,25 +26,30 @@ import (
 // The permission sets of README's "Security" section, one per role.
 var rolePermissions = map[string]*server.Permissions{
 	"router": {
-		Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "$JS.FC.>", "$KV.natsroute.>", "$SRV.PING.natsroute", "_INBOX.>"}},
+		Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "$JS.FC.>", "$KV.natsroute.>", "$SRV.PING.natsroute", "health.*.probe", "_INBOX.>"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{"health.*", "route.>", "$SRV.>", "_INBOX.>"}},
 		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	},
-	"node-1": {
+	"node-1": { // answers its own probes, and no one else's
 		Publish:   &server.SubjectPermission{Allow: []string{"health.node-1"}},
-		Subscribe: &server.SubjectPermission{Deny: []string{">"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"health.node-1.probe"}},
+		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	},
 	"client": {
-		Publish:   &server.SubjectPermission{Allow: []string{"route.request", "route.ring", "route.nodes", "route.pools"}},
+		Publish:   &server.SubjectPermission{Allow: []string{"route.request", "route.ring", "route.nodes", "route.pools", "route.feedback"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 	},
 	"cache": {
 		Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "$JS.FC.>"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 	},
-	"stranger": { // may report as node-2 but not ask for routes
+	"stranger": { // may report as node-2 but not ask for routes, nor report failures
 		Publish:   &server.SubjectPermission{Allow: []string{"health.node-2"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	},
+	"node-3": { // node-1's set without allow_responses: not in README, it shows why
+		Publish:   &server.SubjectPermission{Allow: []string{"health.node-3"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"health.node-3.probe"}},
 	},
 }
 
@@ -132,8 +138,85 @@ func TestSecurity(t *testing.T) {
 				t.Fatal("the server did not refuse node-1's report for node-2")
 			}
 
-			// A client gets answers; so do the micro discovery subjects.
+			// node-1's Reporter answers its probes (subscribe on its own
+			// probe subject, and allow_responses), and the router may ask.
+			src := bus.HealthFunc(func(context.Context) (bus.Health, error) { return okHealth, nil })
+			rep, err := bus.NewReporter(node, "node-1", src, time.Hour, bus.WithReporterLogger(testLogger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rep.Close()
+			if err := node.Flush(); err != nil { // the server has its subscription
+				t.Fatal(err)
+			}
+			prober := as("router")
+			if m, err := prober.Request(bus.ProbeSubject("node-1"), nil, 5*time.Second); err != nil {
+				t.Fatalf("probe of node-1 with the router's permissions: %v", err)
+			} else if h, err := bus.DecodeHealth("node-1", m.Data, m.Header); err != nil || !h.Probe {
+				t.Fatalf("node-1's probe answer %+v, %v", h, err)
+			}
+			// node-1 may not answer node-2's probes (and so keep a dead
+			// node-2 on the ring): the server refuses the subscription,
+			// asynchronously, and a probe of node-2 finds nobody.
+			if _, err := node.Subscribe(bus.ProbeSubject("node-2"), func(m *nats.Msg) { _ = m.Respond([]byte("{}")) }); err != nil {
+				t.Fatal(err)
+			}
+			wantRefused(t, refused, "Subscription", bus.ProbeSubject("node-2"))
+			if _, err := prober.Request(bus.ProbeSubject("node-2"), nil, 5*time.Second); !errors.Is(err, nats.ErrNoResponders) {
+				t.Fatalf("a probe of node-2 while node-1 tried to answer it: %v, want no responders", err)
+			}
+			// Without allow_responses a node's answers are refused: its
+			// probes time out, as a hung node's would.
+			node3 := as("node-3")
+			rep3, err := bus.NewReporter(node3, "node-3", src, time.Hour, bus.WithReporterLogger(testLogger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rep3.Close()
+			if err := node3.Flush(); err != nil { // the server has its subscription
+				t.Fatal(err)
+			}
+			if _, err := prober.Request(bus.ProbeSubject("node-3"), nil, time.Second); !errors.Is(err, nats.ErrTimeout) {
+				t.Fatalf("a probe of node-3, which may not respond: %v, want a timeout", err)
+			}
+			wantRefused(t, refused, "Publish", "_INBOX.")
+			if err := rep3.Close(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "node-3 to leave", func() bool { return members(r) == "node-1" })
+
+			// A caller with publish on route.feedback reports a failure: the
+			// router counts it (and probes node-1, which answers). One
+			// without it publishes too, but nothing reaches the router.
 			client, _ := bus.NewClient(as("client"))
+			stranger, _ := bus.NewClient(as("stranger"), bus.WithTimeout(300*time.Millisecond))
+			fb := r.Stats().Feedback
+			if err := client.ReportFailure(ctxT(t), "node-1", bus.WithReason("refused"), bus.WithAck()); err != nil {
+				t.Fatalf("client's ReportFailure: %v", err)
+			}
+			if got := r.Stats().Feedback; got["probed"] != fb["probed"]+1 {
+				t.Fatalf("feedback %v after the client's report, before %v: want one more probed", got, fb)
+			}
+			fb = r.Stats().Feedback
+			if err := stranger.ReportFailure(ctxT(t), "node-1", bus.WithReason("refused")); err != nil {
+				t.Fatalf("stranger's ReportFailure (the refusal is asynchronous): %v", err)
+			}
+			wantRefused(t, refused, "Publish", bus.SubjectFeedback)
+			// A sentinel from the client: once the router has counted it,
+			// it would have counted the stranger's.
+			if err := client.ReportFailure(ctxT(t), "node-1", bus.WithAck()); err != nil {
+				t.Fatal(err)
+			}
+			if got := r.Stats().Feedback; total(got) != total(fb)+1 {
+				t.Fatalf("feedback %v after the stranger's report and the sentinel, before %v: want the sentinel alone", got, fb)
+			}
+			// The router's own probes of node-1 went through.
+			waitFor(t, 5*time.Second, "the router's probe of node-1 to be answered", func() bool { return r.Stats().Probes["answered"] > 0 })
+			if st := r.Stats(); st.Probes["timeout"]+st.Probes["no_responders"]+st.Probes["error"] != 0 || st.MembersDown != 0 || members(r) != "node-1" {
+				t.Fatalf("probes %v, downs %d, members %s", st.Probes, st.MembersDown, members(r))
+			}
+
+			// A client gets answers; so do the micro discovery subjects.
 			if n, err := client.Pick(ctxT(t), "user-42"); err != nil || n != "node-1" {
 				t.Fatalf("client Pick: %q, %v", n, err)
 			}
@@ -148,7 +231,6 @@ func TestSecurity(t *testing.T) {
 				t.Fatalf("cache Get: %q, %v", n, err)
 			}
 			// A user without permission on route.request gets no answer.
-			stranger, _ := bus.NewClient(as("stranger"), bus.WithTimeout(300*time.Millisecond))
 			if n, err := stranger.Pick(context.Background(), "user-42"); err == nil || n != "" {
 				t.Fatalf("a user without permission got %q, %v", n, err)
 			} else if !errors.Is(err, bus.ErrTimeout) && !errors.Is(err, bus.ErrNoRouter) {
@@ -168,6 +250,33 @@ func TestSecurity(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+func total(counts map[string]uint64) (n uint64) {
+	for _, c := range counts {
+		n += c
+	}
+	return n
+}
+
+// wantRefused waits for the server to report a permissions violation of
+// kind (Publish, Subscription) on a subject starting with subject.
+func wantRefused(t *testing.T, refused <-chan error, kind, subject string) {
+	t.Helper()
+	want := fmt.Sprintf("%s to %q", kind, subject)
+	want = want[:len(want)-1] // a prefix of the subject
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case err := <-refused:
+			if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), want) {
+				return
+			}
+			t.Logf("another refusal meanwhile: %v", err)
+		case <-timeout:
+			t.Fatalf("the server did not refuse %s", want)
+		}
 	}
 }
 

@@ -21,28 +21,48 @@ import (
 // clientCommand parses the connection flags plus a command's own, and
 // connects. It returns the exit code to use if it fails.
 func clientCommand(name string, args []string, stderr io.Writer, define func(fs *flagSet)) (*nats.Conn, *connOptions, int) {
+	nc, c, _, code := clientCommandOperand(name, "", args, stderr, define)
+	return nc, c, code
+}
+
+// clientCommandOperand is clientCommand for a command that takes one
+// operand (operand names it in errors; "" for none). Flags may come before
+// or after it, as in "report-failure --ack node-1" or "report-failure
+// node-1 --ack" (the flag package stops at the first operand, so the rest
+// is parsed again).
+func clientCommandOperand(name, operand string, args []string, stderr io.Writer, define func(fs *flagSet)) (*nats.Conn, *connOptions, string, int) {
 	var c connOptions
 	fs := newFlagSet(name, stderr)
 	c.register(fs)
 	define(fs)
 	if err := fs.parse(args); err != nil {
-		return nil, nil, fs.failed(err)
+		return nil, nil, "", fs.failed(err)
+	}
+	var arg string
+	if operand != "" && fs.NArg() > 0 {
+		arg = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return nil, nil, "", fs.failed(err)
+		}
 	}
 	if fs.NArg() > 0 {
-		return nil, nil, fs.failed(fmt.Errorf("unexpected arguments %q", fs.Args()))
+		return nil, nil, "", fs.failed(fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	if operand != "" && arg == "" {
+		return nil, nil, "", fs.failed(fmt.Errorf("missing %s: router %s [flags] %s", operand, name, strings.ToUpper(operand)))
 	}
 	if errs := c.validate(); len(errs) > 0 {
 		for _, e := range errs {
 			fmt.Fprintln(stderr, "router:", e)
 		}
-		return nil, nil, 2
+		return nil, nil, "", 2
 	}
 	nc, err := c.connect("natsroute-"+name, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	if err != nil {
 		fmt.Fprintln(stderr, "router:", err)
-		return nil, nil, 1
+		return nil, nil, "", 1
 	}
-	return nc, &c, -1
+	return nc, &c, arg, -1
 }
 
 // requestFailed prints a Client's error once ("router: natsroute: ...";
@@ -199,6 +219,62 @@ func reportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 1
 	}
 	fmt.Fprintf(stdout, "reported %s\n", node)
+	return 0
+}
+
+// reportFailureCmd: router report-failure [--pool P] [--caller C]
+// [--reason R] [--ack] NODE tells routers that NODE failed (route.feedback,
+// as bus.Client.ReportFailure sends it): each router probes it at once and
+// takes it down if it is gone. Without --ack it publishes and returns once
+// the server has the message; with --ack it waits for a router's answer.
+func reportFailureCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var pool, caller, reason string
+	var ack bool
+	nc, conn, node, code := clientCommandOperand("report-failure", "node", args, stderr, func(fs *flagSet) {
+		fs.StringVar(&pool, "pool", "", "the pool the node failed in (default: the default pool)")
+		fs.StringVar(&caller, "caller", "", "who says so, at most 256 bytes (default: this connection's name, natsroute-report-failure)")
+		fs.StringVar(&reason, "reason", "", "what went wrong, at most 256 bytes")
+		fs.BoolVar(&ack, "ack", false, "wait for a router to acknowledge it (exit 1 if none does)")
+	})
+	if nc == nil {
+		return code
+	}
+	defer nc.Close()
+	client, err := bus.NewClient(nc, bus.WithTimeout(conn.timeout))
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 2
+	}
+	opts := []bus.FailureOption{bus.WithReason(reason)}
+	if pool != "" {
+		opts = append(opts, bus.InPool(pool))
+	}
+	if caller != "" {
+		opts = append(opts, bus.AsCaller(caller))
+	}
+	if ack {
+		opts = append(opts, bus.WithAck())
+	}
+	if err := client.ReportFailure(ctx, node, opts...); err != nil {
+		if errors.Is(err, bus.ErrInvalidFeedback) {
+			fmt.Fprintln(stderr, "router:", err)
+			return 2
+		}
+		return requestFailed(stderr, err)
+	}
+	what := fmt.Sprintf("reported %s failed in pool %s", node, cmp.Or(pool, bus.DefaultPool))
+	if reason != "" {
+		what += fmt.Sprintf(" (reason %q)", reason)
+	}
+	if ack {
+		fmt.Fprintf(stdout, "%s: a router acknowledged it\n", what)
+		return 0
+	}
+	if err := nc.Flush(); err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: published on %s (--ack waits for a router's answer)\n", what, bus.SubjectFeedback)
 	return 0
 }
 

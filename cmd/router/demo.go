@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -103,12 +105,28 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		{id: "node-c", cpu: 35}, {id: "node-d", cpu: 50}, {id: "node-e", cpu: 30},
 		{id: "search-1", cpu: 25, pools: []string{"search"}}, {id: "search-2", cpu: 50, pools: []string{"search"}},
 	}
+	// node-a has a connection of its own, so that killing it (closing the
+	// connection, with no leaving report) takes its probe subscription
+	// away, as a dead process's would.
+	victim := nodes[0]
+	victimConn, err := nats.Connect(ns.ClientURL(), nats.Name("demo "+victim.id))
+	if err != nil {
+		fmt.Fprintln(stderr, "router demo:", err)
+		return 1
+	}
+	defer victimConn.Close()
 	for _, n := range nodes {
+		conn := nc
 		var opts []bus.ReporterOption
+		if n == victim {
+			conn = victimConn
+			// Once killed, its reports fail: nothing to say about that.
+			opts = append(opts, bus.WithReporterLogger(slog.New(slog.DiscardHandler)))
+		}
 		if n.pools != nil {
 			opts = append(opts, bus.WithPools(n.pools...))
 		}
-		if n.reporter, err = bus.NewReporter(nc, n.id, bus.HealthFunc(n.health), 200*time.Millisecond, opts...); err != nil {
+		if n.reporter, err = bus.NewReporter(conn, n.id, bus.HealthFunc(n.health), 200*time.Millisecond, opts...); err != nil {
 			fmt.Fprintln(stderr, "router demo:", err)
 			return 1
 		}
@@ -128,15 +146,22 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout, "pool default has node-a..node-e; pool search has search-1, search-2 and node-b (a node may serve several pools).")
 	fmt.Fprintln(stdout, "Every second: 1,000 keys through ConsistentHash and 1,000 picks through ResourceAware in the default pool,")
 	fmt.Fprintln(stdout, "and 1,000 keys in pool search. Load-aware ConsistentHash is on (--balance-factor 1.5).")
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("user-%d", i)
+	}
 	phases := []struct {
 		at   float64 // fraction of the run
 		say  string
-		step func()
+		step func() string // what it did, if there is more to say
 	}{
-		{0, "all nodes healthy; ResourceAware favours the least loaded", func() {}},
-		{0.25, "node-c overloaded (CPU 97%, 1,940 connections): ResourceAware leaves it out, and ConsistentHash has it shed part of its keys to the next nodes (SHED)", func() { nodes[2].setCPU(97) }},
-		{0.5, "node-d draining: its keys move to the next nodes, nothing else moves; no new picks", func() { _ = nodes[3].reporter.SetDraining(true) }},
-		{0.75, "node-e leaves (status leaving): it is off the ring at once", func() { _ = nodes[4].reporter.Close(); nodes[4].gone = true }},
+		{0, "all nodes healthy; ResourceAware favours the least loaded", func() string { return "" }},
+		{0.2, "node-c overloaded (CPU 97%, 1,940 connections): ResourceAware leaves it out, and ConsistentHash has it shed part of its keys to the next nodes (SHED)", func() string { nodes[2].setCPU(97); return "" }},
+		{0.4, "node-d draining: its keys move to the next nodes, nothing else moves; no new picks", func() string { _ = nodes[3].reporter.SetDraining(true); return "" }},
+		{0.6, "node-e leaves (status leaving): it is off the ring at once", func() string { _ = nodes[4].reporter.Close(); nodes[4].gone = true; return "" }},
+		{0.8, "node-a killed (its connection closed, no leaving report); a caller that it fails reports it (route.feedback), the router probes it and NATS answers \"no responders\"", func() string {
+			return demoKill(ctx, client, rt, victim, victimConn, keys)
+		}},
 	}
 	total := *duration
 	if total == 0 {
@@ -146,16 +171,15 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	phase := -1
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	keys := make([]string, 1000)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("user-%d", i)
-	}
 	for {
 		el := time.Since(start)
 		for phase+1 < len(phases) && el >= time.Duration(phases[phase+1].at*float64(total)) {
 			phase++
-			phases[phase].step()
+			did := phases[phase].step()
 			fmt.Fprintf(stdout, "\n>>> %s\n", phases[phase].say)
+			if did != "" {
+				fmt.Fprintf(stdout, "    %s\n", did)
+			}
 			select { // let a few reports arrive before measuring
 			case <-ctx.Done():
 				return 0
@@ -175,6 +199,54 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 	}
+}
+
+// demoKill kills node n abruptly (closes its connection: no leaving
+// report, and its probe subject loses its subscriber), has a caller report
+// it, and says how long until its keys moved and where they went.
+func demoKill(ctx context.Context, c *bus.Client, r *router.Router, n *simNode, conn *nats.Conn, keys []string) string {
+	before, err := c.PickBatch(ctx, keys)
+	if err != nil {
+		return fmt.Sprintf("%s killed, but the keys could not be read: %v", n.id, err)
+	}
+	var its []string
+	for _, x := range before {
+		if x.Node == n.id {
+			its = append(its, x.Key)
+		}
+	}
+	conn.Close()
+	_ = n.reporter.Close() // its connection is gone: nothing is sent
+	n.gone = true
+	start := time.Now()
+	if err := c.ReportFailure(ctx, n.id, bus.WithReason("connection refused"), bus.AsCaller("demo"), bus.WithAck()); err != nil {
+		return fmt.Sprintf("%s killed, but the failure report failed: %v", n.id, err)
+	}
+	for {
+		d, _ := r.Ring()
+		if _, on := d.Node(n.id); !on {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			return fmt.Sprintf("%s killed: still on the ring after %v", n.id, time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	took := time.Since(start)
+	after, err := c.PickBatch(ctx, its)
+	if err != nil {
+		return fmt.Sprintf("%s killed: off the ring after %v, but its keys could not be read: %v", n.id, took.Round(time.Millisecond), err)
+	}
+	to := map[string]int{}
+	for _, x := range after {
+		to[x.Node]++
+	}
+	var dest []string
+	for id := range to {
+		dest = append(dest, id)
+	}
+	slices.Sort(dest)
+	return fmt.Sprintf("%s killed: its %d keys moved to %s after %v (failure reported → off the ring)", n.id, len(its), strings.Join(dest, ", "), took.Round(100*time.Microsecond))
 }
 
 // demoRound asks the router and prints one table.

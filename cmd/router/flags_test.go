@@ -28,6 +28,8 @@ func TestBadFlagOneError(t *testing.T) {
 		{[]string{"select", "--count", "abc"}, "router: invalid value \"abc\" for flag -count: parse error\nRun 'router select --help' for the flags.\n"},
 		{[]string{"select", "--key", "k", "extra"}, "router: unexpected arguments [\"extra\"]\nRun 'router select --help' for the flags.\n"},
 		{[]string{"report", "--cpu", "abc"}, "router: invalid value \"abc\" for flag -cpu: parse error\nRun 'router report --help' for the flags.\n"},
+		{[]string{"report-failure", "--pool"}, "router: flag needs an argument: -pool\nRun 'router report-failure --help' for the flags.\n"},
+		{[]string{"report-failure", "node-1", "--nope"}, "router: flag provided but not defined: -nope\nRun 'router report-failure --help' for the flags.\n"},
 		{[]string{"status", "--timeout", "abc"}, "router: invalid value \"abc\" for flag -timeout: parse error\nRun 'router status --help' for the flags.\n"},
 		{[]string{"watch", "--nope"}, "router: flag provided but not defined: -nope\nRun 'router watch --help' for the flags.\n"},
 		{[]string{"demo", "--duration", "abc"}, "router: invalid value \"abc\" for flag -duration: parse error\nRun 'router demo --help' for the flags.\n"},
@@ -43,7 +45,7 @@ func TestBadFlagOneError(t *testing.T) {
 			}
 		})
 	}
-	for _, args := range [][]string{{"--help"}, {"select", "-h"}, {"report", "--help"}, {"status", "-h"}, {"watch", "-h"}, {"demo", "-h"}} {
+	for _, args := range [][]string{{"--help"}, {"select", "-h"}, {"report", "--help"}, {"report-failure", "-h"}, {"status", "-h"}, {"watch", "-h"}, {"demo", "-h"}} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer
 			if code := run(context.Background(), args, &out, &errOut); code != 0 {

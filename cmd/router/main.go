@@ -1,7 +1,7 @@
 // Command router runs natsroute: by default a router on an embedded NATS
 // server with JetStream, or on an existing NATS with --server. Its
-// subcommands ask a running router (select, report, status, watch) or show
-// it working (demo). Run "router help" for the list.
+// subcommands ask a running router (select, report, report-failure, status,
+// watch) or show it working (demo). Run "router help" for the list.
 package main
 
 import (

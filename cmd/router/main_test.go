@@ -332,14 +332,23 @@ authorization {
 
 // TestDemo runs the demo briefly: it must print the tables and finish.
 func TestDemo(t *testing.T) {
-	out, errOut, code := runCmd(t, nil, "demo", "--duration", "4s")
+	out, errOut, code := runCmd(t, nil, "demo", "--duration", "5s") // a phase a second
 	if code != 0 {
 		t.Fatalf("demo exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"seven simulated nodes in two pools", "--balance-factor 1.5", "node-c overloaded", "draining", "leaves", "RA PICKS", "demo over"} {
+	for _, want := range []string{"seven simulated nodes in two pools", "--balance-factor 1.5", "node-c overloaded", "draining", "leaves", "node-a killed", "RA PICKS", "demo over"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
+	}
+	// The kill step: a caller reports the killed node and its keys move
+	// at once (within the 5 s the demo waits, or it says so).
+	if m := regexp.MustCompile(`\n    node-a killed: its (\d+) keys moved to ([a-z0-9, -]+) after (\S+) `).FindStringSubmatch(out); m == nil {
+		t.Errorf("demo output lacks the kill step and its keys moving:\n%s", out)
+	} else if m[1] == "0" || strings.Contains(m[2], "node-a") {
+		t.Errorf("the killed node's keys: %s moved to %s", m[1], m[2])
+	} else {
+		t.Logf("kill step: %s", m[0][5:])
 	}
 	sc := bufio.NewScanner(strings.NewReader(out))
 	lines := 0

@@ -12,6 +12,8 @@ Usage:
   router [serve] [flags]     run the router (embedded NATS unless --server/NATS_URL)
   router select  [flags]     ask a router which node takes a key
   router report  [flags]     publish a node's health once, or on an interval
+  router report-failure [flags] NODE
+                             say NODE failed you: routers probe it at once
   router status  [flags]     show nodes and the ring
   router watch   [flags]     print each ring change as it happens
   router demo    [flags]     embedded NATS + router + simulated nodes, live
@@ -34,6 +36,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return selectCmd(ctx, args, stdout, stderr)
 	case "report":
 		return reportCmd(ctx, args, stdout, stderr)
+	case "report-failure":
+		return reportFailureCmd(ctx, args, stdout, stderr)
 	case "status":
 		return statusCmd(ctx, args, stdout, stderr)
 	case "watch":
