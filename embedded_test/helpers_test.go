@@ -84,6 +84,9 @@ func runServer(t testing.TB, mod ...func(*server.Options)) *server.Server {
 
 func connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
+	// nats.go's 2 s dial timeout was seen to run out here on a machine
+	// loaded five times over its cores; a test's own option still wins.
+	opts = append([]nats.Option{nats.Timeout(10 * time.Second)}, opts...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)

@@ -28,10 +28,14 @@ type ejector struct {
 	r    *Router
 	kick chan struct{} // wakes run: an ejection began or ended
 
-	mu       sync.Mutex // guards fails, hist and answered
+	mu       sync.Mutex // guards fails, hist, answered and inflight
 	fails    map[poolNode]*failures
 	hist     map[poolNode]ejectHistory
 	answered map[string]time.Time // when each node last answered a probe
+	// Ejections this router decided on that the watch has not brought back
+	// yet: they count toward the pool's share, or a burst of failures
+	// against every node would write a key for each.
+	inflight map[poolNode]time.Time
 
 	ejections atomic.Uint64 // ejections this router began (its write created the key)
 	capped    atomic.Uint64 // ejections refused: the pool's share was reached
@@ -42,9 +46,8 @@ type poolNode struct{ pool, node string }
 
 // failures are a member's recent caller-reported failures, oldest first.
 type failures struct {
-	recent  []failure
-	reason  string // the last one given
-	writing bool   // an ejection of it is being written
+	recent []failure
+	reason string // the last one given
 }
 
 type failure struct {
@@ -97,6 +100,7 @@ func newEjector(r *Router) *ejector {
 		fails:    map[poolNode]*failures{},
 		hist:     map[poolNode]ejectHistory{},
 		answered: map[string]time.Time{},
+		inflight: map[poolNode]time.Time{},
 	}
 }
 
@@ -197,7 +201,7 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 	k := poolNode{p.name, node}
 	e.mu.Lock()
 	f := e.fails[k]
-	if f == nil || f.writing {
+	if _, writing := e.inflight[k]; f == nil || writing {
 		e.mu.Unlock()
 		return
 	}
@@ -221,9 +225,19 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 	probing := t != nil && r.live.sched.Probing(node)
 	ok := t != nil && p.reporters[node] == t && r.alive(t, now) && (!probing || !answered.Before(first))
 	_, already := p.ejected[node]
-	full := p.ejectedCount(now) >= p.ejectCap()
+	honoured, share := p.ejectedCount(now), p.ejectCap()
 	r.healthMu.Unlock()
 	if !ok || already {
+		return
+	}
+	e.mu.Lock()
+	_, writing := e.inflight[k]
+	full := honoured+e.inflightIn(p.name) >= share
+	if !writing && !full {
+		e.inflight[k] = now
+	}
+	e.mu.Unlock()
+	if writing {
 		return
 	}
 	if full {
@@ -237,12 +251,18 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 	if len(rec.Reason) > bus.MaxFeedbackText {
 		rec.Reason = ""
 	}
-	e.mu.Lock()
-	if f := e.fails[k]; f != nil {
-		f.writing = true
-	}
-	e.mu.Unlock()
 	r.wg.Go(func() { e.write(p, node, rec, d) })
+}
+
+// inflightIn counts the pool's ejections in flight. With e.mu held.
+func (e *ejector) inflightIn(pool string) int {
+	n := 0
+	for k := range e.inflight {
+		if k.pool == pool {
+			n++
+		}
+	}
+	return n
 }
 
 // write creates the ejection's key with a TTL of its length. The watch
@@ -255,9 +275,14 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 // not update) leaves the ejection to this router alone, and says so.
 func (e *ejector) write(p *pool, node string, rec bus.Ejection, d time.Duration) {
 	r := e.r
+	k := poolNode{p.name, node}
+	written := false
 	defer func() {
 		e.mu.Lock()
-		delete(e.fails, poolNode{p.name, node}) // it starts afresh after
+		delete(e.fails, k) // it starts afresh after
+		if !written {
+			delete(e.inflight, k) // no entry of ours will come back
+		}
 		e.mu.Unlock()
 	}()
 	data, err := bus.EncodeEjection(rec)
@@ -275,6 +300,7 @@ func (e *ejector) write(p *pool, node string, rec bus.Ejection, d time.Duration)
 	switch {
 	case err == nil:
 		e.ejections.Add(1)
+		written = true // in flight until the watch brings it
 		r.log.Debug("ejection written", "pool", p.name, "node", node, "revision", rev)
 	case errors.Is(err, jetstream.ErrKeyExists):
 		// Another replica was first: its entry comes through the watch.
@@ -318,6 +344,9 @@ func (e *ejector) applyEntry(en jetstream.KeyValueEntry) {
 // they agree on which one is over the share).
 func (e *ejector) apply(p *pool, node string, rec bus.Ejection, rev uint64, now, created time.Time) {
 	r := e.r
+	e.mu.Lock()
+	delete(e.inflight, poolNode{p.name, node}) // whoever wrote it, it is here
+	e.mu.Unlock()
 	left := time.Duration(rec.Seconds*float64(time.Second)) - max(0, time.Since(created))
 	if left <= 0 {
 		return
@@ -440,8 +469,11 @@ func (e *ejector) forgetOld(now time.Time) {
 	})
 	maps.DeleteFunc(e.answered, func(_ string, at time.Time) bool { return now.Sub(at) > cfg.EjectWindow })
 	maps.DeleteFunc(e.fails, func(_ poolNode, f *failures) bool {
-		return !f.writing && (len(f.recent) == 0 || now.Sub(f.recent[len(f.recent)-1].at) > cfg.EjectWindow)
+		return len(f.recent) == 0 || now.Sub(f.recent[len(f.recent)-1].at) > cfg.EjectWindow
 	})
+	// A written ejection whose entry never came back (the watch was down
+	// and the key expired meanwhile) stops counting after a while.
+	maps.DeleteFunc(e.inflight, func(_ poolNode, at time.Time) bool { return now.Sub(at) > time.Minute })
 }
 
 // ejectCap is how many of the pool's nodes may be ejected at once: its
