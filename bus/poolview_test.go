@@ -54,7 +54,7 @@ func TestPoolView(t *testing.T) {
 		put("members.default.a", `{"weight":1}`, 2),
 		put("members.default.b", `{"weight":2}`, 3),
 		put("members.other.z", `{"weight":1}`, 4), // another pool: ignored
-		put("ring", `{}`, 5),                       // not a v3 key: ignored
+		put("ring", `{}`, 5),                      // not a v3 key: ignored
 	} {
 		if err := v.Apply(e); err != nil {
 			t.Fatal(err)
