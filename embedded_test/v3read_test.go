@@ -1,0 +1,564 @@
+package embedded_test
+
+// Readers of the one-key-per-member layout (v3) against a real JetStream KV
+// bucket: RingCache beside an independent reader written from the contract
+// alone (subjects.md and DESIGN.md, "Ring publication, one key per member
+// (v3)"), and RingCache on hand-written keys.
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/bus"
+	"github.com/natsroute/natsroute/ring"
+)
+
+// indepReader is a v3 reader written from the contract's text alone: it
+// keeps the pool value and a map of member values, and builds each ring from
+// scratch with ring.New. It shares no code with bus.PoolView.
+type indepReader struct {
+	pool string
+
+	mu       sync.Mutex
+	changed  chan struct{}
+	initDone bool
+	rev      uint64
+	vnodes   int // 0: pools.<pool> holds no value
+	members  map[string]ring.Member
+}
+
+func startIndepReader(t *testing.T, kv jetstream.KeyValue, pool string) *indepReader {
+	t.Helper()
+	r := &indepReader{pool: pool, changed: make(chan struct{}), members: map[string]ring.Member{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := kv.WatchFiltered(ctx, []string{"pools." + pool, "members." + pool + ".*"})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for e := range w.Updates() {
+			r.apply(e)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+func (r *indepReader) apply(e jetstream.KeyValueEntry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	defer func() { close(r.changed); r.changed = make(chan struct{}) }()
+	if e == nil {
+		r.initDone = true
+		return
+	}
+	// "a pool's revision is the highest KV revision among its keys ...
+	// delete markers included"
+	r.rev = max(r.rev, e.Revision())
+	deleted := e.Operation() != jetstream.KeyValuePut
+	if e.Key() == "pools."+r.pool {
+		r.vnodes = 0
+		var p struct {
+			Format int    `json:"format"`
+			Hash   string `json:"hash"`
+			VNodes int    `json:"vnodes"`
+		}
+		if !deleted && json.Unmarshal(e.Value(), &p) == nil && p.Format == 3 && p.Hash == "xxhash64" {
+			r.vnodes = p.VNodes
+		}
+		return
+	}
+	id := strings.TrimPrefix(e.Key(), "members."+r.pool+".")
+	delete(r.members, id) // "a member is in the ring iff its key holds a value"
+	if deleted {
+		return
+	}
+	var m struct {
+		Weight *float64 `json:"weight"`
+		Status string   `json:"status"`
+		Shed   *float64 `json:"shed"`
+	}
+	if json.Unmarshal(e.Value(), &m) != nil || m.Weight == nil || *m.Weight <= 0 || *m.Weight > 1000 {
+		return // a refused value counts as no value
+	}
+	if m.Status != "" && m.Status != "draining" {
+		return
+	}
+	shed := 0.0
+	if m.Shed != nil {
+		if !(*m.Shed > 0 && *m.Shed <= 1) {
+			return
+		}
+		shed = *m.Shed
+	}
+	r.members[id] = ring.Member{ID: id, Weight: *m.Weight, Draining: m.Status == "draining", Shed: shed}
+}
+
+// state returns the reader's revision, whether the pool is v3, its members
+// sorted by id and a ring built from scratch, once the initial values are in
+// and the revision is at least rev.
+func (r *indepReader) state(t *testing.T, rev uint64) (uint64, bool, []ring.Member, *ring.Ring) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		r.mu.Lock()
+		ch := r.changed
+		if r.initDone && r.rev >= rev {
+			ms := make([]ring.Member, 0, len(r.members))
+			for _, m := range r.members {
+				ms = append(ms, m)
+			}
+			slices.SortFunc(ms, func(a, b ring.Member) int { return cmp.Compare(a.ID, b.ID) })
+			cur, vnodes := r.rev, r.vnodes
+			r.mu.Unlock()
+			if vnodes == 0 {
+				return cur, false, ms, nil
+			}
+			rg, err := ring.New(ring.Config{VirtualNodes: vnodes}, ms...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cur, true, ms, rg
+		}
+		r.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("independent reader did not reach revision %d", rev)
+		}
+	}
+}
+
+// v3Env is an embedded server with a bucket for v3 keys.
+type v3Env struct {
+	js jetstream.JetStream
+	kv jetstream.KeyValue
+}
+
+func newV3Env(t *testing.T) v3Env {
+	t.Helper()
+	s := runServer(t)
+	js, err := jetstream.New(connect(t, s.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v3Env{js: js, kv: kv}
+}
+
+// lastRev is the bucket's last revision: the revision of the last write of
+// this test's only writer (Delete and Purge do not return theirs).
+func (e v3Env) lastRev(t *testing.T) uint64 {
+	t.Helper()
+	st, err := e.kv.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.(*jetstream.KeyValueBucketStatus).StreamInfo().State.LastSeq
+}
+
+func (e v3Env) put(t *testing.T, key, value string) uint64 {
+	t.Helper()
+	rev, err := e.kv.PutString(context.Background(), key, value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev
+}
+
+func (e v3Env) del(t *testing.T, key string, purge bool) uint64 {
+	t.Helper()
+	var err error
+	if purge {
+		err = e.kv.Purge(context.Background(), key)
+	} else {
+		err = e.kv.Delete(context.Background(), key)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.lastRev(t)
+}
+
+func watchCache(t *testing.T, js jetstream.JetStream) *bus.RingCache {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := bus.WatchRing(ctx, js, "", bus.WithRingCacheLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func waitRev(t *testing.T, c *bus.RingCache, rev uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitRevision(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var agreeKeys = func() []string {
+	ks := make([]string, 1000)
+	for i := range ks {
+		ks[i] = "key-" + strconv.Itoa(i)
+	}
+	return ks
+}()
+
+// agree checks that the cache and the independent reader, both at rev, hold
+// the same revision, membership and owners of 1,000 keys; false if the pool
+// is not v3 at rev (then the cache must have left v3 too).
+func agree(t *testing.T, c *bus.RingCache, ind *indepReader, rev uint64, step string) bool {
+	t.Helper()
+	irev, v3, ms, rg := ind.state(t, rev)
+	if !v3 {
+		waitFor(t, 10*time.Second, "the cache to leave v3", func() bool { return !c.V3() })
+		return false
+	}
+	waitRev(t, c, rev)
+	snap := c.Snapshot()
+	doc, crev := c.Ring()
+	if !c.V3() || crev != rev || irev != rev {
+		t.Fatalf("%s: cache v3 %v at revision %d, independent reader at %d, want %d", step, c.V3(), crev, irev, rev)
+	}
+	if got := doc.Members(); !slices.Equal(got, ms) {
+		t.Fatalf("%s: cache members %v, independent reader %v", step, got, ms)
+	}
+	if err := doc.Validate(); err != nil {
+		t.Fatalf("%s: the cache's document: %v", step, err)
+	}
+	for _, k := range agreeKeys {
+		got, gerr := snap.Get(k)
+		want, werr := rg.Get(k)
+		if got != want || (gerr == nil) != (werr == nil) {
+			t.Fatalf("%s: Get(%q) = %q, %v from the cache, %q, %v from the independent reader", step, k, got, gerr, want, werr)
+		}
+	}
+	return true
+}
+
+// TestV3ReadersAgree writes random sequences of creates, updates, deletes
+// and purges of v3 keys into a real bucket and checks, after every step
+// (a single write, or a burst applied as one batch), that a RingCache and
+// the independent reader agree on the revision, the membership and the
+// owner of 1,000 keys.
+func TestV3ReadersAgree(t *testing.T) {
+	ops := 300
+	if testing.Short() {
+		ops = 60
+	}
+	for _, seed := range []uint64{1, 2, 3} {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			env := newV3Env(t)
+			rnd := rand.New(rand.NewPCG(seed, 42))
+			ind := startIndepReader(t, env.kv, bus.DefaultPool)
+			c := watchCache(t, env.js)
+			poolValue := `{"format":3,"hash":"xxhash64","vnodes":150}`
+			rev := env.put(t, "pools.default", poolValue)
+			agree(t, c, ind, rev, "pool created")
+			ids := make([]string, 16)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("node-%02d", i)
+			}
+			revs := map[string]uint64{} // last revision of each member key holding a value
+			value := func() string {
+				w := []string{"0.5", "1", "1", "2", "3"}[rnd.IntN(5)]
+				v := `{"weight":` + w
+				if rnd.IntN(4) == 0 {
+					v += `,"status":"draining"`
+				}
+				if rnd.IntN(4) == 0 {
+					v += `,"shed":` + []string{"0.25", "0.5", "0.1234", "1"}[rnd.IntN(4)]
+				}
+				if rnd.IntN(40) == 0 {
+					v = `{"weight":0}` // refused: counts as no value
+				}
+				return v + "}"
+			}
+			checked, sizes := 0, 0
+			for i := 0; i < ops; {
+				burst := 1
+				if rnd.IntN(3) == 0 {
+					burst = 2 + rnd.IntN(6)
+				}
+				var kinds []string
+				for range burst {
+					id := ids[rnd.IntN(len(ids))]
+					key := "members.default." + id
+					switch x := rnd.IntN(100); {
+					case x < 2: // the pool leaves v3 for one step, or is rewritten
+						if rnd.IntN(2) == 0 {
+							rev = env.del(t, "pools.default", false)
+							kinds = append(kinds, "delete pools")
+							env.put(t, "pools.default", poolValue) // back, so the pool is v3 at the end of the burst
+						}
+						rev = env.put(t, "pools.default", poolValue)
+						kinds = append(kinds, "put pools")
+					case x < 45:
+						if _, ok := revs[key]; !ok {
+							r, err := env.kv.Create(context.Background(), key, []byte(value()))
+							if err != nil {
+								t.Fatal(err)
+							}
+							rev, revs[key] = r, r
+							kinds = append(kinds, "create "+id)
+							break
+						}
+						fallthrough
+					case x < 75:
+						if last, ok := revs[key]; ok {
+							r, err := env.kv.Update(context.Background(), key, []byte(value()), last)
+							if err != nil {
+								t.Fatal(err)
+							}
+							rev, revs[key] = r, r
+							kinds = append(kinds, "update "+id)
+							break
+						}
+						fallthrough
+					default:
+						rev = env.del(t, key, x >= 90)
+						delete(revs, key)
+						kinds = append(kinds, "delete/purge "+id)
+					}
+				}
+				i += burst
+				if agree(t, c, ind, rev, fmt.Sprintf("op %d (%s)", i, strings.Join(kinds, ", "))) {
+					checked++
+					sizes += len(c.Document().Nodes)
+				}
+			}
+			// Most steps end v3 (the pool key leaves for a moment only), with
+			// a membership large enough to mean something.
+			if checked < ops/4 || sizes < checked*4 {
+				t.Fatalf("%d steps compared, %d members on average", checked, sizes/max(checked, 1))
+			}
+			t.Logf("%d steps compared, %d members on average", checked, sizes/checked)
+		})
+	}
+}
+
+// TestV3GoldenSequenceOnBucket replays subjects.md's golden sequence of the
+// v3 layout on a real bucket: each operation gets the revision of its row,
+// and a RingCache holds the row's document and owners.
+func TestV3GoldenSequenceOnBucket(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "subjects.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(data)
+	md = md[strings.Index(md, "### Golden sequence (v3)"):]
+	md = md[:strings.Index(md[4:], "\n## ")+4]
+	var ops, owners [][]string
+	var keys []string
+	for _, line := range strings.Split(md, "\n") {
+		if strings.HasPrefix(line, "| revision | user-1") {
+			for _, k := range strings.Split(strings.Trim(line, "| "), " | ")[1:] {
+				keys = append(keys, k)
+			}
+		}
+		if len(line) < 3 || line[0] != '|' || line[2] < '0' || line[2] > '9' {
+			continue
+		}
+		cells := strings.Split(strings.Trim(line, "| "), " | ")
+		for i := range cells {
+			cells[i] = strings.Trim(cells[i], "`")
+		}
+		if len(cells) == 6 && (cells[1] == "create" || cells[1] == "update" || cells[1] == "delete" || cells[1] == "purge" || cells[1] == "put") {
+			ops = append(ops, cells)
+		} else {
+			owners = append(owners, cells)
+		}
+	}
+	if len(ops) < 10 || len(owners) != len(ops) || len(keys) < 5 {
+		t.Fatalf("subjects.md's golden sequence: %d operations, %d owner rows, keys %v", len(ops), len(owners), keys)
+	}
+	env := newV3Env(t)
+	c := watchCache(t, env.js)
+	ctx := context.Background()
+	last := map[string]uint64{}
+	for i, op := range ops {
+		want, _ := strconv.ParseUint(op[0], 10, 64)
+		var rev uint64
+		var err error
+		switch key, value := op[2], []byte(op[3]); op[1] {
+		case "create":
+			rev, err = env.kv.Create(ctx, key, value)
+		case "update":
+			rev, err = env.kv.Update(ctx, key, value, last[key])
+		case "put":
+			rev, err = env.kv.Put(ctx, key, value)
+		case "delete":
+			rev = env.del(t, key, false)
+		case "purge":
+			rev = env.del(t, key, true)
+		}
+		if err != nil {
+			t.Fatalf("row %d: %v", want, err)
+		}
+		last[op[2]] = rev
+		if rev != want {
+			t.Fatalf("row %d: the bucket gave revision %d", want, rev)
+		}
+		waitRev(t, c, rev)
+		doc, crev := c.Ring()
+		b, _ := doc.Encode()
+		nodes := strings.TrimSuffix(string(b)[strings.Index(string(b), `"nodes":`)+len(`"nodes":`):], "}")
+		if crev != rev || strconv.Itoa(doc.Format) != op[4] || nodes != op[5] {
+			t.Fatalf("row %d: cache at %d holds format %d %s, subjects.md says format %s %s", want, crev, doc.Format, nodes, op[4], op[5])
+		}
+		for j, k := range keys {
+			got, err := c.Get(k)
+			if err != nil {
+				got = "(empty)"
+			}
+			if got != owners[i][j+1] {
+				t.Fatalf("row %d: Get(%q) = %s, subjects.md says %s", want, k, got, owners[i][j+1])
+			}
+		}
+	}
+}
+
+// TestRingCacheV3 follows hand-written v3 keys: joins, changes, leaves,
+// WaitRevision, a cache restarted mid-stream, and the switch from the
+// format-1/2 document to v3 and back.
+func TestRingCacheV3(t *testing.T) {
+	env := newV3Env(t)
+	ctx := context.Background()
+	// A format-1 document first: the pool is not v3.
+	docRev := env.put(t, "ring", `{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"old-1","weight":1},{"id":"old-2","weight":1}]}`)
+	c := watchCache(t, env.js)
+	if c.V3() || c.Revision() != docRev || len(c.Document().Nodes) != 2 {
+		t.Fatalf("before v3: v3 %v, revision %d, %+v", c.V3(), c.Revision(), c.Document())
+	}
+	// Member keys before the pool key change nothing for readers.
+	env.put(t, "members.default.a", `{"weight":1}`)
+	env.put(t, "members.default.b", `{"weight":2}`)
+	marker := env.put(t, "ring.marker", `x`) // a key the cache does not follow, to order the check
+	_ = marker
+	if c.V3() {
+		t.Fatal("the cache went v3 with no pools.default")
+	}
+	// Routers upgraded: pools.default appears, the cache switches.
+	rev := env.put(t, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`)
+	waitRev(t, c, rev)
+	waitFor(t, 10*time.Second, "the cache to switch to v3", c.V3)
+	if got := nodeIDs(c.Document()); got != "a,b" || c.Revision() != rev {
+		t.Fatalf("after the switch: members %s at %d, want a,b at %d", got, c.Revision(), rev)
+	}
+	// The document is no longer followed, even if it is still written.
+	env.put(t, "ring", `{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"old-1","weight":1}]}`)
+
+	// WaitRevision blocks until a later write arrives.
+	waitErr := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		waitErr <- c.WaitRevision(ctx, rev+3)
+	}()
+	joinRev := env.put(t, "members.default.c", `{"weight":1,"shed":0.5}`)
+	select {
+	case err := <-waitErr:
+		t.Fatalf("WaitRevision(%d) returned %v at revision %d", rev+3, err, joinRev)
+	default:
+	}
+	changeRev := env.put(t, "members.default.a", `{"weight":1,"status":"draining"}`)
+	if err := <-waitErr; err != nil {
+		t.Fatal(err)
+	}
+	if c.Revision() < changeRev {
+		t.Fatalf("revision %d after WaitRevision(%d)", c.Revision(), changeRev)
+	}
+	d := c.Document()
+	if d.Format != bus.DocumentFormatShed || nodeIDs(d) != "a,b,c" {
+		t.Fatalf("after a join and a change: %+v", d)
+	}
+	if n, _ := d.Node("a"); n.Status != bus.StatusDraining {
+		t.Fatalf("a is %+v, want draining", n)
+	}
+	// A cache started now answers the same at once.
+	late := watchCache(t, env.js)
+	if late.Revision() != c.Revision() || !late.Document().Equal(d) || !late.V3() {
+		t.Fatalf("late cache at %d with %+v, running cache at %d with %+v", late.Revision(), late.Document(), c.Revision(), d)
+	}
+	// WaitRevision for a revision from before a late start: at once.
+	short, cancel := context.WithTimeout(ctx, time.Millisecond)
+	if err := late.WaitRevision(short, 1); err != nil {
+		t.Fatalf("late WaitRevision(1): %v", err)
+	}
+	cancel()
+	_ = late.Close()
+
+	// Leaves: delete and purge. The cache restarts mid-stream: stopped
+	// before the leaves, started after them.
+	_ = c.Close()
+	env.del(t, "members.default.b", false)
+	leaveRev := env.del(t, "members.default.c", true)
+	c2 := watchCache(t, env.js)
+	if c2.Revision() != leaveRev || nodeIDs(c2.Document()) != "a" || !c2.V3() {
+		t.Fatalf("restarted cache: %s at %d, want a at %d", nodeIDs(c2.Document()), c2.Revision(), leaveRev)
+	}
+	// A refused member value: the member counts as absent and Err says so.
+	badRev := env.put(t, "members.default.a", `{"weight":-1}`)
+	waitRev(t, c2, badRev)
+	if _, err := c2.Get("k"); !errors.Is(err, bus.ErrNoNodes) {
+		t.Fatalf("Get with the only member refused = %v, want ErrNoNodes", err)
+	}
+	if err := c2.Err(); !errors.Is(err, bus.ErrInvalidEntry) {
+		t.Fatalf("Err = %v, want ErrInvalidEntry", err)
+	}
+	fixRev := env.put(t, "members.default.a", `{"weight":1}`)
+	waitRev(t, c2, fixRev)
+	if err := c2.Err(); err != nil {
+		t.Fatalf("Err after the fix = %v", err)
+	}
+	// A pool value of an unknown format: keep the last good ring, say why.
+	env.put(t, "pools.default", `{"format":4,"hash":"xxhash64","vnodes":150}`)
+	waitFor(t, 10*time.Second, "Err to report format 4", func() bool { return errors.Is(c2.Err(), bus.ErrInvalidEntry) })
+	if c2.Revision() != fixRev || nodeIDs(c2.Document()) != "a" {
+		t.Fatalf("after format 4: %s at %d, want the last good ring a at %d", nodeIDs(c2.Document()), c2.Revision(), fixRev)
+	}
+	// pools.default deleted: back to the document, which the cache reads
+	// again.
+	env.put(t, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`)
+	waitFor(t, 10*time.Second, "Err to clear", func() bool { return c2.Err() == nil })
+	env.del(t, "pools.default", false)
+	waitFor(t, 10*time.Second, "the cache to leave v3", func() bool { return !c2.V3() })
+	waitFor(t, 10*time.Second, "the document to answer", func() bool { return nodeIDs(c2.Document()) == "old-1" })
+	if got, err := c2.Get("k"); err != nil || got != "old-1" {
+		t.Fatalf("Get from the document = %q, %v", got, err)
+	}
+}
+
+func nodeIDs(d bus.RingDocument) string {
+	ids := make([]string, len(d.Nodes))
+	for i, n := range d.Nodes {
+		ids[i] = n.ID
+	}
+	return strings.Join(ids, ",")
+}
