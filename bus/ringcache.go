@@ -196,7 +196,13 @@ func (c *RingCache) run(ctx context.Context) {
 			return
 		case <-t.C:
 			if c.v3Current() != nil {
-				continue // v3 is watched only; there is no document to re-read
+				// No document to re-read, but a bucket created anew must be
+				// noticed (its revisions start again from 1, and a watch
+				// resumed by sequence would skip them): one stream info.
+				attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+				c.checkBucket(attempt)
+				cancel()
+				continue
 			}
 			attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
 			_, _, _ = c.f.Resync(attempt)

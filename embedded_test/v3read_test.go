@@ -562,3 +562,33 @@ func nodeIDs(d bus.RingDocument) string {
 	}
 	return strings.Join(ids, ",")
 }
+
+// TestRingCacheV3BucketRecreated: the bucket is deleted and created anew
+// (revisions start again from 1) with other v3 members; the cache follows
+// the new bucket rather than waiting for revisions it will never see.
+func TestRingCacheV3BucketRecreated(t *testing.T) {
+	env := newV3Env(t)
+	env.put(t, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`)
+	for _, id := range []string{"a", "b", "c", "d", "e"} {
+		env.put(t, "members.default."+id, `{"weight":1}`)
+	}
+	c := watchCache(t, env.js)
+	if got := nodeIDs(c.Document()); got != "a,b,c,d,e" || !c.V3() {
+		t.Fatalf("before: %s", got)
+	}
+	ctx := context.Background()
+	if err := env.js.DeleteKeyValue(ctx, bus.DefaultBucket); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := env.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.kv = kv
+	env.put(t, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`)
+	rev := env.put(t, "members.default.x", `{"weight":1}`)
+	defer func() { t.Logf("cache: %s at %d, v3 %v, err %v", nodeIDs(c.Document()), c.Revision(), c.V3(), c.Err()) }()
+	waitFor(t, 20*time.Second, "the cache to follow the new bucket", func() bool {
+		return nodeIDs(c.Document()) == "x" && c.Revision() == rev
+	})
+}
