@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/ring"
@@ -592,3 +593,46 @@ func TestRingCacheV3BucketRecreated(t *testing.T) {
 		return nodeIDs(c.Document()) == "x" && c.Revision() == rev
 	})
 }
+
+// TestRingCacheV3ServerRestart: the server restarts on its store; the
+// cache's v3 watch comes back by itself (there is no periodic re-read to
+// hide a watch that did not) and applies a change made afterwards, in
+// well under the resync period.
+func TestRingCacheV3ServerRestart(t *testing.T) {
+	port, dir := freePort(t), t.TempDir()
+	opts := func(o *server.Options) { o.Port, o.StoreDir = port, dir }
+	s := runServer(t, opts)
+	js, err := jetstream.New(connect(t, s.ClientURL(), reconnecting()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := v3Env{js: js, kv: kv}
+	env.put(t, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`)
+	env.put(t, "members.default.a", `{"weight":1}`)
+	c := watchCache(t, js)
+
+	s.Shutdown()
+	s.WaitForShutdown()
+	runServer(t, opts)
+	var rev uint64
+	waitFor(t, 10*time.Second, "a write after the restart", func() bool {
+		rev, err = kv.PutString(context.Background(), "members.default.b", `{"weight":1}`)
+		return err == nil
+	})
+	t0 := time.Now()
+	waitRev(t, c, rev)
+	if took := time.Since(t0); took > cacheResyncBound {
+		t.Fatalf("the cache took %v to apply a change after the restart", took)
+	}
+	if got := nodeIDs(c.Document()); got != "a,b" {
+		t.Fatalf("after the restart: %s", got)
+	}
+}
+
+// cacheResyncBound is below RingCache's 5 s document re-read: a v3 cache
+// must not need one.
+const cacheResyncBound = 4 * time.Second
