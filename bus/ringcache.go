@@ -80,7 +80,9 @@ func WithPool(pool string) RingCacheOption {
 }
 
 // WatchRing loads the ring document from bucket ("" means natsroute) and
-// keeps it current from a KV watch until Close. If the bucket does not
+// keeps it current from a KV watch until Close; for a pool published one
+// key per member (v3) it returns once the watch's initial values are all
+// applied, and follows those keys instead (see RingCache). If the bucket does not
 // exist yet, WatchRing returns an empty cache that fills in once a router
 // creates it. It survives NATS reconnects. A document of an unknown format
 // or hash is refused: the cache keeps its last good ring and Err says why.
