@@ -93,7 +93,10 @@ func (p *poolFollower) flush() {
 		p.err = err // keep answering from the last good snapshot
 		return
 	}
-	p.err = p.view.Err()
+	p.err = nil
+	if p.view.V3() { // member keys of a pool that is not v3 are no one's concern yet
+		p.err = p.view.Err()
+	}
 	if s == p.cur.Load() {
 		return
 	}
