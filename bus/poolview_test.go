@@ -1,11 +1,15 @@
 package bus
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -252,5 +256,77 @@ func TestSubjectsMDV3Sequence(t *testing.T) {
 	header := "| revision | " + strings.Join(v3GoldenKeys, " | ") + " |"
 	if !strings.Contains(md, header) {
 		t.Errorf("subjects.md's owner table header is not %q", header)
+	}
+}
+
+// TestPoolViewMatchesRebuild applies random entries in random batches and
+// checks every published snapshot against a ring built from scratch from
+// the same entries: same members, same owners.
+func TestPoolViewMatchesRebuild(t *testing.T) {
+	keys := make([]string, 300)
+	for i := range keys {
+		keys[i] = "k" + strconv.Itoa(i)
+	}
+	for seed := uint64(1); seed <= 5; seed++ {
+		rnd := rand.New(rand.NewPCG(seed, 7))
+		v, _ := NewPoolView("p")
+		vnodes := 0 // of the pool value; 0: none
+		want := map[string]ring.Member{}
+		rev := uint64(0)
+		for step := 0; step < 400; step++ {
+			for range 1 + rnd.IntN(8) {
+				rev++
+				id := "n" + strconv.Itoa(rnd.IntN(40))
+				var e fakeEntry
+				switch x := rnd.IntN(100); {
+				case x < 3:
+					vnodes = []int{150, 10, 40}[rnd.IntN(3)]
+					e = put("pools.p", fmt.Sprintf(`{"format":3,"hash":"xxhash64","vnodes":%d}`, vnodes), rev)
+				case x < 4:
+					vnodes = 0
+					e = fakeEntry{key: "pools.p", rev: rev, op: jetstream.KeyValueDelete}
+				case x < 65:
+					m := ring.Member{ID: id, Weight: []float64{0.5, 1, 2}[rnd.IntN(3)], Draining: rnd.IntN(4) == 0}
+					if rnd.IntN(4) == 0 {
+						m.Shed = []float64{0.25, 1, 0.0001}[rnd.IntN(3)]
+					}
+					b, _ := MemberEntry{Weight: m.Weight, Shed: m.Shed, Status: map[bool]string{true: StatusDraining}[m.Draining]}.Encode(Encoding(rnd.IntN(2)))
+					e = fakeEntry{key: "members.p." + id, value: b, rev: rev, op: jetstream.KeyValuePut}
+					want[id] = m
+				default:
+					e = fakeEntry{key: "members.p." + id, rev: rev, op: []jetstream.KeyValueOp{jetstream.KeyValueDelete, jetstream.KeyValuePurge}[rnd.IntN(2)]}
+					delete(want, id)
+				}
+				if err := v.Apply(e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := mustPublish(t, v)
+			if s.Revision != rev || s.V3 != (vnodes != 0) {
+				t.Fatalf("seed %d step %d: revision %d v3 %v, want %d %v", seed, step, s.Revision, s.V3, rev, vnodes != 0)
+			}
+			if vnodes == 0 {
+				continue
+			}
+			ms := slices.Collect(maps.Values(want))
+			slices.SortFunc(ms, func(a, b ring.Member) int { return cmp.Compare(a.ID, b.ID) })
+			fresh, err := ring.New(ring.Config{VirtualNodes: vnodes}, ms...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Ring.Members(); !slices.Equal(got, ms) || s.Ring.Points() != fresh.Snapshot().Points() {
+				t.Fatalf("seed %d step %d: members %v, want %v", seed, step, got, ms)
+			}
+			if got := s.Document().Members(); !slices.Equal(got, ms) {
+				t.Fatalf("seed %d step %d: document members %v, want %v", seed, step, got, ms)
+			}
+			for _, k := range keys {
+				got, gerr := s.Ring.GetN(k, 2)
+				exp, werr := fresh.GetN(k, 2)
+				if !slices.Equal(got, exp) || (gerr == nil) != (werr == nil) {
+					t.Fatalf("seed %d step %d: GetN(%q, 2) = %v, %v; from scratch %v, %v", seed, step, k, got, gerr, exp, werr)
+				}
+			}
+		}
 	}
 }
