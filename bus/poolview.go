@@ -155,7 +155,10 @@ func (v *PoolView) applyPool(put bool, value []byte, rev uint64) error {
 	}
 	p, err := DecodePoolEntry(value)
 	if err != nil {
+		// Nothing is published until a readable value comes; the ring is
+		// built afresh then, rather than gathering changes meanwhile.
 		v.poolErr = fmt.Errorf("key %q at revision %d: %w", v.poolKey, rev, err)
+		v.rg, v.pending = nil, nil
 		return v.poolErr
 	}
 	if v.entry == nil || v.entry.VNodes != p.VNodes {
