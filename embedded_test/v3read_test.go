@@ -636,3 +636,81 @@ func TestRingCacheV3ServerRestart(t *testing.T) {
 // cacheResyncBound is below RingCache's 5 s document re-read: a v3 cache
 // must not need one.
 const cacheResyncBound = 4 * time.Second
+
+// BenchmarkV3CacheChange measures, on a real bucket holding a v3 pool of n
+// members, how long one member change takes from the write to a RingCache
+// holding it (a join and a leave in turn), and reports how long a cache
+// started on that pool took to be ready and how long a burst of n joins
+// took to reach a running cache.
+func BenchmarkV3CacheChange(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
+			s := runServer(b)
+			js, err := jetstream.New(connect(b, s.ClientURL()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := kv.PutString(ctx, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`); err != nil {
+				b.Fatal(err)
+			}
+			running, err := bus.WatchRing(ctx, js, "", bus.WithRingCacheLogger(testLogger(b)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer running.Close()
+			// The burst: n joins written as fast as one writer can.
+			t0 := time.Now()
+			var last uint64
+			for i := range n {
+				if last, err = kv.PutString(ctx, fmt.Sprintf("members.default.node-%05d", i), `{"weight":1}`); err != nil {
+					b.Fatal(err)
+				}
+			}
+			written := time.Since(t0)
+			wctx, cancel := context.WithTimeout(ctx, time.Minute)
+			err = running.WaitRevision(wctx, last)
+			cancel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			burst := time.Since(t0)
+			t0 = time.Now()
+			fresh, err := bus.WatchRing(ctx, js, "", bus.WithRingCacheLogger(testLogger(b)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ready := time.Since(t0)
+			if fresh.Snapshot().Len() != n || fresh.Revision() != last {
+				b.Fatalf("a fresh cache holds %d members at %d, want %d at %d", fresh.Snapshot().Len(), fresh.Revision(), n, last)
+			}
+			_ = fresh.Close()
+			b.ResetTimer() // (which also drops metrics reported before it)
+			for i := range b.N {
+				var rev uint64
+				if i%2 == 0 {
+					rev, err = kv.PutString(ctx, "members.default.zz", `{"weight":1}`)
+				} else {
+					err = kv.Delete(ctx, "members.default.zz")
+					rev = last + uint64(i) + 1 // one writer: every write takes the next revision
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err = running.WaitRevision(wctx, rev)
+				cancel()
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(burst.Milliseconds()), "burst-ms")
+			b.ReportMetric(float64(written.Milliseconds()), "burst-written-ms")
+			b.ReportMetric(float64(ready.Microseconds())/1000, "ready-ms")
+		})
+	}
+}
