@@ -472,6 +472,9 @@ func TestRingCacheV3(t *testing.T) {
 	if got := nodeIDs(c.Document()); got != "a,b" || c.Revision() != rev {
 		t.Fatalf("after the switch: members %s at %d, want a,b at %d", got, c.Revision(), rev)
 	}
+	if allocs := testing.AllocsPerRun(200, func() { _, _ = c.Get("user-42") }); allocs != 0 {
+		t.Fatalf("RingCache.Get on a v3 pool allocates %v times", allocs)
+	}
 	// The document is no longer followed, even if it is still written.
 	env.put(t, "ring", `{"format":1,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"old-1","weight":1}]}`)
 
