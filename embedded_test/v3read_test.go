@@ -717,3 +717,30 @@ func BenchmarkV3CacheChange(b *testing.B) {
 		})
 	}
 }
+
+// TestRingCacheV3Pool: a cache of pool "cache" follows pools.cache and
+// members.cache.*, and nothing of the default pool.
+func TestRingCacheV3Pool(t *testing.T) {
+	env := newV3Env(t)
+	env.put(t, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`)
+	env.put(t, "members.default.d1", `{"weight":1}`)
+	env.put(t, "pools.cache", `{"format":3,"hash":"xxhash64","vnodes":40}`)
+	env.put(t, "members.cache.c1", `{"weight":1}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := bus.WatchRing(ctx, env.js, "", bus.WithPool("cache"), bus.WithRingCacheLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	env.put(t, "members.default.d2", `{"weight":1}`)
+	rev := env.put(t, "members.cache.c2", `{"weight":2}`)
+	waitRev(t, c, rev)
+	d := c.Document()
+	if got := nodeIDs(d); got != "c1,c2" || d.VNodes != 40 || !c.V3() || c.Revision() != rev {
+		t.Fatalf("pool cache: %s, vnodes %d, v3 %v, revision %d (want c1,c2, 40, true, %d)", got, d.VNodes, c.V3(), c.Revision(), rev)
+	}
+	if p := c.Snapshot().Points(); p != 40+80 {
+		t.Fatalf("%d points, want 120", p)
+	}
+}
