@@ -744,3 +744,22 @@ func TestRingCacheV3Pool(t *testing.T) {
 		t.Fatalf("%d points, want 120", p)
 	}
 }
+
+// TestRingCacheV3ReadyWithAllInitialValues: a cache started on a pool of
+// 3,000 members answers, as soon as WatchRing returns, from all of them at
+// the pool's revision, never from part of the watch's initial values.
+func TestRingCacheV3ReadyWithAllInitialValues(t *testing.T) {
+	env := newV3Env(t)
+	env.put(t, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`)
+	var last uint64
+	for i := range 3000 {
+		last = env.put(t, fmt.Sprintf("members.default.n%04d", i), `{"weight":1}`)
+	}
+	for range 3 {
+		c := watchCache(t, env.js)
+		if n, rev := c.Snapshot().Len(), c.Revision(); n != 3000 || rev != last || !c.V3() {
+			t.Fatalf("a cache ready with %d members at revision %d, want 3000 at %d", n, rev, last)
+		}
+		_ = c.Close()
+	}
+}
