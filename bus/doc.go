@@ -7,7 +7,9 @@
 // It also holds the wire contract that every client, in any language,
 // implements: the subjects (route.request, route.ring, route.nodes,
 // route.pools, health.<node>), the payloads and their codecs (Request,
-// Reply, Health, RingDocument, the replies of route.ring/nodes/pools), and
+// Reply, Health, RingDocument, the replies of route.ring/nodes/pools), the
+// one-key-per-member layout of the bucket (PoolEntry, MemberEntry, their
+// keys, and PoolView, which builds a pool's ring from those entries), and
 // the errors with their codes. subjects.md at the root of the repository
 // documents it for users.
 //

@@ -23,6 +23,9 @@ var (
 	ErrInvalidPool = errors.New("natsroute: invalid pool")
 	// ErrInvalidDocument is wrapped by errors about ring documents.
 	ErrInvalidDocument = errors.New("natsroute: invalid ring document")
+	// ErrInvalidEntry is wrapped by errors about the values of the
+	// one-key-per-member layout (pools.<pool>, members.<pool>.<node>).
+	ErrInvalidEntry = errors.New("natsroute: invalid ring entry")
 	// ErrInvalidFeedback is wrapped by errors about route.feedback bodies.
 	ErrInvalidFeedback = errors.New("natsroute: invalid feedback")
 	// ErrClosed is what Router.Ready reports after Close.

@@ -17,8 +17,25 @@ import (
 // service can route by key with no round trip. It answers exactly as the
 // routers do for the same revision. It is safe for concurrent use; lookups
 // read an immutable snapshot and allocate nothing (with AppendN).
+//
+// Two layouts (subjects.md). A pool whose key "pools.<pool>" holds a value
+// is published one key per member (v3): the cache applies each member
+// entry as it comes and answers from a ring patched per change; its
+// revision is the pool's v3 revision (the highest revision among the
+// pool's keys, delete markers included). Otherwise it follows the
+// format-1/2 document ("ring" or "ring.<pool>") as before. The cache
+// always watches the v3 keys, and watches the document only while the
+// pool is not v3: when "pools.<pool>" appears (routers upgraded) it
+// switches to v3 at once, and back to the document if that key is
+// deleted. Across a switch Revision may step back once (the two layouts'
+// last writes are different revisions of the bucket); WaitRevision(R)
+// waits until the layout that answers is at R or later. A v3 cache never
+// answers before the initial values of its watch are all applied; a
+// watch that breaks is established again from the bucket's current
+// values while the last snapshot keeps answering.
 type RingCache struct {
 	f      *follow.Follower[RingDocument]
+	v3     *poolFollower
 	js     jetstream.JetStream
 	bucket string
 	pool   string
@@ -63,7 +80,9 @@ func WithPool(pool string) RingCacheOption {
 }
 
 // WatchRing loads the ring document from bucket ("" means natsroute) and
-// keeps it current from a KV watch until Close. If the bucket does not
+// keeps it current from a KV watch until Close; for a pool published one
+// key per member (v3) it returns once the watch's initial values are all
+// applied, and follows those keys instead (see RingCache). If the bucket does not
 // exist yet, WatchRing returns an empty cache that fills in once a router
 // creates it. It survives NATS reconnects. A document of an unknown format
 // or hash is refused: the cache keeps its last good ring and Err says why.
@@ -95,6 +114,7 @@ func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts 
 			return nil, err
 		}
 	}
+	c.v3 = newPoolFollower(c.pool, f.Bucket, f.Log())
 	f.OnReject = func(rev uint64, err error) {
 		c.errMu.Lock()
 		c.lastErr = fmt.Errorf("revision %d: %w", rev, err)
@@ -122,7 +142,26 @@ func WatchRing(ctx context.Context, js jetstream.JetStream, bucket string, opts 
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	go c.run(runCtx)
+	if f.Bucket() != nil {
+		// Not before the v3 keys' initial values are applied: the pool may
+		// be v3, and its document (if any) out of date.
+		select {
+		case <-c.v3.ready:
+		case <-ctx.Done():
+			_ = c.Close()
+			return nil, fmt.Errorf("bus: WatchRing: bucket %q: waiting for the initial values of pool %q's keys: %w", bucket, c.pool, ctx.Err())
+		}
+	}
 	return c, nil
+}
+
+// v3Current returns the v3 snapshot that answers, or nil while the pool is
+// not v3 (then the document answers).
+func (c *RingCache) v3Current() *PoolSnapshot {
+	if s := c.v3.Current(); s != nil && s.V3 {
+		return s
+	}
+	return nil
 }
 
 // run waits for the bucket if needed, then follows the key, re-reading it
@@ -147,8 +186,9 @@ func (c *RingCache) run(ctx context.Context) {
 		c.gen = gen
 	}
 	var wg sync.WaitGroup
-	wg.Go(func() { c.f.Watch(ctx) })
-	wg.Go(func() { follow.FollowReconnects(ctx, c.js.Conn(), c.f.Kick, nil) })
+	wg.Go(func() { c.v3.Watch(ctx) })
+	wg.Go(func() { c.followDocument(ctx) })
+	wg.Go(func() { follow.FollowReconnects(ctx, c.js.Conn(), c.f.Kick, c.v3.Kick) })
 	t := time.NewTicker(cacheResync)
 	defer t.Stop()
 	for {
@@ -157,6 +197,15 @@ func (c *RingCache) run(ctx context.Context) {
 			wg.Wait()
 			return
 		case <-t.C:
+			if c.v3Current() != nil {
+				// No document to re-read, but a bucket created anew must be
+				// noticed (its revisions start again from 1, and a watch
+				// resumed by sequence would skip them): one stream info.
+				attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+				c.checkBucket(attempt)
+				cancel()
+				continue
+			}
 			attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
 			_, _, _ = c.f.Resync(attempt)
 			cancel()
@@ -165,6 +214,35 @@ func (c *RingCache) run(ctx context.Context) {
 			c.checkBucket(attempt)
 			cancel()
 		}
+	}
+}
+
+// followDocument watches the format-1/2 document while the pool is not v3:
+// a v3 pool's routers may still write the document for older readers, and
+// a cache that answers from v3 has no use for its every copy.
+func (c *RingCache) followDocument(ctx context.Context) {
+	// until waits until the pool's layout is v3 (or not), or ctx ends.
+	until := func(v3 bool) bool {
+		for ctx.Err() == nil {
+			ch := c.v3.Changed()
+			if (c.v3Current() != nil) == v3 {
+				return true
+			}
+			select {
+			case <-ctx.Done():
+				return false
+			case <-ch:
+			}
+		}
+		return false
+	}
+	for until(false) {
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); c.f.Watch(wctx) }()
+		until(true)
+		cancel()
+		<-done
 	}
 }
 
@@ -180,6 +258,7 @@ func (c *RingCache) checkBucket(ctx context.Context) {
 		c.f.Log().Warn("the ring bucket was created anew; following the new one", "bucket", c.bucket, "key", c.f.Key())
 	}
 	c.gen = gen
+	c.v3.Kick()
 	c.f.Reset()
 	_, _, _ = c.f.Resync(ctx)
 	select {
@@ -212,30 +291,72 @@ func (c *RingCache) Close() error {
 // Pool returns the pool whose ring the cache follows.
 func (c *RingCache) Pool() string { return c.pool }
 
-// Revision returns the KV revision of the cached ring (0 if none yet).
-func (c *RingCache) Revision() uint64 { return c.f.Current().Rev }
+// Revision returns the KV revision of the cached ring (0 if none yet): of
+// the document, or the pool's v3 revision when the pool is v3.
+func (c *RingCache) Revision() uint64 {
+	if s := c.v3Current(); s != nil {
+		return s.Revision
+	}
+	return c.f.Current().Rev
+}
 
-// Document returns the cached ring document.
-func (c *RingCache) Document() RingDocument { return c.f.Current().Doc }
+// Document returns the cached ring document. For a v3 pool it is the
+// format-1/2 document of the same membership, built on first use per
+// revision (O(members)).
+func (c *RingCache) Document() RingDocument {
+	d, _ := c.Ring()
+	return d
+}
 
 // Ring returns the cached ring document and its revision, read together.
 func (c *RingCache) Ring() (RingDocument, uint64) {
+	if s := c.v3Current(); s != nil {
+		return s.Document(), s.Revision
+	}
 	v := c.f.Current()
 	return v.Doc, v.Rev
 }
 
 // Snapshot returns the cached ring, to answer many lookups against one
 // revision.
-func (c *RingCache) Snapshot() *ring.Snapshot { return c.f.Current().Snap }
-
-// WaitRevision blocks until the cache holds revision rev or newer.
-func (c *RingCache) WaitRevision(ctx context.Context, rev uint64) error {
-	return c.f.WaitRevision(ctx, rev)
+func (c *RingCache) Snapshot() *ring.Snapshot {
+	if s := c.v3Current(); s != nil {
+		return s.Ring
+	}
+	return c.f.Current().Snap
 }
 
-// Err returns why the last document in the bucket was refused, or nil if
-// the cache holds the bucket's latest ring.
+// V3 reports whether the cache answers from the pool's one-key-per-member
+// layout.
+func (c *RingCache) V3() bool { return c.v3Current() != nil }
+
+// WaitRevision blocks until the cache holds revision rev or newer (see
+// RingCache for what the revision is). A cache that started late knows
+// the revisions from its start on; any rev up to its current one returns
+// at once.
+func (c *RingCache) WaitRevision(ctx context.Context, rev uint64) error {
+	for {
+		docCh, v3Ch := c.f.Changed(), c.v3.Changed()
+		cur := c.Revision()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("natsroute: waiting for ring revision %d (at %d): %w", rev, cur, ctx.Err())
+		case <-docCh:
+		case <-v3Ch:
+		}
+	}
+}
+
+// Err returns why the last document in the bucket was refused, or (for a
+// v3 pool) why "pools.<pool>" or a member entry was refused; nil if the
+// cache holds the bucket's latest ring.
 func (c *RingCache) Err() error {
+	if err := c.v3.Err(); err != nil || c.v3Current() != nil {
+		return err
+	}
 	c.errMu.Lock()
 	defer c.errMu.Unlock()
 	return c.lastErr
@@ -243,19 +364,19 @@ func (c *RingCache) Err() error {
 
 // Get returns the node that owns key; ErrNoNodes if the ring is empty.
 func (c *RingCache) Get(key string) (string, error) {
-	n, err := c.f.Current().Snap.Get(key)
+	n, err := c.Snapshot().Get(key)
 	return n, cacheErr(err)
 }
 
 // GetN returns up to n distinct nodes for key, primary first.
 func (c *RingCache) GetN(key string, n int) ([]string, error) {
-	ns, err := c.f.Current().Snap.GetN(key, n)
+	ns, err := c.Snapshot().GetN(key, n)
 	return ns, cacheErr(err)
 }
 
 // GetFrom is GetN restricted to candidates.
 func (c *RingCache) GetFrom(key string, candidates []string, n int) ([]string, error) {
-	ns, err := c.f.Current().Snap.GetFrom(key, candidates, n)
+	ns, err := c.Snapshot().GetFrom(key, candidates, n)
 	return ns, cacheErr(err)
 }
 

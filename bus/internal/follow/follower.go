@@ -252,6 +252,13 @@ func (f *Follower[D]) Watch(ctx context.Context) {
 	WatchKeys(ctx, f.Bucket, []string{f.key}, probe, f.ApplyEntry, f.Kick, f.log)
 }
 
+// Changed returns a channel that is closed at the next change of the view.
+func (f *Follower[D]) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
 // WaitRevision blocks until the view's revision is at least rev.
 func (f *Follower[D]) WaitRevision(ctx context.Context, rev uint64) error {
 	for {

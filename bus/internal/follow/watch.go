@@ -3,6 +3,7 @@ package follow
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,7 +28,7 @@ func WatchKeys(ctx context.Context, bucket func() jetstream.KeyValue, keys []str
 			cancel()
 			var w jetstream.KeyWatcher
 			if err == nil {
-				w, err = kv.WatchFiltered(ctx, keys)
+				w, err = kv.WatchFiltered(ctx, slices.Clone(keys)) // it prefixes the keys in place
 			}
 			if err == nil {
 				backoff = 50 * time.Millisecond

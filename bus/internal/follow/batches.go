@@ -1,0 +1,100 @@
+package follow
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Batch receives the entries of one watch of several keys (the
+// one-key-per-member layout), in stream order.
+type Batch struct {
+	// Begin is called before the first entry of each new watcher: a watch
+	// re-established after a break starts again from the bucket's current
+	// values (delete markers purged meanwhile are not delivered again), so
+	// whatever was built from the previous watcher must be started afresh.
+	Begin func()
+	// Apply takes one entry.
+	Apply func(jetstream.KeyValueEntry)
+	// Flush is called once the watcher's initial values have all been
+	// applied (the watch's nil entry), and after that whenever no
+	// delivered entry is waiting: a burst already delivered is applied
+	// entry by entry, then flushed once. It is never called before the
+	// initial values are all applied.
+	Flush func()
+}
+
+// WatchBatches follows keys of the bucket until ctx ends, like WatchKeys,
+// but keeps the watcher's nil entry ("initial values done") and groups the
+// entries already delivered into one Flush (see Batch).
+func WatchBatches(ctx context.Context, bucket func() jetstream.KeyValue, keys []string,
+	probe func(context.Context) error, b Batch, kick <-chan struct{}, log *slog.Logger) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		var err error
+		if kv := bucket(); kv != nil {
+			attempt, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			err = probe(attempt)
+			cancel()
+			var w jetstream.KeyWatcher
+			if err == nil {
+				w, err = kv.WatchFiltered(ctx, slices.Clone(keys)) // it prefixes the keys in place
+			}
+			if err == nil {
+				backoff = 50 * time.Millisecond
+				b.Begin()
+				followBatches(ctx, w, b, kick)
+				if ctx.Err() == nil { // see WatchKeys
+					_ = w.Stop()
+				}
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Warn("ring watch failed; retrying", "keys", keys, "err", err, "in", backoff)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// followBatches passes the watcher's entries to b until it stops, ctx ends
+// or kick fires.
+func followBatches(ctx context.Context, w jetstream.KeyWatcher, b Batch, kick <-chan struct{}) {
+	initial := true // the nil entry has not come yet
+	updates := w.Updates()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kick:
+			return
+		case e, ok := <-updates:
+			if !ok {
+				return
+			}
+			// Take what is already delivered, then flush once.
+			for {
+				if e == nil {
+					initial = false
+				} else {
+					b.Apply(e)
+				}
+				if len(updates) == 0 {
+					break
+				}
+				if e, ok = <-updates; !ok {
+					return
+				}
+			}
+			if !initial {
+				b.Flush()
+			}
+		}
+	}
+}
