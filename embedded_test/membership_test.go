@@ -80,7 +80,10 @@ func TestMembership(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
-	cfg.MemberTTL = 400 * time.Millisecond
+	// Long enough that a step's members outlive its checks on a loaded
+	// machine: at 400 ms, a and b once expired between the router's ring
+	// and the read of the bucket.
+	cfg.MemberTTL = 2 * time.Second
 	r := startRouter(t, connect(t, s.ClientURL()), cfg)
 	js, _ := jetstream.New(nc)
 	w := watchBucket(t, js)
@@ -125,7 +128,7 @@ func TestMembership(t *testing.T) {
 		}, "b*2.5,c"},
 		{"ttl expiry", func() {
 			// keep c alive; b goes silent and must expire after the TTL.
-			deadline := time.Now().Add(2 * time.Second)
+			deadline := time.Now().Add(8 * time.Second)
 			for time.Now().Before(deadline) && members(r) != "c" {
 				health(t, nc, "c", okHealth)
 				time.Sleep(50 * time.Millisecond)
