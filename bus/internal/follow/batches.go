@@ -27,9 +27,14 @@ type Batch struct {
 	Flush func()
 }
 
-// WatchBatches follows keys of the bucket until ctx ends, like WatchKeys,
-// but keeps the watcher's nil entry ("initial values done") and groups the
-// entries already delivered into one Flush (see Batch).
+// WatchBatches follows keys of the bucket until ctx ends, handing their
+// entries to b (see Batch): it keeps the watcher's nil entry ("initial
+// values done") and groups the entries already delivered into one Flush.
+// It re-creates the watcher when it stops (the server restarted, the
+// bucket was recreated) or when kicked. Before each watch it calls probe,
+// with a short timeout: right after a reconnect JetStream may not answer
+// yet, and creating a watch would wait out the JetStream context's whole
+// default timeout.
 func WatchBatches(ctx context.Context, bucket func() jetstream.KeyValue, keys []string,
 	probe func(context.Context) error, b Batch, kick <-chan struct{}, log *slog.Logger) {
 	backoff := 50 * time.Millisecond
@@ -47,7 +52,10 @@ func WatchBatches(ctx context.Context, bucket func() jetstream.KeyValue, keys []
 				backoff = 50 * time.Millisecond
 				b.Begin()
 				followBatches(ctx, w, b, kick)
-				if ctx.Err() == nil { // see WatchKeys
+				// On shutdown nats.go unsubscribes the watch itself (it holds
+				// ctx); stopping it here too would wait out a 5 s JetStream
+				// timeout to delete the consumer when the server is gone.
+				if ctx.Err() == nil {
 					_ = w.Stop()
 				}
 			}
