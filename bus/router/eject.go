@@ -192,12 +192,6 @@ func (e *ejector) answeredProbe(node string, now time.Time) {
 func (e *ejector) consider(p *pool, node string, now time.Time) {
 	r := e.r
 	cfg := r.cfg
-	if r.legacy.Load() {
-		// A router of an earlier release puts every reporting node back in
-		// the ring: the two would fight over the document.
-		r.stats.limitedLog(r.log, rejectEjectCap, "ejection held back while a router of an earlier release shares the bucket", "pool", p.name, "node", node)
-		return
-	}
 	k := poolNode{p.name, node}
 	e.mu.Lock()
 	f := e.fails[k]
@@ -219,6 +213,12 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 	reason := f.reason
 	repeat := e.hist[k].next(now, cfg.EjectMaxTime)
 	e.mu.Unlock()
+	if r.legacy.Load() {
+		// A router of an earlier release puts every reporting node back in
+		// the ring: the two would fight over the document.
+		r.stats.limitedLog(r.log, rejectEjectCap, "ejection held back while a router of an earlier release shares the bucket", "pool", p.name, "node", node)
+		return
+	}
 
 	r.healthMu.Lock()
 	t := r.tracker[node]
