@@ -271,6 +271,9 @@ func (p *pool) write(ctx context.Context) {
 		}
 		lastFlush = time.Now()
 		err := p.flush(ctx)
+		if err == nil && r.cfg.WriteV3 {
+			err = p.syncV3(ctx)
+		}
 		switch {
 		case err == nil:
 			backoff = 50 * time.Millisecond
@@ -314,7 +317,7 @@ func (p *pool) resync(ctx context.Context) {
 		}
 		return
 	}
-	if !p.desired(d, rev, true).Equal(d) {
+	if !p.desired(d, rev, true).Equal(d) || (p.r.cfg.WriteV3 && p.v3Differs()) {
 		p.wake()
 	}
 }
