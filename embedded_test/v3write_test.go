@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -377,4 +378,49 @@ func TestRoutersWriteV3Together(t *testing.T) {
 type routerConn struct {
 	r  *router.Router
 	nc *nats.Conn
+}
+
+// TestRouterV3Burst: a burst of joins reaches the v3 keys soon after the
+// document, and the router's watch keeps up with its own writes (each
+// watched entry costs a lookup, not a pass over the members: it once did,
+// the watch fell minutes behind a burst of 10,000, and at Close its
+// callback was left blocked on a full channel, which TestMain's goroutine
+// leak check reports). 2,000 joins by
+// default; NATSROUTE_V3_BURST sets the number and logs the times.
+func TestRouterV3Burst(t *testing.T) {
+	n := 2000
+	if v := os.Getenv("NATSROUTE_V3_BURST"); v != "" {
+		fmt.Sscan(v, &n)
+	}
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := testConfig(t)
+	cfg.WriteV3 = true
+	r := startRouter(t, nc, cfg)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := connect(t, s.ClientURL())
+	t0 := time.Now()
+	for i := range n {
+		id := fmt.Sprintf("n-%05d", i)
+		data, err := bus.EncodeHealth(id, okHealth, bus.Msgpack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.Publish(bus.HealthSubject(id), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 60*time.Second, "the document", func() bool { d, _ := r.Ring(); return len(d.Nodes) == n })
+	tDoc := time.Since(t0)
+	waitFor(t, 60*time.Second, "the v3 keys", func() bool { _, nodes := v3Keys(t, kv, bus.DefaultPool); return len(nodes) == n })
+	t.Logf("%d joins: document after %v, v3 keys after %v; %d KV writes", n, tDoc.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), r.Stats().KVWrites)
 }
