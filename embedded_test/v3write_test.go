@@ -8,6 +8,7 @@ package embedded_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -423,4 +424,81 @@ func TestRouterV3Burst(t *testing.T) {
 	tDoc := time.Since(t0)
 	waitFor(t, 60*time.Second, "the v3 keys", func() bool { _, nodes := v3Keys(t, kv, bus.DefaultPool); return len(nodes) == n })
 	t.Logf("%d joins: document after %v, v3 keys after %v; %d KV writes", n, tDoc.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), r.Stats().KVWrites)
+}
+
+// TestRouterPurgesV3Markers: the delete marker of a member that left more
+// than MemberTTL ago is purged, after pools.<pool> was rewritten with the
+// same value, so a reader that starts after the purge computes a pool
+// revision at least as high as the marker's; a reader already running
+// keeps the same members.
+func TestRouterPurgesV3Markers(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := testConfig(t)
+	cfg.WriteV3 = true
+	cfg.MemberTTL = time.Second
+	r := startRouter(t, nc, cfg)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	wait := keepReporting(t, connect(t, s.ClientURL()), []string{"a"}, stop)
+	defer func() { close(stop); wait() }()
+	before := watchCache(t, js)
+	health(t, nc, "b", okHealth)
+	waitFor(t, 10*time.Second, "a and b on the ring", func() bool {
+		_, nodes := v3Keys(t, kv, bus.DefaultPool)
+		return members(r) == "a,b" && len(nodes) == 2
+	})
+	h := okHealth
+	h.Status = bus.StatusLeaving
+	health(t, nc, "b", h)
+	st, err := js.Stream(ctx, "KV_"+bus.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := "$KV." + bus.DefaultBucket + "." + bus.MemberKey(bus.DefaultPool, "b")
+	var marker uint64
+	waitFor(t, 10*time.Second, "b's delete marker", func() bool {
+		m, err := st.GetLastMsgForSubject(ctx, subject)
+		if err != nil || m.Header.Get("KV-Operation") != "DEL" {
+			return false
+		}
+		marker = m.Sequence
+		return true
+	})
+	waitFor(t, 10*time.Second, "b's delete marker purged", func() bool {
+		_, err := st.GetLastMsgForSubject(ctx, subject)
+		return errors.Is(err, jetstream.ErrMsgNotFound) && r.Stats().V3MarkersPurged >= 1
+	})
+	pe, err := kv.Get(ctx, bus.PoolKeyV3(bus.DefaultPool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pe.Revision() <= marker {
+		t.Fatalf("pools.default at revision %d, not above the purged marker's %d", pe.Revision(), marker)
+	}
+	if got := string(pe.Value()); got != `{"format":3,"hash":"xxhash64","vnodes":150}` {
+		t.Fatalf("pools.default = %s", got)
+	}
+	after := watchCache(t, js)
+	for name, c := range map[string]*bus.RingCache{"a cache started before the purge": before, "a cache started after it": after} {
+		waitFor(t, 10*time.Second, name+" at the pool key's revision", func() bool { return c.V3() && c.Revision() >= pe.Revision() })
+		if d, rev := c.Ring(); docMembers(d) != "a" || rev < marker {
+			t.Fatalf("%s: members %s at revision %d; want a, at least %d", name, docMembers(d), rev, marker)
+		}
+	}
+	// b comes back: its key is created again over the purged one.
+	health(t, nc, "b", okHealth)
+	waitFor(t, 10*time.Second, "b back in the v3 keys", func() bool {
+		_, nodes := v3Keys(t, kv, bus.DefaultPool)
+		return len(nodes) == 2
+	})
 }

@@ -26,9 +26,10 @@ import (
 // v3Key is what a router knows of one v3 key of a pool: its last revision
 // (of a value or of a delete marker) and its value.
 type v3Key struct {
-	rev     uint64 // 0: unknown (never seen, or deleted by this router and not yet watched)
-	present bool   // the key holds a value
-	value   []byte // when present
+	rev     uint64    // 0: unknown (never seen, or deleted by this router and not yet watched)
+	present bool      // the key holds a value
+	value   []byte    // when present
+	at      time.Time // when a delete or purge marker (rev) was written; zero if not known
 }
 
 // v3Keys is a pool's v3 keys as last seen: fed by the bucket watch (the
@@ -40,7 +41,7 @@ type v3Keys struct {
 
 // observe records an entry of a key, unless a newer one is known (the
 // watch may deliver an entry after the writer saw a later revision).
-func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte) {
+func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.keys == nil {
@@ -49,7 +50,37 @@ func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte) {
 	if k, ok := s.keys[key]; ok && k.rev >= rev {
 		return
 	}
-	s.keys[key] = v3Key{rev: rev, present: present, value: value}
+	k := v3Key{rev: rev, present: present, value: value}
+	if !present {
+		k.at = at
+	}
+	s.keys[key] = k
+}
+
+// markers returns the keys with prefix whose last entry is a delete or
+// purge marker written before cutoff, and the highest of their revisions.
+func (s *v3Keys) markers(prefix string, cutoff time.Time) (map[string]uint64, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]uint64{}
+	var top uint64
+	for key, k := range s.keys {
+		if !k.present && k.rev > 0 && !k.at.IsZero() && k.at.Before(cutoff) && strings.HasPrefix(key, prefix) {
+			out[key] = k.rev
+			top = max(top, k.rev)
+		}
+	}
+	return out, top
+}
+
+// purged forgets a key whose marker at rev was purged, unless it changed
+// since.
+func (s *v3Keys) purged(key string, rev uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k, ok := s.keys[key]; ok && !k.present && k.rev == rev {
+		delete(s.keys, key)
+	}
 }
 
 // deleted records a delete by this router: the key holds nothing, and the
@@ -59,7 +90,10 @@ func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte) {
 func (s *v3Keys) deleted(key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := s.keys[key]
+	k, ok := s.keys[key]
+	if ok && !k.present {
+		return // the watch brought the marker first
+	}
 	if s.keys == nil {
 		s.keys = map[string]v3Key{}
 	}
@@ -97,7 +131,7 @@ func (s *v3Keys) present(prefix string) []string {
 // changed it).
 func (p *pool) observeV3(e jetstream.KeyValueEntry) {
 	present := e.Operation() == jetstream.KeyValuePut
-	p.v3.observe(e.Key(), e.Revision(), present, e.Value())
+	p.v3.observe(e.Key(), e.Revision(), present, e.Value(), e.Created())
 	if p.v3KeyDiffers(e.Key()) {
 		p.wake()
 	}
@@ -239,7 +273,7 @@ func (p *pool) putV3(ctx context.Context, kv jetstream.KeyValue, key string, dat
 		cancel()
 		if err == nil {
 			p.r.stats.kvWrites.Add(1)
-			p.v3.observe(key, rev, true, data)
+			p.v3.observe(key, rev, true, data, time.Time{})
 			return nil
 		}
 		if !casConflict(err) {
@@ -291,7 +325,7 @@ func (p *pool) rereadV3(ctx context.Context, kv jetstream.KeyValue, key string) 
 	case err != nil:
 		return fmt.Errorf("bus: kv get %q: %w", key, err)
 	}
-	p.v3.observe(key, e.Revision(), true, e.Value())
+	p.v3.observe(key, e.Revision(), true, e.Value(), time.Time{})
 	return nil
 }
 
@@ -304,4 +338,70 @@ func casConflict(err error) bool {
 	}
 	var api *jetstream.APIError
 	return errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || api.ErrorCode == 10164)
+}
+
+// purgeV3 purges the delete markers of the pool's members that left more
+// than MemberTTL ago, so the stream does not keep a message for every node
+// id ever seen. First it rewrites pools.<pool> with the same value unless
+// its revision is already above every marker to purge: a reader that
+// starts after the purge then computes a pool revision at least as high as
+// the purged markers' (DESIGN.md, v3 Writers). Each marker is purged with
+// its stream sequence as the bound, so a key created again meanwhile keeps
+// its new value (kv.PurgeDeletes purges whole subjects from a listing, and
+// would lose such a value).
+func (p *pool) purgeV3(ctx context.Context) error {
+	r := p.r
+	prefix := bus.MembersKeyPrefix + p.name + "."
+	old, top := p.v3.markers(prefix, r.cfg.Now().Add(-r.cfg.MemberTTL))
+	if len(old) == 0 {
+		return nil
+	}
+	kv := p.ring.Bucket()
+	if kv == nil {
+		return jetstream.ErrBucketNotFound
+	}
+	poolKey := bus.PoolKeyV3(p.name)
+	for attempt := 0; ; attempt++ {
+		k := p.v3.get(poolKey)
+		if !k.present {
+			return nil // not converted yet: syncV3 writes it first
+		}
+		if k.rev > top {
+			break
+		}
+		if attempt == v3Attempts {
+			return fmt.Errorf("bus: kv rewrite %q before a purge: too many conflicts", poolKey)
+		}
+		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		rev, err := kv.Update(opCtx, poolKey, k.value, k.rev)
+		cancel()
+		if err == nil {
+			r.stats.kvWrites.Add(1)
+			p.v3.observe(poolKey, rev, true, k.value, time.Time{})
+			continue
+		}
+		if !casConflict(err) {
+			return fmt.Errorf("bus: kv rewrite %q before a purge: %w", poolKey, err)
+		}
+		r.stats.kvConflicts.Add(1)
+		if err := p.rereadV3(ctx, kv, poolKey); err != nil {
+			return err
+		}
+	}
+	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := r.js.Stream(opCtx, "KV_"+kv.Bucket())
+	if err != nil {
+		return fmt.Errorf("bus: purge old delete markers: %w", err)
+	}
+	for key, rev := range old {
+		subject := "$KV." + kv.Bucket() + "." + key
+		if err := st.Purge(opCtx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(rev+1)); err != nil {
+			return fmt.Errorf("bus: purge the delete marker of %q: %w", key, err)
+		}
+		p.v3.purged(key, rev)
+		p.r.stats.v3Purged.Add(1)
+	}
+	r.log.Debug("purged old delete markers", "pool", p.name, "markers", len(old))
+	return nil
 }

@@ -246,6 +246,12 @@ func (p *pool) write(ctx context.Context) {
 			if p.name == bus.DefaultPool {
 				r.forgetSilent()
 			}
+			if r.cfg.WriteV3 {
+				if err := p.purgeV3(ctx); err != nil && ctx.Err() == nil {
+					r.stats.kvErrors.Add(1)
+					r.log.Warn("purging old delete markers failed; trying again at the next sweep", "pool", p.name, "err", err)
+				}
+			}
 			if !p.due() {
 				continue
 			}

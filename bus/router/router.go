@@ -447,6 +447,7 @@ func (r *Router) Stats() Stats {
 		ReportsRejected:   map[string]uint64{},
 		KVWrites:          c.kvWrites.Load(),
 		KVConflicts:       c.kvConflicts.Load(),
+		V3MarkersPurged:   c.v3Purged.Load(),
 		KVErrors:          c.kvErrors.Load(),
 		DocumentsRejected: c.docRejected.Load(),
 		Reconnects:        c.reconnects.Load(),
