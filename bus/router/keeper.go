@@ -25,6 +25,21 @@ type keeper struct {
 	bucketGen time.Time     // when the bucket's stream was created; keepBucket's own
 }
 
+// watchedKeys are the keys the router follows: the pools' documents,
+// ejections and, with WriteV3, the v3 keys (pools.<pool>,
+// members.<pool>.<node>). A consumer's filters must not overlap (the server
+// refuses them), and these do not: "ring" is not matched by "ring.>".
+func (k *keeper) watchedKeys() []string {
+	keys := []string{bus.RingKey, bus.RingKey + ".>", bus.EjectedPrefix + ">"}
+	if k.r.cfg.WriteV3 {
+		keys = append(keys, v3Filters...)
+	}
+	return keys
+}
+
+// v3Filters are the watch filters of every pool's v3 keys.
+var v3Filters = []string{bus.PoolsKeyPrefix + ">", bus.MembersKeyPrefix + ">"}
+
 // loadPools reads the ring document of every pool with a key in the bucket,
 // so a restarted router serves every pool at once.
 func (k *keeper) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
@@ -56,7 +71,38 @@ func (k *keeper) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
 			return err
 		}
 	}
+	if r.cfg.WriteV3 {
+		if err := k.loadV3(ctx, kv); err != nil {
+			return err
+		}
+	}
 	return k.loadEjections(ctx, kv)
+}
+
+// loadV3 reads the v3 keys in the bucket (with one watch, up to the end of
+// its initial values) before the writers run, so each pool's first sync
+// knows the keys' revisions and which members to delete.
+func (k *keeper) loadV3(ctx context.Context, kv jetstream.KeyValue) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()                                            // stops the watch
+	w, err := kv.WatchFiltered(wctx, slices.Clone(v3Filters)) // it prefixes them in place
+	if err != nil {
+		return fmt.Errorf("bus: watch v3 keys: %w", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bus: read v3 keys: %w", ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("bus: read v3 keys: the watch stopped")
+			}
+			if e == nil {
+				return nil
+			}
+			k.applyEntry(e)
+		}
+	}
 }
 
 // loadEjections reads the ejections in the bucket before the writers run,
@@ -102,12 +148,23 @@ func (k *keeper) applyEntry(e jetstream.KeyValueEntry) {
 		return
 	}
 	name, ok := bus.PoolFromKey(e.Key())
+	v3 := false
+	if !ok && r.cfg.WriteV3 { // a v3 key: pools.<pool> or members.<pool>.<node>
+		if name, ok = bus.ParsePoolKeyV3(e.Key()); !ok {
+			name, _, ok = bus.ParseMemberKey(e.Key())
+		}
+		v3 = ok
+	}
 	if !ok {
 		return
 	}
 	p, err := r.ensurePool(name)
 	if err != nil {
 		r.stats.limitedLog(r.log, rejectTooManyPools, "pool in the bucket not served", "pool", name, "err", err)
+		return
+	}
+	if v3 {
+		p.observeV3(e)
 		return
 	}
 	p.ring.ApplyEntry(e)
@@ -176,6 +233,7 @@ func (k *keeper) checkBucket(ctx context.Context) {
 	for _, p := range pools {
 		p.ring.SetKV(kv)
 		p.ring.Reset()
+		p.v3.reset()
 		p.wake()
 	}
 	select { // the watch of the old bucket delivers nothing more

@@ -22,6 +22,7 @@ type pool struct {
 	ring     *follow.Follower[bus.RingDocument]
 	balancer *resourceaware.Balancer
 
+	v3        v3Keys        // its one-key-per-member keys, as last seen (pool_v3.go)
 	dirty     chan struct{} // wakes the writer
 	resyncNow chan struct{} // asks the writer to re-read the key
 

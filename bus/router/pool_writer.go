@@ -246,6 +246,12 @@ func (p *pool) write(ctx context.Context) {
 			if p.name == bus.DefaultPool {
 				r.forgetSilent()
 			}
+			if r.cfg.WriteV3 {
+				if err := p.purgeV3(ctx); err != nil && ctx.Err() == nil {
+					r.stats.kvErrors.Add(1)
+					r.log.Warn("purging old delete markers failed; trying again at the next sweep", "pool", p.name, "err", err)
+				}
+			}
 			if !p.due() {
 				continue
 			}
@@ -271,6 +277,9 @@ func (p *pool) write(ctx context.Context) {
 		}
 		lastFlush = time.Now()
 		err := p.flush(ctx)
+		if err == nil && r.cfg.WriteV3 {
+			err = p.syncV3(ctx)
+		}
 		switch {
 		case err == nil:
 			backoff = 50 * time.Millisecond
@@ -314,7 +323,7 @@ func (p *pool) resync(ctx context.Context) {
 		}
 		return
 	}
-	if !p.desired(d, rev, true).Equal(d) {
+	if !p.desired(d, rev, true).Equal(d) || (p.r.cfg.WriteV3 && p.v3Differs()) {
 		p.wake()
 	}
 }

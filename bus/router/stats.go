@@ -60,6 +60,7 @@ type counters struct {
 	docRejected atomic.Uint64
 	reconnects  atomic.Uint64
 	recreated   atomic.Uint64 // the bucket was gone and this router created it again
+	v3Purged    atomic.Uint64 // delete markers of v3 member keys purged (pool_v3.go)
 	requests    [len(strategyNames)][len(codes)]atomic.Uint64
 
 	oversizeReplies atomic.Uint64 // replies refused: over max_payload
@@ -114,19 +115,22 @@ func (c *counters) limitedLog(log *slog.Logger, reason rejection, msg string, ar
 
 // Stats is a snapshot of a router's counters.
 type Stats struct {
-	Requests          []RequestCount    `json:"requests"`
-	ReportsAccepted   uint64            `json:"reports_accepted"`
-	ReportsRejected   map[string]uint64 `json:"reports_rejected"` // by reason
-	HealthDropped     uint64            `json:"health_dropped"`   // lost as a slow consumer
-	KVWrites          uint64            `json:"kv_writes"`
-	KVConflicts       uint64            `json:"kv_conflicts"`
-	KVErrors          uint64            `json:"kv_errors"`
-	DocumentsRejected uint64            `json:"documents_rejected"`
-	Reconnects        uint64            `json:"reconnects"`
-	BucketRecreated   uint64            `json:"bucket_recreated"`   // times the bucket was gone and this router created it again
-	OversizeReplies   uint64            `json:"oversize_replies"`   // replies refused as over max_payload
-	OversizeDocuments uint64            `json:"oversize_documents"` // ring writes refused as over max_payload
-	LegacyRouters     bool              `json:"legacy_routers"`     // a router of an earlier release shares the bucket
+	Requests        []RequestCount    `json:"requests"`
+	ReportsAccepted uint64            `json:"reports_accepted"`
+	ReportsRejected map[string]uint64 `json:"reports_rejected"` // by reason
+	HealthDropped   uint64            `json:"health_dropped"`   // lost as a slow consumer
+	KVWrites        uint64            `json:"kv_writes"`
+	KVConflicts     uint64            `json:"kv_conflicts"`
+	// V3MarkersPurged counts the delete markers of v3 member keys this
+	// router purged (members gone for MemberTTL; Config.WriteV3).
+	V3MarkersPurged   uint64 `json:"v3_markers_purged,omitempty"`
+	KVErrors          uint64 `json:"kv_errors"`
+	DocumentsRejected uint64 `json:"documents_rejected"`
+	Reconnects        uint64 `json:"reconnects"`
+	BucketRecreated   uint64 `json:"bucket_recreated"`   // times the bucket was gone and this router created it again
+	OversizeReplies   uint64 `json:"oversize_replies"`   // replies refused as over max_payload
+	OversizeDocuments uint64 `json:"oversize_documents"` // ring writes refused as over max_payload
+	LegacyRouters     bool   `json:"legacy_routers"`     // a router of an earlier release shares the bucket
 	// Members, Eligible, Known and Revision are the default pool's.
 	Members  int    `json:"members"`
 	Eligible int    `json:"eligible"` // nodes ResourceAware would pick from now

@@ -1,0 +1,453 @@
+package router
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natsroute/natsroute/bus"
+)
+
+// The one-key-per-member layout (v3; DESIGN.md, "Ring publication, one key
+// per member (v3)"), written beside the pool's format-1/2 document. For now
+// the document stays the router's own view: after each flush the writer
+// makes the pool's v3 keys say what the document says (syncV3), so routers
+// and caches of earlier releases, which read only the document, and readers
+// of v3 hold the same members. Every replica mirrors the document it holds
+// with compare-and-set per key; a replica whose document is behind may
+// write an older membership for a moment, and puts it right when its
+// document catches up (it syncs after every new document).
+
+// v3Key is what a router knows of one v3 key of a pool: its last revision
+// (of a value or of a delete marker) and its value.
+type v3Key struct {
+	rev     uint64    // 0: unknown (never seen, or deleted by this router and not yet watched)
+	present bool      // the key holds a value
+	value   []byte    // when present
+	at      time.Time // when a delete or purge marker (rev) was written; zero if not known
+}
+
+// v3Keys is a pool's v3 keys as last seen: fed by the bucket watch (the
+// keeper) and by the pool's own writes, read by the pool's writer.
+type v3Keys struct {
+	mu   sync.Mutex // guards keys
+	keys map[string]v3Key
+}
+
+// observe records an entry of a key, unless a newer one is known (the
+// watch may deliver an entry after the writer saw a later revision).
+func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keys == nil {
+		s.keys = map[string]v3Key{}
+	}
+	if k, ok := s.keys[key]; ok && k.rev >= rev {
+		return
+	}
+	k := v3Key{rev: rev, present: present, value: value}
+	if !present {
+		k.at = at
+	}
+	s.keys[key] = k
+}
+
+// markers returns the keys with prefix whose last entry is a delete or
+// purge marker written before cutoff, and the highest of their revisions.
+func (s *v3Keys) markers(prefix string, cutoff time.Time) (map[string]uint64, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]uint64{}
+	var top uint64
+	for key, k := range s.keys {
+		if !k.present && k.rev > 0 && !k.at.IsZero() && k.at.Before(cutoff) && strings.HasPrefix(key, prefix) {
+			out[key] = k.rev
+			top = max(top, k.rev)
+		}
+	}
+	return out, top
+}
+
+// purged forgets a key whose marker at rev was purged, unless it changed
+// since.
+func (s *v3Keys) purged(key string, rev uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k, ok := s.keys[key]; ok && !k.present && k.rev == rev {
+		delete(s.keys, key)
+	}
+}
+
+// deleted records a delete by this router: the key holds nothing, and the
+// marker's revision is not known until the watch brings it (kv.Delete does
+// not return it). The old revision stays as a floor, so a late entry of the
+// value just deleted is not taken for the current one.
+func (s *v3Keys) deleted(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[key]
+	if ok && !k.present {
+		return // the watch brought the marker first
+	}
+	if s.keys == nil {
+		s.keys = map[string]v3Key{}
+	}
+	s.keys[key] = v3Key{rev: k.rev}
+}
+
+func (s *v3Keys) get(key string) v3Key {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.keys[key]
+}
+
+// reset forgets everything: the bucket was created anew.
+func (s *v3Keys) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys = nil
+}
+
+// present returns the keys with prefix that hold a value.
+func (s *v3Keys) present(prefix string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for key, k := range s.keys {
+		if k.present && strings.HasPrefix(key, prefix) {
+			out = append(out, key)
+		}
+	}
+	return out
+}
+
+// observeV3 records a watched v3 entry of the pool and wakes the writer if
+// it disagrees with the pool's document (another writer, or an operator,
+// changed it).
+func (p *pool) observeV3(e jetstream.KeyValueEntry) {
+	present := e.Operation() == jetstream.KeyValuePut
+	p.v3.observe(e.Key(), e.Revision(), present, e.Value(), e.Created())
+	if p.v3KeyDiffers(e.Key()) {
+		p.wake()
+	}
+}
+
+// v3KeyDiffers reports whether one v3 key of the pool, as last seen,
+// differs from the pool's document. It costs a lookup and one small
+// encoding, not O(members): the watch calls it for every entry, and a burst
+// of 10,000 joins must not cost 10,000 passes over 10,000 members.
+func (p *pool) v3KeyDiffers(key string) bool {
+	v := p.ring.Current()
+	if v.Rev == 0 {
+		return false
+	}
+	var want []byte
+	var err error
+	if _, node, ok := bus.ParseMemberKey(key); ok {
+		n, member := v.Doc.Node(node)
+		if member {
+			m := bus.MemberEntryOf(n)
+			m.Shed = bus.QuantizeShed(m.Shed)
+			want, err = m.Encode(bus.JSON)
+		}
+	} else {
+		want, err = bus.NewPoolEntry(v.Doc.VNodes).Encode(bus.JSON)
+	}
+	if err != nil {
+		return false // the writer reports it
+	}
+	k := p.v3.get(key)
+	return k.present != (want != nil) || !bytes.Equal(k.value, want)
+}
+
+// v3Want returns the v3 values the pool's document calls for, by key, and
+// false if the pool has no document yet (nothing to mirror: a router that
+// has not read or written one must not delete members).
+func (p *pool) v3Want() (map[string][]byte, []byte, bool, error) {
+	v := p.ring.Current()
+	if v.Rev == 0 {
+		return nil, nil, false, nil
+	}
+	want := make(map[string][]byte, len(v.Doc.Nodes))
+	for _, n := range v.Doc.Nodes {
+		m := bus.MemberEntryOf(n)
+		m.Shed = bus.QuantizeShed(m.Shed)
+		data, err := m.Encode(bus.JSON)
+		if err != nil {
+			return nil, nil, false, fmt.Errorf("bus: encode member %q of pool %q: %w", n.ID, p.name, err)
+		}
+		want[bus.MemberKey(p.name, n.ID)] = data
+	}
+	pe, err := bus.NewPoolEntry(v.Doc.VNodes).Encode(bus.JSON)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("bus: encode pool entry of %q: %w", p.name, err)
+	}
+	return want, pe, true, nil
+}
+
+// v3Differs reports whether the pool's v3 keys, as last seen, differ from
+// its document.
+func (p *pool) v3Differs() bool {
+	want, pe, ok, err := p.v3Want()
+	if err != nil || !ok {
+		return false
+	}
+	return p.v3Diff(want, pe) > 0
+}
+
+// v3Diff counts the keys that must be written for the v3 keys to match
+// want and pe.
+func (p *pool) v3Diff(want map[string][]byte, pe []byte) int {
+	n := 0
+	for key, data := range want {
+		if k := p.v3.get(key); !k.present || !bytes.Equal(k.value, data) {
+			n++
+		}
+	}
+	for _, key := range p.v3.present(bus.MembersKeyPrefix + p.name + ".") {
+		if _, ok := want[key]; !ok {
+			n++
+		}
+	}
+	if k := p.v3.get(bus.PoolKeyV3(p.name)); !k.present || !bytes.Equal(k.value, pe) {
+		n++
+	}
+	return n
+}
+
+// syncV3 makes the pool's v3 keys match its document: members first
+// (creates and updates, then deletes), the pool key last, so a v3 reader,
+// which takes the pool as v3 as soon as "pools.<pool>" holds a value, never
+// sees a pool converted before its members are there.
+func (p *pool) syncV3(ctx context.Context) error {
+	want, pe, ok, err := p.v3Want()
+	if err != nil || !ok {
+		return err
+	}
+	kv := p.ring.Bucket()
+	if kv == nil {
+		return jetstream.ErrBucketNotFound
+	}
+	var puts, dels []string
+	for key, data := range want {
+		if k := p.v3.get(key); !k.present || !bytes.Equal(k.value, data) {
+			puts = append(puts, key)
+		}
+	}
+	for _, key := range p.v3.present(bus.MembersKeyPrefix + p.name + ".") {
+		if _, ok := want[key]; !ok {
+			dels = append(dels, key)
+		}
+	}
+	if err := inParallel(ctx, len(puts), func(i int) error { return p.putV3(ctx, kv, puts[i], want[puts[i]]) }); err != nil {
+		return err
+	}
+	if err := inParallel(ctx, len(dels), func(i int) error { return p.deleteV3(ctx, kv, dels[i]) }); err != nil {
+		return err
+	}
+	return p.putV3(ctx, kv, bus.PoolKeyV3(p.name), pe)
+}
+
+// v3InFlight bounds the v3 key writes one pool's writer has in flight.
+// One at a time, a burst of 10,000 joins took about 2 s more than the
+// document (one round trip each); the keys are independent, and each
+// write's compare-and-set keeps it right whatever the order.
+const v3InFlight = 32
+
+// inParallel runs op(0..n-1) with at most v3InFlight at once and returns
+// the first error (the others still finish; the writer retries the sync).
+func inParallel(ctx context.Context, n int, op func(i int) error) error {
+	if n <= 1 {
+		if n == 1 {
+			return op(0)
+		}
+		return nil
+	}
+	next := make(chan int)
+	var wg sync.WaitGroup
+	var errMu sync.Mutex
+	var first error
+	for range min(v3InFlight, n) {
+		wg.Go(func() {
+			for i := range next {
+				if err := op(i); err != nil {
+					errMu.Lock()
+					first = cmp.Or(first, err)
+					errMu.Unlock()
+				}
+			}
+		})
+	}
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return cmp.Or(first, ctx.Err())
+}
+
+// v3Attempts bounds the compare-and-set attempts on one key in one sync;
+// past it the writer retries the whole sync later.
+const v3Attempts = 10
+
+// putV3 makes key hold data: create if it holds nothing, compare-and-set
+// update otherwise. A lost race re-reads the key and decides again.
+func (p *pool) putV3(ctx context.Context, kv jetstream.KeyValue, key string, data []byte) error {
+	for range v3Attempts {
+		k := p.v3.get(key)
+		if k.present && bytes.Equal(k.value, data) {
+			return nil
+		}
+		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		var rev uint64
+		var err error
+		if k.present {
+			rev, err = kv.Update(opCtx, key, data, k.rev)
+		} else {
+			// Create also takes a key whose last entry is a delete marker.
+			rev, err = kv.Create(opCtx, key, data)
+		}
+		cancel()
+		if err == nil {
+			p.r.stats.kvWrites.Add(1)
+			p.v3.observe(key, rev, true, data, time.Time{})
+			return nil
+		}
+		if !casConflict(err) {
+			return fmt.Errorf("bus: kv write %q: %w", key, err)
+		}
+		p.r.stats.kvConflicts.Add(1)
+		if err := p.rereadV3(ctx, kv, key); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("bus: kv write %q: too many conflicts", key)
+}
+
+// deleteV3 deletes key, which held a value at its last known revision.
+func (p *pool) deleteV3(ctx context.Context, kv jetstream.KeyValue, key string) error {
+	for range v3Attempts {
+		k := p.v3.get(key)
+		if !k.present {
+			return nil
+		}
+		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := kv.Delete(opCtx, key, jetstream.LastRevision(k.rev))
+		cancel()
+		if err == nil {
+			p.r.stats.kvWrites.Add(1)
+			p.v3.deleted(key)
+			return nil
+		}
+		if !casConflict(err) {
+			return fmt.Errorf("bus: kv delete %q: %w", key, err)
+		}
+		p.r.stats.kvConflicts.Add(1)
+		if err := p.rereadV3(ctx, kv, key); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("bus: kv delete %q: too many conflicts", key)
+}
+
+// rereadV3 reads key after a lost race.
+func (p *pool) rereadV3(ctx context.Context, kv jetstream.KeyValue, key string) error {
+	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	e, err := kv.Get(opCtx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		p.v3.deleted(key) // deleted or purged; Create takes it either way
+		return nil
+	case err != nil:
+		return fmt.Errorf("bus: kv get %q: %w", key, err)
+	}
+	p.v3.observe(key, e.Revision(), true, e.Value(), time.Time{})
+	return nil
+}
+
+// casConflict reports whether err is a lost compare-and-set: the key's
+// revision was not the one given (or, for a create, it holds a value).
+// Replicated streams report it as 10164, single ones as 10071.
+func casConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var api *jetstream.APIError
+	return errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || api.ErrorCode == 10164)
+}
+
+// purgeV3 purges the delete markers of the pool's members that left more
+// than MemberTTL ago, so the stream does not keep a message for every node
+// id ever seen. First it rewrites pools.<pool> with the same value unless
+// its revision is already above every marker to purge: a reader that
+// starts after the purge then computes a pool revision at least as high as
+// the purged markers' (DESIGN.md, v3 Writers). Each marker is purged with
+// its stream sequence as the bound, so a key created again meanwhile keeps
+// its new value (kv.PurgeDeletes purges whole subjects from a listing, and
+// would lose such a value).
+func (p *pool) purgeV3(ctx context.Context) error {
+	r := p.r
+	prefix := bus.MembersKeyPrefix + p.name + "."
+	old, top := p.v3.markers(prefix, r.cfg.Now().Add(-r.cfg.MemberTTL))
+	if len(old) == 0 {
+		return nil
+	}
+	kv := p.ring.Bucket()
+	if kv == nil {
+		return jetstream.ErrBucketNotFound
+	}
+	poolKey := bus.PoolKeyV3(p.name)
+	for attempt := 0; ; attempt++ {
+		k := p.v3.get(poolKey)
+		if !k.present {
+			return nil // not converted yet: syncV3 writes it first
+		}
+		if k.rev > top {
+			break
+		}
+		if attempt == v3Attempts {
+			return fmt.Errorf("bus: kv rewrite %q before a purge: too many conflicts", poolKey)
+		}
+		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		rev, err := kv.Update(opCtx, poolKey, k.value, k.rev)
+		cancel()
+		if err == nil {
+			r.stats.kvWrites.Add(1)
+			p.v3.observe(poolKey, rev, true, k.value, time.Time{})
+			continue
+		}
+		if !casConflict(err) {
+			return fmt.Errorf("bus: kv rewrite %q before a purge: %w", poolKey, err)
+		}
+		r.stats.kvConflicts.Add(1)
+		if err := p.rereadV3(ctx, kv, poolKey); err != nil {
+			return err
+		}
+	}
+	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := r.js.Stream(opCtx, "KV_"+kv.Bucket())
+	if err != nil {
+		return fmt.Errorf("bus: purge old delete markers: %w", err)
+	}
+	for key, rev := range old {
+		subject := "$KV." + kv.Bucket() + "." + key
+		if err := st.Purge(opCtx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(rev+1)); err != nil {
+			return fmt.Errorf("bus: purge the delete marker of %q: %w", key, err)
+		}
+		p.v3.purged(key, rev)
+		p.r.stats.v3Purged.Add(1)
+	}
+	r.log.Debug("purged old delete markers", "pool", p.name, "markers", len(old))
+	return nil
+}
