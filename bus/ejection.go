@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -37,14 +38,7 @@ type Ejection struct {
 
 // EjectionKey returns the KV key of node's ejection from pool.
 func EjectionKey(pool, node string) string {
-	return EjectedPrefix + poolOrDefault(pool) + "." + node
-}
-
-func poolOrDefault(pool string) string {
-	if pool == "" {
-		return DefaultPool
-	}
-	return pool
+	return EjectedPrefix + cmp.Or(pool, DefaultPool) + "." + node
 }
 
 // EjectionFromKey returns the pool and node an ejection key names.

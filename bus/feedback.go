@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"fmt"
 	"unicode"
 	"unicode/utf8"
@@ -58,12 +59,7 @@ func (f Feedback) Validate() error {
 }
 
 // PoolOrDefault is the feedback's pool, DefaultPool when it names none.
-func (f Feedback) PoolOrDefault() string {
-	if f.Pool == "" {
-		return DefaultPool
-	}
-	return f.Pool
-}
+func (f Feedback) PoolOrDefault() string { return cmp.Or(f.Pool, DefaultPool) }
 
 // maxFeedbackBody bounds a feedback body before it is decoded: the four
 // fields at their limits, with room for JSON escapes.

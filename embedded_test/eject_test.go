@@ -51,6 +51,27 @@ func bucket(t *testing.T, nc *nats.Conn) jetstream.KeyValue {
 	return kv
 }
 
+// oldBucket creates the default bucket as an earlier release did (history
+// 1, no per-key TTLs) and, unless doc is empty, puts doc as its ring
+// document.
+func oldBucket(t *testing.T, nc *nats.Conn, doc string) jetstream.KeyValue {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(ctxT(t), jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if doc != "" {
+		if _, err := kv.PutString(ctxT(t), bus.RingKey, doc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return kv
+}
+
 // caller returns a Client that reports failures as name.
 func caller(t *testing.T, s *server.Server, name string) *bus.Client {
 	t.Helper()
@@ -334,15 +355,7 @@ func TestEjectNotByOne(t *testing.T) {
 // TTLs) is updated at start, so ejections end by themselves there too.
 func TestEjectOldBucket(t *testing.T) {
 	s := runServer(t)
-	nc := connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.CreateKeyValue(ctxT(t), jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := oldBucket(t, connect(t, s.ClientURL()), "")
 	cfg := testConfig(t)
 	cfg.EjectTime = time.Second
 	r := startRouter(t, connect(t, s.ClientURL()), cfg)

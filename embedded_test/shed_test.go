@@ -334,21 +334,13 @@ func TestLoadAwareWaitsForOldRouter(t *testing.T) {
 func TestShedOffRemovesSheds(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
-	js, _ := jetstream.New(nc)
-	kv, err := js.CreateKeyValue(ctxT(t), jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := `{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.3},{"id":"b","weight":1}]}`
-	if _, err := kv.Put(ctxT(t), bus.RingKey, []byte(doc)); err != nil {
-		t.Fatal(err)
-	}
+	kv := oldBucket(t, nc, `{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.3},{"id":"b","weight":1}]}`)
 	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t)) // BalanceFactor 0: off
 	waitFor(t, 5*time.Second, "the router to write format 1 without the shed", func() bool {
 		d, _ := r.Ring()
 		return d.Format == bus.DocumentFormat && members(r) == "a,b" && !slices.ContainsFunc(d.Nodes, func(n bus.RingNode) bool { return n.Shed != 0 })
 	})
-	e, err := bucketGet(js)
+	e, err := kv.Get(ctxT(t), bus.RingKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,6 +85,25 @@ func routerOwners(t *testing.T, nc *nats.Conn, pool string, keys []string) ([]st
 	return owners, rev
 }
 
+// cachesAgree waits until the routers answer agreeKeys in pool at one
+// revision and checks that every cache gives each key the same owner.
+func cachesAgree(t *testing.T, step string, nc *nats.Conn, pool string, caches ...*bus.RingCache) {
+	t.Helper()
+	var owners []string
+	waitFor(t, 10*time.Second, step+": the routers' answers at one revision", func() bool {
+		owners, _ = routerOwners(t, nc, pool, agreeKeys)
+		return owners != nil
+	})
+	for ci, c := range caches {
+		snap := c.Snapshot()
+		for i, k := range agreeKeys {
+			if got, err := snap.Get(k); err != nil || got != owners[i] {
+				t.Fatalf("%s: cache %d gives %q for %q (%v), the routers %q", step, ci, got, k, err, owners[i])
+			}
+		}
+	}
+}
+
 // TestRouterWritesV3 has a router serve joins, weight changes, draining and
 // leaves in two pools, and checks after each step that the pool's v3 keys
 // hold exactly the members of its document, pools.<pool> last, and that a
@@ -172,17 +191,7 @@ func TestRouterWritesV3(t *testing.T) {
 				}
 				continue
 			}
-			var owners []string
-			waitFor(t, 10*time.Second, step+": the router's answers at one revision", func() bool {
-				owners, _ = routerOwners(t, nc, pool, agreeKeys)
-				return owners != nil
-			})
-			snap := c.Snapshot()
-			for i, k := range agreeKeys {
-				if got, err := snap.Get(k); err != nil || got != owners[i] {
-					t.Fatalf("%s: the cache gives %q for %q (%v), the router %q", step, got, k, err, owners[i])
-				}
-			}
+			cachesAgree(t, step, nc, pool, c)
 		}
 	}
 }
@@ -194,19 +203,9 @@ func TestRouterWritesV3(t *testing.T) {
 func TestRouterConvertsPoolToV3(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := oldBucket(t, nc, `{"format":1,"hash":"xxhash64","vnodes":100,"nodes":[{"id":"a","weight":1},{"id":"b","weight":2,"status":"draining"}]}`)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.PutString(ctx, bus.RingKey, `{"format":1,"hash":"xxhash64","vnodes":100,"nodes":[{"id":"a","weight":1},{"id":"b","weight":2,"status":"draining"}]}`); err != nil {
-		t.Fatal(err)
-	}
 	w, err := kv.WatchFiltered(ctx, bus.PoolWatchKeys(bus.DefaultPool), jetstream.UpdatesOnly())
 	if err != nil {
 		t.Fatal(err)
@@ -364,17 +363,7 @@ func TestRoutersWriteV3Together(t *testing.T) {
 		})
 		// route.request goes to any of the routers (one queue group); they
 		// hold one document, checked above.
-		snap := c.Snapshot()
-		var owners []string
-		waitFor(t, 10*time.Second, step+": answers at one revision", func() bool {
-			owners, _ = routerOwners(t, nc, "", agreeKeys)
-			return owners != nil
-		})
-		for k, key := range agreeKeys {
-			if got, _ := snap.Get(key); got != owners[k] {
-				t.Fatalf("%s: the routers give %q for %q, the cache %q", step, owners[k], key, got)
-			}
-		}
+		cachesAgree(t, step, nc, "", c)
 	}
 }
 
@@ -590,19 +579,7 @@ func TestRoutersV3Churn(t *testing.T) {
 		if len(want) == 0 {
 			continue
 		}
-		var owners []string
-		waitFor(t, 10*time.Second, step+": answers at one revision", func() bool {
-			owners, _ = routerOwners(t, nc, "", agreeKeys)
-			return owners != nil
-		})
-		for ci, c := range caches {
-			snap := c.Snapshot()
-			for k, key := range agreeKeys {
-				if got, _ := snap.Get(key); got != owners[k] {
-					t.Fatalf("%s: cache %d gives %q for %q, the routers %q", step, ci, got, key, owners[k])
-				}
-			}
-		}
+		cachesAgree(t, step, nc, "", caches...)
 	}
 }
 
@@ -613,18 +590,8 @@ func TestRoutersV3Churn(t *testing.T) {
 func TestRouterWritesV3Shed(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.CreateKeyValue(ctxT(t), jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
 	doc := `{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.3},{"id":"b","weight":2}]}`
-	if _, err := kv.Put(ctxT(t), bus.RingKey, []byte(doc)); err != nil {
-		t.Fatal(err)
-	}
+	kv := oldBucket(t, nc, doc)
 	cfg := testConfig(t)
 	cfg.WriteV3 = true
 	cfg.BalanceFactor = 1.25 // keeps the document's shed until fresh loads say otherwise
@@ -633,6 +600,7 @@ func TestRouterWritesV3Shed(t *testing.T) {
 		e, err := kv.Get(ctxT(t), bus.MemberKey(bus.DefaultPool, "a"))
 		return err == nil && string(e.Value()) == `{"weight":1,"shed":0.3}`
 	})
+	js, _ := jetstream.New(nc)
 	c := watchCache(t, js)
 	d, _ := r.Ring()
 	waitFor(t, 10*time.Second, "the cache on v3 with the shed", func() bool {
