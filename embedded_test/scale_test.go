@@ -46,17 +46,7 @@ func BenchmarkScale(b *testing.B) {
 			b.Fatalf("NATSROUTE_SCALE_POOLS=%q: want 1 to 1000", s)
 		}
 	}
-	sizes := []int{1000, 10000}
-	if s := os.Getenv("NATSROUTE_SCALE_N"); s != "" {
-		sizes = nil
-		for f := range strings.SplitSeq(s, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 10 {
-				b.Fatalf("NATSROUTE_SCALE_N=%q: want sizes of at least 10, comma-separated", s)
-			}
-			sizes = append(sizes, n)
-		}
-	}
+	sizes := sizesFromEnv(b, "NATSROUTE_SCALE_N")
 	results := map[int]scaleResult{}
 	for _, n := range sizes {
 		name := fmt.Sprintf("members=%d", n)
@@ -79,6 +69,24 @@ func BenchmarkScale(b *testing.B) {
 		}
 		printScaleTable(all)
 	}
+}
+
+// sizesFromEnv returns the fleet sizes a benchmark runs: env's
+// comma-separated list, or 1,000 and 10,000.
+func sizesFromEnv(b *testing.B, env string) []int {
+	s := os.Getenv(env)
+	if s == "" {
+		return []int{1000, 10000}
+	}
+	var sizes []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 10 {
+			b.Fatalf("%s=%q: want sizes of at least 10, comma-separated", env, s)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
 }
 
 const (
@@ -148,7 +156,7 @@ type scaleRun struct {
 	b        *testing.B
 	n        int
 	url      string
-	router   *scaleProc
+	router   *childProc
 	doc      *docWatch
 	ids      []string
 	subjects []string
