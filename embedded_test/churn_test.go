@@ -12,11 +12,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/router"
 	"github.com/natsroute/natsroute/ring"
@@ -123,21 +121,11 @@ func churnID(i int) string { return fmt.Sprintf("churn-%05d", i) }
 //	parent: track <n>   child: ok (restarts begin now, in a fleet of n)
 //	parent: stats       child: <churnCacheStats as JSON>
 func runChurnCache(url string, in io.Reader, out io.Writer) error {
-	nc, err := nats.Connect(url, nats.Name("natsroute-churn-cache"), nats.Timeout(10*time.Second))
+	nc, c, err := dialRingCache(url, "natsroute-churn-cache")
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	c, err := bus.WatchRing(ctx, js, "")
-	cancel()
-	if err != nil {
-		return err
-	}
 	defer c.Close()
 	var t *changeTracker
 	stop, done := func() {}, make(chan struct{})
@@ -528,10 +516,6 @@ func printChurnTable(rs []churnResult) {
 	if len(rs) == 0 {
 		return
 	}
-	fmt.Printf("\nBenchmarkChurn (%d nodes/s restart, each gone %v; heartbeats every %v; caches and router in processes of their own; shared 2 cores: noisy)\n",
-		churnRate, churnDown, churnHeartbeat)
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	defer w.Flush()
 	list := func(f string, xs []float64) string {
 		parts := make([]string, len(xs))
 		for i, x := range xs {
@@ -539,13 +523,7 @@ func printChurnTable(rs []churnResult) {
 		}
 		return strings.Join(parts, " / ")
 	}
-	ms := func(d time.Duration) string {
-		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
-	}
-	rows := []struct {
-		name, goal string
-		f          func(r churnResult) string
-	}{
+	rows := []benchRow[churnResult]{
 		{"members", "goal at 10,000 (floor)", func(r churnResult) string { return strconv.Itoa(r.members) }},
 		{"churn window (s), changes", "", func(r churnResult) string {
 			return fmt.Sprintf("%.1f, %d", r.length.Seconds(), r.events)
@@ -553,9 +531,9 @@ func printChurnTable(rs []churnResult) {
 		{"CPU per cache (cores), caches 0/1/2", "≤ 0.01 (0.05)", func(r churnResult) string { return list("%.4f", r.cacheCores) }},
 		{"bytes per cache (B/s)", "≤ 10,000 (100,000)", func(r churnResult) string { return list("%.0f", r.cacheBytes) }},
 		{"messages per cache (/s)", "", func(r churnResult) string { return list("%.1f", r.cacheMsgs) }},
-		{"change → cache p50 (ms)", "≤ 3 (10)", func(r churnResult) string { return ms(r.lag(50)) }},
-		{"change → cache p99 (ms)", "≤ 10 (30)", func(r churnResult) string { return ms(r.lag(99)) }},
-		{"change → cache max (ms)", "", func(r churnResult) string { return ms(r.lag(100)) }},
+		{"change → cache p50 (ms)", "≤ 3 (10)", func(r churnResult) string { return msText(r.lag(50)) }},
+		{"change → cache p99 (ms)", "≤ 10 (30)", func(r churnResult) string { return msText(r.lag(99)) }},
+		{"change → cache max (ms)", "", func(r churnResult) string { return msText(r.lag(100)) }},
 		{"changes a cache never showed", "0", func(r churnResult) string { return strconv.Itoa(r.missed) }},
 		{"router CPU (cores, own process)", "", func(r churnResult) string { return fmt.Sprintf("%.3f", r.routerCores) }},
 		{"router KV writes", "", func(r churnResult) string { return strconv.FormatUint(r.routerKV, 10) }},
@@ -564,11 +542,6 @@ func printChurnTable(rs []churnResult) {
 		{"idle: CPU per cache (cores)", "", func(r churnResult) string { return list("%.4f", r.idleCacheCores) }},
 		{"idle: router CPU (cores)", "", func(r churnResult) string { return fmt.Sprintf("%.3f", r.idleRouterCores) }},
 	}
-	for _, row := range rows {
-		fmt.Fprint(w, row.name, "\t")
-		for _, r := range rs {
-			fmt.Fprint(w, row.f(r), "\t")
-		}
-		fmt.Fprint(w, row.goal, "\t\n")
-	}
+	printBenchTable(fmt.Sprintf("BenchmarkChurn (%d nodes/s restart, each gone %v; heartbeats every %v; caches and router in processes of their own; shared 2 cores: noisy)",
+		churnRate, churnDown, churnHeartbeat), rs, rows)
 }
