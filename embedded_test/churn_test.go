@@ -87,7 +87,6 @@ const (
 
 // churnRouter is the churn benchmark's router configuration.
 func churnRouter(cfg *router.Config) {
-	cfg.WriteV3 = true // goes when routers always write the v3 keys
 }
 
 // churnCacheStats is a cache process's answer to "stats".
