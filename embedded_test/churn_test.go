@@ -28,9 +28,10 @@ import (
 //
 // Environment:
 //
-//	NATSROUTE_CHURN_N=10000          sizes, comma-separated (default 1000,10000)
-//	NATSROUTE_CHURN_SECONDS=20       how long the rolling restart lasts
-//	NATSROUTE_CHURN_CPUPROFILE=dir   CPU profiles of the router and of cache 0 during it
+//	NATSROUTE_CHURN_N=10000              sizes, comma-separated (default 1000,10000)
+//	NATSROUTE_CHURN_SECONDS=20           how long the rolling restart lasts
+//	NATSROUTE_CHURN_CPUPROFILE=dir       CPU profiles of the router and of cache 0 during it
+//	NATSROUTE_CHURN_LEGACY_DOCUMENT=off  the router writes no whole document (NoLegacyDocument)
 //
 // The parent holds the embedded server and the load; the router runs in a
 // process of its own (the scale benchmark's router process, with
@@ -85,9 +86,17 @@ const (
 	churnDrain  = 2 * time.Second  // after the last change, for the caches to show it
 )
 
-// churnRouter is the churn benchmark's router configuration.
+// churnRouter is the churn benchmark's router configuration: the default
+// (the whole document written beside the member keys, for readers of
+// earlier releases), or without the document if churnLegacyEnv is off.
 func churnRouter(cfg *router.Config) {
+	cfg.NoLegacyDocument = churnNoLegacy()
 }
+
+// churnLegacyEnv=off runs the churn router with NoLegacyDocument.
+const churnLegacyEnv = "NATSROUTE_CHURN_LEGACY_DOCUMENT"
+
+func churnNoLegacy() bool { return os.Getenv(churnLegacyEnv) == "off" }
 
 // churnCacheStats is a cache process's answer to "stats".
 type churnCacheStats struct {
@@ -545,6 +554,10 @@ func printChurnTable(rs []churnResult) {
 		{"idle: CPU per cache (cores)", "", func(r churnResult) string { return list("%.4f", r.idleCacheCores) }},
 		{"idle: router CPU (cores)", "", func(r churnResult) string { return fmt.Sprintf("%.3f", r.idleRouterCores) }},
 	}
-	printBenchTable(fmt.Sprintf("BenchmarkChurn (%d nodes/s restart, each gone %v; heartbeats every %v; caches and router in processes of their own; shared 2 cores: noisy)",
-		churnRate, churnDown, churnHeartbeat), rs, rows)
+	doc := "whole document written too"
+	if churnNoLegacy() {
+		doc = "no whole document"
+	}
+	printBenchTable(fmt.Sprintf("BenchmarkChurn (%d nodes/s restart, each gone %v; heartbeats every %v; %s; caches and router in processes of their own; shared 2 cores: noisy)",
+		churnRate, churnDown, churnHeartbeat, doc), rs, rows)
 }
