@@ -111,6 +111,13 @@ func (r *indepReader) apply(e jetstream.KeyValueEntry) {
 	r.members[id] = ring.Member{ID: id, Weight: *m.Weight, Draining: m.Status == "draining", Shed: shed}
 }
 
+// revision returns the pool revision the reader has applied so far.
+func (r *indepReader) revision() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rev
+}
+
 // state returns the reader's revision, whether the pool is v3, its members
 // sorted by id and a ring built from scratch, once the initial values are in
 // and the revision is at least rev.
@@ -223,13 +230,16 @@ func waitRev(t *testing.T, c *bus.RingCache, rev uint64) {
 	}
 }
 
-var agreeKeys = func() []string {
-	ks := make([]string, 1000)
+var agreeKeys = fixedKeys(1000)
+
+// fixedKeys returns the keys key-0 ... key-<n-1>.
+func fixedKeys(n int) []string {
+	ks := make([]string, n)
 	for i := range ks {
 		ks[i] = "key-" + strconv.Itoa(i)
 	}
 	return ks
-}()
+}
 
 // agree checks that the cache and the independent reader, both at rev, hold
 // the same revision, membership and owners of 1,000 keys; false if the pool
