@@ -67,19 +67,25 @@ func (a *agreement) add(t *testing.T, keys []string, x answer) {
 		a.owners[x.rev] = x
 		return
 	}
-	diff, first := 0, -1
-	for i := range keys {
-		if x.owners[i] != p.owners[i] {
-			diff++
+	if diff, first := ownersDiffer(x, p); diff > 0 {
+		t.Fatalf("revision %d: %s gives %q to %q, %s gives it to %q (%d of %d keys differ; members %s)",
+			x.rev, x.who, keys[first], x.owners[first], p.who, p.owners[first], diff, len(keys), a.members[x.rev].members)
+	}
+}
+
+// ownersDiffer returns on how many keys two answers name different owners,
+// and the index of the first such key.
+func ownersDiffer(a, b answer) (n, first int) {
+	first = -1
+	for i := range a.owners {
+		if a.owners[i] != b.owners[i] {
+			n++
 			if first < 0 {
 				first = i
 			}
 		}
 	}
-	if diff > 0 {
-		t.Fatalf("revision %d: %s gives %q to %q, %s gives it to %q (%d of %d keys differ; members %s)",
-			x.rev, x.who, keys[first], x.owners[first], p.who, p.owners[first], diff, len(keys), a.members[x.rev].members)
-	}
+	return n, first
 }
 
 // ownersOf looks every key up with get.
@@ -286,9 +292,9 @@ type fleetNode struct {
 	hot    bool
 }
 
-// churnFleet reports its nodes every 20 ms from one connection, loads
-// taken from a router's document; changes are reported at once, in order
-// with the periodic reports.
+// churnFleet reports its nodes every 20 ms from one connection, the hot
+// node's load taken from router r's document (none if r is nil); changes
+// are reported at once, in order with the periodic reports.
 type churnFleet struct {
 	nc *nats.Conn
 	r  *router.Router
@@ -305,7 +311,7 @@ func startChurnFleet(t *testing.T, nc *nats.Conn, r *router.Router) *churnFleet 
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			d, _ := f.r.Ring()
+			d := f.doc()
 			f.mu.Lock()
 			for id, n := range f.nodes {
 				_ = f.publish(id, n, shedOf(d, id), "") // a failed publish is a missed report, which the next tick makes good
@@ -320,6 +326,15 @@ func startChurnFleet(t *testing.T, nc *nats.Conn, r *router.Router) *churnFleet 
 	})
 	t.Cleanup(func() { close(stop); wg.Wait() })
 	return f
+}
+
+// doc is the document whose sheds the hot node's load follows.
+func (f *churnFleet) doc() bus.RingDocument {
+	if f.r == nil {
+		return bus.RingDocument{}
+	}
+	d, _ := f.r.Ring()
+	return d
 }
 
 // publish reports node id; with f.mu held.
@@ -345,7 +360,7 @@ func (f *churnFleet) publish(id string, n fleetNode, shed float64, status string
 // set makes id report n from now on.
 func (f *churnFleet) set(t *testing.T, id string, n fleetNode) {
 	t.Helper()
-	d, _ := f.r.Ring()
+	d := f.doc()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.nodes[id] = n
@@ -364,6 +379,45 @@ func (f *churnFleet) leave(t *testing.T, id string) {
 	if err := f.publish(id, n, 0, bus.StatusLeaving); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// membershipOps is how many kinds of change churnFleet.change makes.
+const membershipOps = 4
+
+// change makes one seeded change of kind op to the fleet (0: one of ids
+// joins, 1: a member leaves, keeping at least least, 2: a member's weight
+// changes, 3: a member starts or stops draining) and says what it did, or
+// "" if op did not apply.
+func (f *churnFleet) change(t *testing.T, rng *rand.Rand, op int, ids []string, least int) string {
+	t.Helper()
+	in, nodes := f.get()
+	pick := in[rng.IntN(len(in))]
+	n := nodes[pick]
+	switch {
+	case op == 0 && len(in) < len(ids):
+		var out []string
+		for _, id := range ids {
+			if _, ok := nodes[id]; !ok {
+				out = append(out, id)
+			}
+		}
+		id := out[rng.IntN(len(out))]
+		w := float64(1 + rng.IntN(3))
+		f.set(t, id, fleetNode{weight: w})
+		return fmt.Sprintf("%s joins (weight %v)", id, w)
+	case op == 1 && len(in) > least:
+		f.leave(t, pick)
+		return pick + " leaves"
+	case op == 2:
+		n.weight = float64(1 + rng.IntN(4))
+		f.set(t, pick, n)
+		return fmt.Sprintf("%s weighs %v", pick, n.weight)
+	case op == 3:
+		n.drain = !n.drain
+		f.set(t, pick, n)
+		return fmt.Sprintf("%s drains %v", pick, n.drain)
+	}
+	return ""
 }
 
 // get returns the nodes, sorted by id, and what each reports.
@@ -440,32 +494,17 @@ func TestRoutersV3Agree(t *testing.T) {
 	for round := range 14 {
 		var did []string
 		for range 1 + rng.IntN(4) {
+			op := rng.IntN(membershipOps + 2)
+			if op < membershipOps {
+				if d := fleet.change(t, rng, op, ids, 5); d != "" {
+					did = append(did, d)
+				}
+				continue
+			}
 			in, nodes := fleet.get()
 			pick := in[rng.IntN(len(in))]
 			n := nodes[pick]
-			switch op := rng.IntN(6); {
-			case op == 0 && len(in) < len(ids):
-				var out []string
-				for _, id := range ids {
-					if _, ok := nodes[id]; !ok {
-						out = append(out, id)
-					}
-				}
-				id := out[rng.IntN(len(out))]
-				w := float64(1 + rng.IntN(3))
-				fleet.set(t, id, fleetNode{weight: w})
-				did = append(did, fmt.Sprintf("%s joins (weight %v)", id, w))
-			case op == 1 && len(in) > 5:
-				fleet.leave(t, pick)
-				did = append(did, pick+" leaves")
-			case op == 2:
-				n.weight = float64(1 + rng.IntN(4))
-				fleet.set(t, pick, n)
-				did = append(did, fmt.Sprintf("%s weighs %v", pick, n.weight))
-			case op == 3:
-				n.drain = !n.drain
-				fleet.set(t, pick, n)
-				did = append(did, fmt.Sprintf("%s drains %v", pick, n.drain))
+			switch {
 			case op == 4 && !n.drain: // draining members never shed
 				for _, id := range in {
 					if m := nodes[id]; m.hot {
