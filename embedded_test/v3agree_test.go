@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/router"
+	"github.com/natsroute/natsroute/ring"
 )
 
 // answer is what one router or reader answered at one pool revision: its
@@ -379,6 +380,20 @@ func (f *churnFleet) leave(t *testing.T, id string) {
 	if err := f.publish(id, n, 0, bus.StatusLeaving); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// document is the ring document the fleet's reports call for (no sheds).
+func (f *churnFleet) document() bus.RingDocument {
+	in, nodes := f.get()
+	d := bus.NewRingDocument(ring.DefaultVirtualNodes)
+	for _, id := range in {
+		n := bus.RingNode{ID: id, Weight: nodes[id].weight}
+		if nodes[id].drain {
+			n.Status = bus.StatusDraining
+		}
+		d.Nodes = append(d.Nodes, n)
+	}
+	return d
 }
 
 // membershipOps is how many kinds of change churnFleet.change makes.

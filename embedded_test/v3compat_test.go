@@ -331,15 +331,7 @@ func TestV3LegacyDocumentOn(t *testing.T) {
 				}
 			}
 		}
-		in, nodes := fleet.get()
-		want := bus.NewRingDocument(ring.DefaultVirtualNodes)
-		for _, id := range in {
-			n := bus.RingNode{ID: id, Weight: nodes[id].weight}
-			if nodes[id].drain {
-				n.Status = bus.StatusDraining
-			}
-			want.Nodes = append(want.Nodes, n)
-		}
+		want := fleet.document()
 		step := fmt.Sprintf("round %d (%s)", round+1, strings.Join(did, ", "))
 		var rev, docRev uint64
 		waitFor(t, 10*time.Second, step+": every router and cache with the reported members", func() bool {
