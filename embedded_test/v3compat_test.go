@@ -36,10 +36,12 @@ const previousVersion = "0.2.0"
 // place (git show 5ee6e75^:bus/ringcache.go: a follow.Follower on
 // RingKey with the document codec).
 type docReader struct {
-	mu  sync.Mutex // guards what follows
-	doc bus.RingDocument
-	rev uint64
-	rg  *ring.Ring
+	mu      sync.Mutex // guards what follows
+	doc     bus.RingDocument
+	rev     uint64
+	rg      *ring.Ring
+	seen    []string // docMembers of every document applied
+	refused error    // why the last refused document was refused
 }
 
 func startDocReader(t *testing.T, kv jetstream.KeyValue, key string) *docReader {
@@ -59,15 +61,17 @@ func startDocReader(t *testing.T, kv jetstream.KeyValue, key string) *docReader 
 				continue
 			}
 			doc, err := bus.DecodeRingDocument(e.Value())
-			if err != nil {
-				continue // refused: keep the last good ring
-			}
-			rg, err := doc.Ring()
-			if err != nil {
-				continue
+			var rg *ring.Ring
+			if err == nil {
+				rg, err = doc.Ring()
 			}
 			d.mu.Lock()
-			d.doc, d.rev, d.rg = doc, e.Revision(), rg
+			if err != nil {
+				d.refused = fmt.Errorf("revision %d: %w", e.Revision(), err) // keep the last good ring
+			} else {
+				d.doc, d.rev, d.rg = doc, e.Revision(), rg
+				d.seen = append(d.seen, docMembers(doc))
+			}
 			d.mu.Unlock()
 		}
 	}()
@@ -81,6 +85,21 @@ func (d *docReader) current() (bus.RingDocument, uint64, *ring.Ring) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.doc, d.rev, d.rg
+}
+
+// saw reports whether a document with these members (as docMembers
+// renders them) was applied.
+func (d *docReader) saw(members string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Contains(d.seen, members)
+}
+
+// refusal says why the last refused document was refused, nil if none was.
+func (d *docReader) refusal() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.refused
 }
 
 // answer is the reader's answer for keys.
