@@ -98,10 +98,14 @@ func ownersOf(keys []string, get func(string) (string, error)) []string {
 	return out
 }
 
-// replies sends body to subject and gathers n replies: one from each
-// router when every router has a queue group of its own.
-func replies(t *testing.T, nc *nats.Conn, subject string, body []byte, n int) []*nats.Msg {
+// replies sends q (msgpack) to subject and decodes n replies: one from
+// each router when every router has a queue group of its own.
+func replies[T any](t *testing.T, nc *nats.Conn, subject string, q any, n int) []T {
 	t.Helper()
+	body, err := bus.Msgpack.Marshal(q)
+	if err != nil {
+		t.Fatal(err)
+	}
 	inbox := nats.NewInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -112,34 +116,28 @@ func replies(t *testing.T, nc *nats.Conn, subject string, body []byte, n int) []
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	var out []*nats.Msg
-	for len(out) < n {
+	out := make([]T, n)
+	for i := range out {
 		m, err := sub.NextMsg(time.Until(deadline))
 		if err != nil {
-			t.Fatalf("%d of %d replies on %s: %v", len(out), n, subject, err)
+			t.Fatalf("%d of %d replies on %s: %v", i, n, subject, err)
 		}
 		if e := m.Header.Get("Nats-Service-Error"); e != "" {
 			t.Fatalf("%s: error reply %s %s", subject, m.Header.Get("Nats-Service-Error-Code"), e)
 		}
-		out = append(out, m)
+		if err := bus.DetectEncoding(m.Data, m.Header).Unmarshal(m.Data, &out[i]); err != nil {
+			t.Fatalf("%s: reply %d: %v", subject, i, err)
+		}
 	}
 	return out
 }
 
 // requestAnswers asks route.request for the owners of keys in one batch and
 // returns each of n routers' answer.
-func requestAnswers(t *testing.T, nc *nats.Conn, keys []string, n int, label string) []answer {
+func requestAnswers(t *testing.T, nc *nats.Conn, keys []string, n int) []answer {
 	t.Helper()
-	body, err := bus.Msgpack.Marshal(bus.Request{Strategy: bus.StrategyConsistentHash, Keys: keys})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []answer
-	for i, m := range replies(t, nc, bus.SubjectRequest, body, n) {
-		var rep bus.Reply
-		if err := bus.DetectEncoding(m.Data, m.Header).Unmarshal(m.Data, &rep); err != nil {
-			t.Fatal(err)
-		}
+	for i, rep := range replies[bus.Reply](t, nc, bus.SubjectRequest, bus.Request{Strategy: bus.StrategyConsistentHash, Keys: keys}, n) {
 		if len(rep.Results) != len(keys) {
 			t.Fatalf("route.request: %d results for %d keys", len(rep.Results), len(keys))
 		}
@@ -150,7 +148,7 @@ func requestAnswers(t *testing.T, nc *nats.Conn, keys []string, n int, label str
 			}
 			owners[j] = res.Node
 		}
-		out = append(out, answer{who: fmt.Sprintf("%s route.request #%d", label, i), rev: rep.Revision, owners: owners})
+		out = append(out, answer{who: fmt.Sprintf("route.request reply %d", i), rev: rep.Revision, owners: owners})
 	}
 	return out
 }
@@ -158,19 +156,11 @@ func requestAnswers(t *testing.T, nc *nats.Conn, keys []string, n int, label str
 // ringAnswers asks route.ring for the pool's document and returns each of n
 // routers' document and revision as an answer (owners from a ring built
 // from the document).
-func ringAnswers(t *testing.T, nc *nats.Conn, keys []string, n int, label string) []answer {
+func ringAnswers(t *testing.T, nc *nats.Conn, keys []string, n int) []answer {
 	t.Helper()
-	body, err := bus.Msgpack.Marshal(bus.PoolRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []answer
-	for i, m := range replies(t, nc, bus.SubjectRing, body, n) {
-		var st bus.RingState
-		if err := bus.DetectEncoding(m.Data, m.Header).Unmarshal(m.Data, &st); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, docAnswer(t, fmt.Sprintf("%s route.ring #%d", label, i), st.Ring, st.Revision, keys))
+	for i, st := range replies[bus.RingState](t, nc, bus.SubjectRing, bus.PoolRequest{}, n) {
+		out = append(out, docAnswer(t, fmt.Sprintf("route.ring reply %d", i), st.Ring, st.Revision, keys))
 	}
 	return out
 }
@@ -226,8 +216,8 @@ func (p *agreeParties) count() int { return 2*len(p.routers) + len(p.caches) + 1
 // sample asks everyone once, records the answers and returns them.
 func (p *agreeParties) sample(t *testing.T) []answer {
 	t.Helper()
-	out := requestAnswers(t, p.nc, p.keys, len(p.routers), "router")
-	out = append(out, ringAnswers(t, p.nc, p.keys, len(p.routers), "router")...)
+	out := requestAnswers(t, p.nc, p.keys, len(p.routers))
+	out = append(out, ringAnswers(t, p.nc, p.keys, len(p.routers))...)
 	for i, c := range p.caches {
 		if a, ok := cacheAnswer(fmt.Sprintf("cache %d", i), c, p.keys); ok {
 			out = append(out, a)

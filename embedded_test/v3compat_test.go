@@ -47,36 +47,28 @@ type docReader struct {
 func startDocReader(t *testing.T, kv jetstream.KeyValue, key string) *docReader {
 	t.Helper()
 	d := &docReader{doc: bus.NewRingDocument(ring.DefaultVirtualNodes)}
-	ctx, cancel := context.WithCancel(context.Background())
-	w, err := kv.Watch(ctx, key)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for e := range w.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			doc, err := bus.DecodeRingDocument(e.Value())
-			var rg *ring.Ring
-			if err == nil {
-				rg, err = doc.Ring()
-			}
-			d.mu.Lock()
-			if err != nil {
-				d.refused = fmt.Errorf("revision %d: %w", e.Revision(), err) // keep the last good ring
-			} else {
-				d.doc, d.rev, d.rg = doc, e.Revision(), rg
-				d.seen = append(d.seen, docMembers(doc))
-			}
-			d.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	watchEntries(t, kv, []string{key}, d.apply)
 	return d
+}
+
+// apply takes a watched entry of the document key.
+func (d *docReader) apply(e jetstream.KeyValueEntry) {
+	if e == nil || e.Operation() != jetstream.KeyValuePut {
+		return
+	}
+	doc, err := bus.DecodeRingDocument(e.Value())
+	var rg *ring.Ring
+	if err == nil {
+		rg, err = doc.Ring()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.refused = fmt.Errorf("revision %d: %w", e.Revision(), err) // keep the last good ring
+		return
+	}
+	d.doc, d.rev, d.rg = doc, e.Revision(), rg
+	d.seen = append(d.seen, docMembers(doc))
 }
 
 // current returns the document, its revision and its ring (nil before the
@@ -378,7 +370,7 @@ func TestV3LegacyDocumentOn(t *testing.T) {
 			}
 			return true
 		})
-		as := requestAnswers(t, nc, keys, 3, "router")
+		as := requestAnswers(t, nc, keys, 3)
 		atRev := 0
 		for _, a := range as {
 			switch a.rev {

@@ -44,8 +44,17 @@ type indepReader struct {
 func startIndepReader(t *testing.T, kv jetstream.KeyValue, pool string) *indepReader {
 	t.Helper()
 	r := &indepReader{pool: pool, changed: make(chan struct{}), members: map[string]ring.Member{}}
+	watchEntries(t, kv, []string{"pools." + pool, "members." + pool + ".*"}, r.apply)
+	return r
+}
+
+// watchEntries hands each entry of one KV watch of keys to apply, in
+// stream order on one goroutine (nil: the initial values are all in),
+// until the test ends.
+func watchEntries(t *testing.T, kv jetstream.KeyValue, keys []string, apply func(jetstream.KeyValueEntry)) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	w, err := kv.WatchFiltered(ctx, []string{"pools." + pool, "members." + pool + ".*"})
+	w, err := kv.WatchFiltered(ctx, keys)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -54,11 +63,10 @@ func startIndepReader(t *testing.T, kv jetstream.KeyValue, pool string) *indepRe
 	go func() {
 		defer close(done)
 		for e := range w.Updates() {
-			r.apply(e)
+			apply(e)
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return r
 }
 
 func (r *indepReader) apply(e jetstream.KeyValueEntry) {
