@@ -10,8 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -492,95 +490,6 @@ func TestRouterPurgesV3Markers(t *testing.T) {
 		_, nodes := v3Keys(t, kv, bus.DefaultPool)
 		return len(nodes) == 2
 	})
-}
-
-// TestRoutersV3Churn: three routers with WriteV3 and three RingCaches, a
-// seeded random sequence of rounds of joins, weight changes, draining and
-// leaves. At each quiescent point the routers hold one document, the v3
-// keys hold exactly its members, the caches (on v3) are at one revision
-// with those members, and the caches and the routers agree on the owners
-// of 1,000 keys. (The routers answer with the document's revision until
-// they read v3 themselves, so revisions are compared among caches only.)
-func TestRoutersV3Churn(t *testing.T) {
-	s := runServer(t)
-	var routers []*router.Router
-	for range 3 {
-		cfg := testConfig(t)
-		cfg.WriteV3 = true
-		routers = append(routers, startRouter(t, connect(t, s.ClientURL()), cfg))
-	}
-	nc := connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var caches []*bus.RingCache
-	for range 3 {
-		caches = append(caches, watchCache(t, js))
-	}
-	rng := rand.New(rand.NewPCG(22, 3))
-	type state struct {
-		weight float64
-		status string
-	}
-	nodes := map[string]state{}
-	for round := range 8 {
-		for range 1 + rng.IntN(12) {
-			id := fmt.Sprintf("n%02d", rng.IntN(24))
-			st := state{weight: float64(1 + rng.IntN(4))}
-			switch rng.IntN(5) {
-			case 0:
-				st.status = bus.StatusLeaving
-			case 1:
-				st.status = bus.StatusDraining
-			}
-			nodes[id] = st
-			h := okHealth
-			h.Weight, h.Status = st.weight, st.status
-			health(t, nc, id, h)
-		}
-		var want []bus.RingNode
-		for _, id := range slices.Sorted(maps.Keys(nodes)) {
-			st := nodes[id]
-			if st.status == bus.StatusLeaving {
-				continue
-			}
-			n := bus.RingNode{ID: id, Weight: st.weight}
-			if st.status == bus.StatusDraining {
-				n.Status = bus.StatusDraining
-			}
-			want = append(want, n)
-		}
-		step := fmt.Sprintf("round %d", round+1)
-		waitFor(t, 10*time.Second, step+": routers, v3 keys and caches to settle", func() bool {
-			for _, r := range routers {
-				if d, _ := r.Ring(); !slices.Equal(d.Nodes, want) {
-					return false
-				}
-			}
-			if _, ks := v3Keys(t, kv, bus.DefaultPool); !slices.Equal(ks, want) {
-				return false
-			}
-			_, rev0 := caches[0].Ring()
-			for _, c := range caches {
-				d, rev := c.Ring()
-				if !c.V3() || rev != rev0 || !slices.Equal(d.Nodes, want) {
-					return false
-				}
-			}
-			return true
-		})
-		if len(want) == 0 {
-			continue
-		}
-		cachesAgree(t, step, nc, "", caches...)
-	}
 }
 
 // TestRouterWritesV3Shed: a member's shed goes into its v3 key exactly as
