@@ -250,8 +250,8 @@ func (p *agreeParties) revisions() []uint64 {
 func (p *agreeParties) settle(t *testing.T, what string) uint64 {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
-	var last []uint64
 	for {
+		var last []uint64
 		var since time.Time
 		waitFor(t, time.Until(deadline), what+": everyone at one revision", func() bool {
 			revs := p.revisions()
