@@ -464,7 +464,6 @@ func TestRoutersV3Agree(t *testing.T) {
 	var routers []*router.Router
 	for i := range 3 {
 		cfg := testConfig(t)
-		cfg.WriteV3 = true
 		cfg.QueueGroup = fmt.Sprintf("agree-%d", i)
 		cfg.Limits.MaxBatch = len(keys)
 		cfg.BalanceFactor = 1.25

@@ -321,7 +321,6 @@ func TestV3LegacyDocumentOn(t *testing.T) {
 	var routers []*router.Router
 	for i := range 2 {
 		cfg := testConfig(t)
-		cfg.WriteV3 = true
 		cfg.QueueGroup = fmt.Sprintf("new-%d", i)
 		cfg.Limits.MaxBatch = len(keys)
 		routers = append(routers, startRouter(t, connect(t, s.ClientURL()), cfg))

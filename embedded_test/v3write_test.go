@@ -112,7 +112,6 @@ func TestRouterWritesV3(t *testing.T) {
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
 	cfg.Coalesce = time.Millisecond
-	cfg.WriteV3 = true
 	r := startRouter(t, nc, cfg)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -210,7 +209,6 @@ func TestRouterConvertsPoolToV3(t *testing.T) {
 	}
 	defer func() { _ = w.Stop() }()
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	startRouter(t, nc, cfg)
 	seen := map[string]string{}
 	for {
@@ -248,8 +246,10 @@ func TestRouterRepairsV3Keys(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	cfg.Resync = time.Hour // only the watch can bring the changes in time
+	// A member the router never heard of is kept for the start-up grace
+	// (MemberTTL from its start), as in a document; a and b keep reporting.
+	cfg.MemberTTL = 3 * time.Second
 	r := startRouter(t, nc, cfg)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -267,9 +267,11 @@ func TestRouterRepairsV3Keys(t *testing.T) {
 	inSync := func(what string) {
 		t.Helper()
 		waitFor(t, 10*time.Second, what, func() bool {
+			health(t, nc, "a", okHealth)
+			health(t, nc, "b", okHealth)
 			doc, _ := r.Ring()
 			_, nodes := v3Keys(t, kv, bus.DefaultPool)
-			return slices.Equal(nodes, doc.Nodes) && len(nodes) == 2
+			return slices.Equal(nodes, doc.Nodes) && slices.Equal(nodes, []bus.RingNode{{ID: "a", Weight: 1}, {ID: "b", Weight: 1}})
 		})
 	}
 	inSync("the v3 keys of a and b")
@@ -292,9 +294,9 @@ func TestRouterRepairsV3Keys(t *testing.T) {
 	}
 }
 
-// TestRoutersWriteV3Together: three routers mirror the document into the
-// v3 keys with compare-and-set per key; after each round of joins, changes
-// and leaves they settle on one document and the v3 keys hold exactly its
+// TestRoutersWriteV3Together: three routers write the v3 keys with
+// compare-and-set per key; after each round of joins, changes and leaves
+// they settle on one ring at one revision, the v3 keys hold exactly its
 // members, and a RingCache on v3 agrees with the routers on 1,000 keys.
 func TestRoutersWriteV3Together(t *testing.T) {
 	s := runServer(t)
@@ -302,7 +304,6 @@ func TestRoutersWriteV3Together(t *testing.T) {
 	for range 3 {
 		nc := connect(t, s.ClientURL())
 		cfg := testConfig(t)
-		cfg.WriteV3 = true
 		routers = append(routers, &routerConn{r: startRouter(t, nc, cfg), nc: nc})
 	}
 	nc := routers[0].nc
@@ -385,7 +386,6 @@ func TestRouterV3Burst(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	r := startRouter(t, nc, cfg)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -424,7 +424,6 @@ func TestRouterPurgesV3Markers(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	cfg.MemberTTL = time.Second
 	r := startRouter(t, nc, cfg)
 	js, err := jetstream.New(nc)
@@ -502,7 +501,6 @@ func TestRouterWritesV3Shed(t *testing.T) {
 	doc := `{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.3},{"id":"b","weight":2}]}`
 	kv := oldBucket(t, nc, doc)
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	cfg.BalanceFactor = 1.25 // keeps the document's shed until fresh loads say otherwise
 	r := startRouter(t, connect(t, s.ClientURL()), cfg)
 	waitFor(t, 10*time.Second, "the shed in a's v3 key", func() bool {
