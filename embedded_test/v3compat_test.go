@@ -396,3 +396,90 @@ func TestV3LegacyDocumentOn(t *testing.T) {
 	}
 	t.Logf("the old router wrote the document %d times", old.writes.Load())
 }
+
+// TestV3LegacyDocumentOff: once every reader is upgraded and the
+// compatibility setting goes off (NoLegacyDocument), routers stop writing
+// the document: the ring key keeps the revision the last router with the
+// setting on left it at while members join, leave and change, and a
+// RingCache of the previous release stays there with it (what README says
+// breaks). RingCaches of this release follow the member keys, at the
+// routers' revision, and answer as the routers on 1,000 keys.
+func TestV3LegacyDocumentOff(t *testing.T) {
+	rng := rand.New(rand.NewPCG(22, 3))
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	fleet := startChurnFleet(t, connect(t, s.ClientURL()), nil)
+	ids := make([]string, 10)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("n%02d", i)
+	}
+	for _, id := range ids[:5] {
+		fleet.set(t, id, fleetNode{weight: 1})
+	}
+	// Upgraded, the setting still on: the document is written.
+	on := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	kv := bucket(t, nc)
+	oldCache := startDocReader(t, kv, bus.RingKey)
+	waitFor(t, 10*time.Second, "the document with five members", func() bool {
+		d, _, _ := oldCache.current()
+		return d.Equal(fleet.document())
+	})
+	// The setting goes off: the routers restart without it.
+	cfg := testConfig(t)
+	cfg.NoLegacyDocument = true
+	routers := []*router.Router{startRouter(t, connect(t, s.ClientURL()), cfg), startRouter(t, connect(t, s.ClientURL()), cfg)}
+	if err := on.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	e, err := kv.Get(ctx, bus.RingKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	docRev, oldDoc := e.Revision(), string(e.Value())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caches := []*bus.RingCache{watchCache(t, js), watchCache(t, js)}
+	moved := 0
+	for round := range 5 {
+		var did []string
+		for range 1 + rng.IntN(3) {
+			if d := fleet.change(t, rng, rng.IntN(membershipOps), ids, 3); d != "" {
+				did = append(did, d)
+			}
+		}
+		want := fleet.document()
+		step := fmt.Sprintf("round %d (%s)", round+1, strings.Join(did, ", "))
+		waitFor(t, 10*time.Second, step+": routers and caches with the reported members at one revision", func() bool {
+			_, rev := routers[0].Ring()
+			for _, r := range routers {
+				if d, x := r.Ring(); x != rev || !d.Equal(want) {
+					return false
+				}
+			}
+			for _, c := range caches {
+				if d, x := c.Ring(); x != rev || !d.Equal(want) || !c.V3() {
+					return false
+				}
+			}
+			return true
+		})
+		cachesAgree(t, step, nc, "", caches...)
+		e, err := kv.Get(ctx, bus.RingKey)
+		if err != nil || e.Revision() != docRev || string(e.Value()) != oldDoc {
+			t.Fatalf("%s: the document was written with the setting off: %v", step, err)
+		}
+		if _, rev, _ := oldCache.current(); rev != docRev {
+			t.Fatalf("%s: the previous release's cache at revision %d, want it left at %d", step, rev, docRev)
+		}
+		if last, _ := bus.DecodeRingDocument([]byte(oldDoc)); !want.Equal(last) {
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatal("the members never differed from the last document: the test showed nothing")
+	}
+	t.Logf("the document stayed at revision %d through %d membership changes; a cache of the previous release stayed with it", docRev, moved)
+}
