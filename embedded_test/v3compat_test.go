@@ -330,7 +330,6 @@ func TestV3LegacyDocumentOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	caches := []*bus.RingCache{watchCache(t, js), watchCache(t, js)}
-	ctx := ctxT(t)
 	for round := range 6 {
 		did := []string{"routers and caches upgraded"}
 		if round > 0 {
@@ -357,11 +356,7 @@ func TestV3LegacyDocumentOn(t *testing.T) {
 					return false
 				}
 			}
-			e, err := kv.Get(ctx, bus.RingKey)
-			if err != nil {
-				return false
-			}
-			docRev = e.Revision()
+			_, docRev = poolDocument(t, kv, bus.DefaultPool)
 			for _, v := range []*docReader{oldCache, old.view} {
 				if d, r, _ := v.current(); r != docRev || !d.Equal(want) {
 					return false
@@ -431,12 +426,7 @@ func TestV3LegacyDocumentOff(t *testing.T) {
 	if err := on.Close(); err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxT(t)
-	e, err := kv.Get(ctx, bus.RingKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	docRev, oldDoc := e.Revision(), string(e.Value())
+	last, docRev := poolDocument(t, kv, bus.DefaultPool)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -467,14 +457,13 @@ func TestV3LegacyDocumentOff(t *testing.T) {
 			return true
 		})
 		cachesAgree(t, step, nc, "", caches...)
-		e, err := kv.Get(ctx, bus.RingKey)
-		if err != nil || e.Revision() != docRev || string(e.Value()) != oldDoc {
-			t.Fatalf("%s: the document was written with the setting off: %v", step, err)
+		if d, rev := poolDocument(t, kv, bus.DefaultPool); rev != docRev || !d.Equal(last) {
+			t.Fatalf("%s: the document was written with the setting off (revision %d -> %d: %s)", step, docRev, rev, docMembers(d))
 		}
 		if _, rev, _ := oldCache.current(); rev != docRev {
 			t.Fatalf("%s: the previous release's cache at revision %d, want it left at %d", step, rev, docRev)
 		}
-		if last, _ := bus.DecodeRingDocument([]byte(oldDoc)); !want.Equal(last) {
+		if !want.Equal(last) {
 			moved++
 		}
 	}
