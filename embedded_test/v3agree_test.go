@@ -448,7 +448,9 @@ func (f *churnFleet) get() ([]string, map[string]fleetNode) {
 // route.ring's document), every cache and the independent reader are asked:
 // any two answers at one revision must give every key the same owner (and
 // show the same members), and each round must end at a revision all of
-// them report. NATSROUTE_AGREE_SEED sets the seed.
+// them report. There, a cache of the previous release (the document kept
+// for it, at its own revision) gives the same owners too.
+// NATSROUTE_AGREE_SEED sets the seed.
 func TestRoutersV3Agree(t *testing.T) {
 	seed := uint64(22)
 	if v := os.Getenv("NATSROUTE_AGREE_SEED"); v != "" {
@@ -483,6 +485,7 @@ func TestRoutersV3Agree(t *testing.T) {
 		p.caches = append(p.caches, watchCache(t, js))
 	}
 	p.ind = startIndepReader(t, kv, bus.DefaultPool)
+	oldCache := startDocReader(t, kv, bus.RingKey)
 	fleet := startChurnFleet(t, connect(t, s.ClientURL()), routers[0])
 	callers := []*bus.Client{caller(t, s, "svc-a"), caller(t, s, "svc-b")}
 
@@ -540,7 +543,15 @@ func TestRoutersV3Agree(t *testing.T) {
 		p.sample(t) // in the middle of the change
 		rev := p.settle(t, fmt.Sprint("round ", round+1))
 		common = append(common, rev)
+		// The document kept for earlier releases follows, sheds and
+		// ejections included: a cache of the previous release answers
+		// alike once it has it.
 		d, _ := routers[0].Ring()
+		waitFor(t, 5*time.Second, fmt.Sprint("round ", round+1, ": the previous release's cache"), func() bool {
+			od, _, _ := oldCache.current()
+			return od.Equal(d)
+		})
+		sameOwners(t, fmt.Sprint("round ", round+1), keys, []answer{p.log.owners[rev], oldCache.answer("a cache of the previous release", keys)})
 		if d.Shedding() {
 			sheds++
 		}
