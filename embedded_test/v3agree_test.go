@@ -499,7 +499,6 @@ func TestRoutersV3Agree(t *testing.T) {
 	common := []uint64{p.settle(t, "the first members")}
 	sheds, ejected := 0, 0
 	feedback := uint64(0) // failures reported
-	ctx := ctxT(t)
 	for round := range 14 {
 		var did []string
 		for range 1 + rng.IntN(4) {
@@ -526,7 +525,7 @@ func TestRoutersV3Agree(t *testing.T) {
 				did = append(did, fmt.Sprintf("%s hot %v", pick, n.hot))
 			case op == 5 && !n.drain && inRing(routers[0], pick):
 				for i := range 5 {
-					if err := callers[i%2].ReportFailure(ctx, pick, bus.WithReason("agree test"), bus.WithAck()); err != nil {
+					if err := callers[i%2].ReportFailure(ctxT(t), pick, bus.WithReason("agree test"), bus.WithAck()); err != nil {
 						t.Fatal(err)
 					}
 				}
