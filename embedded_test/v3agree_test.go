@@ -486,6 +486,7 @@ func TestRoutersV3Agree(t *testing.T) {
 	}
 	p.ind = startIndepReader(t, kv, bus.DefaultPool)
 	oldCache := startDocReader(t, kv, bus.RingKey)
+	logBucketOnFailure(t, kv)
 	fleet := startChurnFleet(t, connect(t, s.ClientURL()), routers[0])
 	callers := []*bus.Client{caller(t, s, "svc-a"), caller(t, s, "svc-b")}
 

@@ -273,6 +273,31 @@ func (o *oldRouter) flush(ctx context.Context) {
 	}
 }
 
+// logBucketOnFailure keeps every entry written to the bucket from now on
+// and logs them if the test fails: which writer went where, in stream
+// order, is what a disagreement needs to be explained.
+func logBucketOnFailure(t *testing.T, kv jetstream.KeyValue) {
+	t.Helper()
+	var mu sync.Mutex
+	var entries []string
+	watchEntries(t, kv, []string{">"}, func(e jetstream.KeyValueEntry) {
+		if e == nil {
+			return
+		}
+		mu.Lock()
+		entries = append(entries, fmt.Sprintf("%d %s %s %s", e.Revision(), e.Operation(), e.Key(), e.Value()))
+		mu.Unlock()
+	})
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		t.Logf("the bucket's entries:\n%s", strings.Join(entries, "\n"))
+	})
+}
+
 // sameOwners fails the test unless every answer gives every key the owner
 // the first gives it (whatever their revisions).
 func sameOwners(t *testing.T, step string, keys []string, as []answer) {
@@ -330,6 +355,7 @@ func TestV3LegacyDocumentOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	caches := []*bus.RingCache{watchCache(t, js), watchCache(t, js)}
+	logBucketOnFailure(t, kv)
 	for round := range 6 {
 		did := []string{"routers and caches upgraded"}
 		if round > 0 {
