@@ -527,7 +527,7 @@ func TestRoutersV3Agree(t *testing.T) {
 	common := []uint64{p.settle(t, "the first members")}
 	sheds, ejected := 0, 0
 	feedback := uint64(0) // failures reported
-	for round := range 12 {
+	for round := range 10 {
 		var did []string
 		for range 1 + rng.IntN(4) {
 			op := rng.IntN(membershipOps + 2)
