@@ -182,7 +182,9 @@ func (k *keeper) applyEntry(e jetstream.KeyValueEntry) {
 		p.docEntry = e
 		return
 	}
-	p.v3.observe(key, e.Revision(), e.Operation() == jetstream.KeyValuePut, e.Value(), e.Created())
+	if p.v3.observe(key, e.Revision(), e.Operation() == jetstream.KeyValuePut, e.Value(), e.Created()) {
+		p.news = true
+	}
 	if p.view == nil {
 		p.view, _ = bus.NewPoolView(name) // the name was validated by ensurePool
 	}

@@ -32,6 +32,7 @@ type pool struct {
 	// batch touched them, and the newest document entry of the batch.
 	view     *bus.PoolView
 	touched  bool
+	news     bool // the batch brought member entries this router did not write
 	docEntry jetstream.KeyValueEntry
 
 	dirty     chan struct{} // wakes the writer
