@@ -45,10 +45,20 @@ func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDo
 			continue
 		case known:
 			t.pass = pass
+			// A member's key written by another router after this one's
+			// last report from the node holds newer news (that router
+			// handled a report this one has not yet): leave its weight,
+			// status and presence as they are, or the two undo each other.
 			if !r.alive(t, now) {
-				continue // expired or left
+				if t.left && p.keyNewer(n.ID, t) {
+					break // keep n
+				}
+				continue // expired, down, or left
 			}
 			m := p.reported(n.ID, t, legacy)
+			if (m.Weight != n.Weight || m.Status != n.Status) && p.keyNewer(n.ID, t) {
+				break // keep n
+			}
 			if rev != p.shedRev {
 				// The policy ran on another revision: a replica that wrote
 				// since may have stepped further. Keep the ring's shed until
@@ -71,9 +81,10 @@ func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDo
 	}
 	sorted := true
 	for id, t := range reporters {
-		if t.pass == pass || !r.alive(t, now) || p.isEjected(id, wall) {
-			continue
+		if t.pass == pass || !r.alive(t, now) || p.isEjected(id, wall) || p.keyNewer(id, t) {
+			continue // a key deleted after the node's last report here: see above
 		}
+
 		out.Nodes = append(out.Nodes, p.reported(id, t, legacy))
 		sorted = false
 	}
@@ -81,6 +92,14 @@ func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDo
 		slices.SortFunc(out.Nodes, cmpNodes)
 	}
 	return out.WithFormat()
+}
+
+// keyNewer reports whether the member key of node id was written or
+// deleted by another router after this router's last report from it, in a
+// pool that answers from its member keys (for a pool still on its
+// document, the keys are what the writer converts it to, not news).
+func (p *pool) keyNewer(id string, t *track) bool {
+	return p.ring.Published() && p.v3.writtenAfter(bus.MemberKey(p.name, id), t.seen)
 }
 
 // reported is a reporting node as its reports make it a member: its
