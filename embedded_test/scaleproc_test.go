@@ -63,6 +63,9 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	}
 	cfg := router.DefaultConfig()
 	cfg.MemberTTL = ttl
+	// The one-key-per-member layout (v3), which RingCaches answer from as
+	// soon as pools.<pool> exists; the document is still written beside it.
+	cfg.WriteV3 = true
 	r, stop, err := startChildRouter(url, "natsroute-scale-router", cfg)
 	if err != nil {
 		return err
