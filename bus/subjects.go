@@ -32,7 +32,7 @@ const (
 	DefaultQueueGroup = "natsroute" // queue group shared by router replicas
 
 	ServiceName    = "natsroute" // NATS micro service name
-	ServiceVersion = "0.2.0"     // NATS micro service version (0.2.0: pools, format 2)
+	ServiceVersion = "0.3.0"     // NATS micro service version (0.2.0: pools, format 2; 0.3.0: one key per member)
 
 	// Strategy names.
 	StrategyConsistentHash = "ConsistentHash"

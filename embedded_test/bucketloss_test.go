@@ -1,6 +1,7 @@
 package embedded_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -12,9 +13,38 @@ import (
 	"github.com/natsroute/natsroute/bus/router"
 )
 
-// bucketMembers reads the default pool's document from the bucket, "" if
-// the bucket or the key is missing.
+// bucketMembers reads the default pool's member keys from the bucket: the
+// members and the pool's revision, "" if the bucket is missing or the pool
+// has no member keys.
 func bucketMembers(js jetstream.JetStream) (string, uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
+	if err != nil {
+		return "", 0
+	}
+	w, err := kv.WatchFiltered(ctx, bus.PoolWatchKeys(bus.DefaultPool))
+	if err != nil {
+		return "", 0
+	}
+	defer func() { _ = w.Stop() }()
+	view, _ := bus.NewPoolView(bus.DefaultPool)
+	for e := range w.Updates() {
+		if e == nil {
+			s, err := view.Publish()
+			if err != nil || !s.V3 {
+				return "", 0
+			}
+			return docMembers(s.Document()), s.Revision
+		}
+		_ = view.Apply(e)
+	}
+	return "", 0 // ctx ended
+}
+
+// bucketDocument reads the default pool's whole document (written for
+// readers of earlier releases), "" if the bucket or the key is missing.
+func bucketDocument(js jetstream.JetStream) (string, uint64) {
 	e, err := bucketGet(js)
 	if err != nil {
 		return "", 0
@@ -98,7 +128,7 @@ func TestBucketDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the router to write a,b,c again after the key was deleted", func() bool {
-		got, _ := bucketMembers(js)
+		got, _ := bucketDocument(js)
 		return got == "a,b,c"
 	})
 

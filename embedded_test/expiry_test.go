@@ -62,8 +62,12 @@ func TestExpiryUnderLoad(t *testing.T) {
 	if len(d.Nodes) != n {
 		t.Fatalf("%d members after the ghost left, want the %d busy ones", len(d.Nodes), n)
 	}
-	if got := st.KVWrites - writes; got != 1 {
-		t.Fatalf("%d ring writes during the heartbeats, want 1 (the ghost leaving)", got)
+	// The ghost leaving: its key deleted and the document written, and
+	// perhaps pools.default rewritten before its delete marker is purged
+	// (MemberTTL later). Heartbeats write nothing.
+	waitFor(t, 5*time.Second, "the ghost's key deleted and the document written", func() bool { return r.Stats().KVWrites-writes >= 2 })
+	if got := r.Stats().KVWrites - writes; got > 3 {
+		t.Fatalf("%d KV writes during the heartbeats, want 2 or 3 (the ghost leaving)", got)
 	}
 	if st.HealthDropped != 0 {
 		t.Fatalf("%d reports dropped", st.HealthDropped)

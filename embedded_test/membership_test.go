@@ -211,12 +211,25 @@ func batch(t testing.TB, r *router.Router, keys []string) []string {
 	return out
 }
 
-// TestBurstCoalesces: 100 nodes joining within a few milliseconds become a
-// few ring writes, not 100.
+// TestBurstCoalesces: 100 nodes joining within a few milliseconds become
+// one write per member key (none written twice) and a few writes of the
+// whole document, not 100.
 func TestBurstCoalesces(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	w, err := kv.Watch(ctx, bus.RingKey, jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = w.Stop() }()
 	t0 := time.Now()
 	for i := range 100 {
 		health(t, nc, fmt.Sprintf("b%03d", i), okHealth)
@@ -225,10 +238,32 @@ func TestBurstCoalesces(t *testing.T) {
 		t.Fatal(err)
 	}
 	sent := time.Since(t0)
-	waitFor(t, 10*time.Second, "100 members", func() bool { d, _ := r.Ring(); return len(d.Nodes) == 100 })
+	docs, full := 0, false
+	waitFor(t, 10*time.Second, "100 members in the keys and the document", func() bool {
+		for {
+			select {
+			case e, ok := <-w.Updates():
+				if !ok {
+					t.Fatal("the watch of the document stopped")
+				}
+				if e == nil {
+					continue // the end of no initial values (UpdatesOnly)
+				}
+				docs++
+				d, err := bus.DecodeRingDocument(e.Value())
+				full = err == nil && len(d.Nodes) == 100
+			default:
+				d, _ := r.Ring()
+				return full && len(d.Nodes) == 100
+			}
+		}
+	})
 	writes := r.Stats().KVWrites
-	t.Logf("100 joins sent in %v became %d ring writes", sent, writes)
-	if writes > 10 {
-		t.Fatalf("100 joins became %d writes, want a few", writes)
+	t.Logf("100 joins sent in %v became %d document writes and %d key writes", sent, docs, writes-uint64(docs))
+	if docs > 10 {
+		t.Fatalf("100 joins became %d document writes, want a few", docs)
+	}
+	if keys := writes - uint64(docs); keys != 101 {
+		t.Fatalf("100 joins became %d key writes, want 101 (each member once, and pools.default)", keys)
 	}
 }

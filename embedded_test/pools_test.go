@@ -2,7 +2,6 @@ package embedded_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -29,6 +28,44 @@ func inPools(pools ...string) bus.Health {
 
 // poolDoc reads a pool's ring document straight from the bucket.
 func poolDoc(t testing.TB, kv jetstream.KeyValue, pool string) (bus.RingDocument, uint64) {
+	t.Helper()
+	snap, err := poolSnapshot(kv, pool)
+	if err != nil {
+		t.Fatalf("pool %s: %v", pool, err)
+	}
+	return snap.Document(), snap.Revision
+}
+
+// poolSnapshot reads a pool's member keys (v3) with a watch, up to the end
+// of its initial values, as a RingCache would.
+func poolSnapshot(kv jetstream.KeyValue, pool string) (*bus.PoolSnapshot, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w, err := kv.WatchFiltered(ctx, bus.PoolWatchKeys(pool))
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	view, err := bus.NewPoolView(pool)
+	if err != nil {
+		return nil, err
+	}
+	for e := range w.Updates() {
+		if e == nil {
+			s, err := view.Publish()
+			if err == nil && !s.V3 {
+				err = fmt.Errorf("pool %s has no member keys (%s)", pool, bus.PoolKeyV3(pool))
+			}
+			return s, err
+		}
+		_ = view.Apply(e)
+	}
+	return nil, ctx.Err()
+}
+
+// poolDocument reads a pool's whole document (written for readers of
+// earlier releases) and its revision.
+func poolDocument(t testing.TB, kv jetstream.KeyValue, pool string) (bus.RingDocument, uint64) {
 	t.Helper()
 	e, err := kv.Get(context.Background(), bus.PoolKey(pool))
 	if err != nil {
@@ -395,11 +432,12 @@ func TestPoolsHostile(t *testing.T) {
 	}
 }
 
-// TestPoolsLegacyRouter: a router of the previous release (service version
+// TestPoolsLegacyRouter: a router of the first release (service version
 // 0.1.0) ignores pools and writes every reporting node into the default
-// ring. A new router next to it detects it and keeps those nodes in the
-// default ring too, instead of removing them on every write (a write loop);
-// once the old router is gone, it removes them.
+// ring's document. A new router next to it detects it and keeps those nodes
+// in the default ring too (its member keys and the document), instead of
+// removing them on every write (a write loop); once the old router is
+// gone, it removes them from both.
 func TestPoolsLegacyRouter(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
@@ -428,7 +466,7 @@ func TestPoolsLegacyRouter(t *testing.T) {
 	oldWrite := func(ids ...string) {
 		t.Helper()
 		for {
-			doc, rev := poolDoc(t, kv, bus.DefaultPool)
+			doc, rev := poolDocument(t, kv, bus.DefaultPool)
 			for _, id := range ids {
 				if !slices.ContainsFunc(doc.Nodes, func(n bus.RingNode) bool { return n.ID == id }) {
 					doc.Nodes = append(doc.Nodes, bus.RingNode{ID: id, Weight: 1})
@@ -448,10 +486,13 @@ func TestPoolsLegacyRouter(t *testing.T) {
 	health(t, nc, "cache-1", inPools("cache"))
 	waitFor(t, 5*time.Second, "cache-1 in its pool", func() bool { return poolMembers(r, "cache") == "cache-1" })
 	oldWrite("cache-1")
-	waitFor(t, 5*time.Second, "the old router's write", func() bool { return poolMembers(r, bus.DefaultPool) == "cache-1,plain" })
-	// A heartbeat makes the new router look again; it must leave cache-1
-	// where the old router put it: the revision stays put.
-	_, rev := poolDoc(t, kv, bus.DefaultPool)
+	waitFor(t, 5*time.Second, "the old router's write", func() bool {
+		d, _ := poolDocument(t, kv, bus.DefaultPool)
+		return docMembers(d) == "cache-1,plain" && poolMembers(r, bus.DefaultPool) == "cache-1,plain"
+	})
+	// Heartbeats make the new router look again; it must leave cache-1
+	// where the old router put it: the document's revision stays put.
+	_, rev := poolDocument(t, kv, bus.DefaultPool)
 	writes, accepted := r.Stats().KVWrites, r.Stats().ReportsAccepted
 	for range 5 {
 		health(t, nc, "cache-1", inPools("cache"))
@@ -460,7 +501,7 @@ func TestPoolsLegacyRouter(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the heartbeats", func() bool { return r.Stats().ReportsAccepted >= accepted+5 })
-	if _, now := poolDoc(t, kv, bus.DefaultPool); now != rev || poolMembers(r, bus.DefaultPool) != "cache-1,plain" {
+	if _, now := poolDocument(t, kv, bus.DefaultPool); now != rev || poolMembers(r, bus.DefaultPool) != "cache-1,plain" {
 		t.Fatalf("the new router rewrote the default ring while an old router shares the bucket (revision %d -> %d, members %q, writes %d -> %d)",
 			rev, now, poolMembers(r, bus.DefaultPool), writes, r.Stats().KVWrites)
 	}
@@ -470,7 +511,10 @@ func TestPoolsLegacyRouter(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the old router to be gone", func() bool { return !r.Stats().LegacyRouters })
-	waitFor(t, 5*time.Second, "cache-1 out of the default ring", func() bool { return poolMembers(r, bus.DefaultPool) == "plain" })
+	waitFor(t, 5*time.Second, "cache-1 out of the default ring and document", func() bool {
+		d, _ := poolDocument(t, kv, bus.DefaultPool)
+		return docMembers(d) == "plain" && poolMembers(r, bus.DefaultPool) == "plain"
+	})
 }
 
 // TestNodesPaging: route.nodes pages cover every node exactly once, and a
@@ -547,13 +591,16 @@ func TestNodesPaging(t *testing.T) {
 	}
 }
 
-// TestOversizeDocument: a ring document that would exceed the server's
-// max_payload is not written; the router counts it, keeps the members it
-// has, still writes leaves, and route.ring names the KV key to read.
+// TestOversizeDocument: a whole ring document that would exceed the
+// server's max_payload is not written (the router counts it); the member
+// keys take every join and leave, the document keeps the last membership
+// that fitted for readers of earlier releases, and route.ring, too large
+// for a reply, says where to read the members instead.
 func TestOversizeDocument(t *testing.T) {
 	s := runServer(t, func(o *server.Options) { o.MaxPayload = 8 << 10 })
 	nc := connect(t, s.ClientURL())
 	r := startRouter(t, connect(t, s.ClientURL()), testConfig(t))
+	js, _ := jetstream.New(nc)
 	// About 30 bytes a member: 200 fit in 8 KiB, 400 do not.
 	for i := range 200 {
 		health(t, nc, fmt.Sprintf("node-%03d", i), okHealth)
@@ -562,31 +609,28 @@ func TestOversizeDocument(t *testing.T) {
 	for i := 200; i < 400; i++ {
 		health(t, nc, fmt.Sprintf("node-%03d", i), okHealth)
 	}
-	waitFor(t, 10*time.Second, "the oversize document to be counted", func() bool { return r.Stats().OversizeDocuments > 0 })
-	d, _ := r.Ring()
-	if len(d.Nodes) < 200 || len(d.Nodes) >= 400 {
-		t.Fatalf("members %d: want the ones that fit, at least the first 200", len(d.Nodes))
+	waitFor(t, 10*time.Second, "400 members and the oversize document counted", func() bool {
+		d, _ := r.Ring()
+		return len(d.Nodes) == 400 && r.Stats().OversizeDocuments > 0
+	})
+	if got, _ := bucketMembers(js); strings.Count(got, ",") != 399 {
+		t.Fatalf("member keys hold %d members, want 400", strings.Count(got, ",")+1)
 	}
-	kept := len(d.Nodes)
-	// A leave is still written.
+	old, _ := bucketDocument(js)
+	if n := strings.Count(old, ",") + 1; n < 200 || n >= 400 {
+		t.Fatalf("document has %d members: want the last that fitted, at least the first 200", n)
+	}
+	// A leave reaches the keys.
 	h := okHealth
 	h.Status = bus.StatusLeaving
 	health(t, nc, "node-000", h)
 	waitFor(t, 10*time.Second, "node-000 to leave", func() bool {
+		got, _ := bucketMembers(js)
 		d, _ := r.Ring()
-		return !slices.ContainsFunc(d.Nodes, func(n bus.RingNode) bool { return n.ID == "node-000" })
+		return len(d.Nodes) == 399 && !strings.HasPrefix(got, "node-000,")
 	})
-	if d, _ := r.Ring(); len(d.Nodes) > kept {
-		t.Fatalf("members grew past what fits: %d > %d", len(d.Nodes), kept)
-	}
-	// route.ring of a document too large for a reply names the key.
 	m := req(t, nc, bus.SubjectRing, nil, nil)
-	var st bus.RingState
-	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-		if msg := m.Header.Get("Nats-Service-Error"); code != "400" || !strings.Contains(msg, "nats kv get natsroute ring") {
-			t.Fatalf("route.ring: %s %s", code, msg)
-		}
-	} else if err := json.Unmarshal(m.Data, &st); err != nil || len(st.Ring.Nodes) != len(d.Nodes)-1 && len(st.Ring.Nodes) != len(d.Nodes) {
-		t.Fatalf("route.ring: %v, %d nodes", err, len(st.Ring.Nodes))
+	if code, msg := m.Header.Get("Nats-Service-Error-Code"), m.Header.Get("Nats-Service-Error"); code != "400" || !strings.Contains(msg, "nats kv watch natsroute 'members.default.*'") {
+		t.Fatalf("route.ring: %s %s", code, msg)
 	}
 }

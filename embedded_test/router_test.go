@@ -18,27 +18,25 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// localRing rebuilds the router's ring from the KV bucket with package ring,
-// as a client in another language would.
+// localRing rebuilds the router's ring from the default pool's member keys
+// in the KV bucket with package ring, as a client in another language
+// would, and returns the pool's revision.
 func localRing(t testing.TB, nc *nats.Conn) (*ring.Ring, uint64) {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := bucketGet(js)
+	kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	doc, err := bus.DecodeRingDocument(e.Value())
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc, rev := poolDoc(t, kv, bus.DefaultPool)
 	rg, err := doc.Ring()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return rg, e.Revision()
+	return rg, rev
 }
 
 // bucketGet reads the ring key of the default bucket.

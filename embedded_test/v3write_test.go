@@ -114,7 +114,6 @@ func TestRouterWritesV3(t *testing.T) {
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
 	cfg.Coalesce = time.Millisecond
-	cfg.WriteV3 = true
 	r := startRouter(t, nc, cfg)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -212,7 +211,6 @@ func TestRouterConvertsPoolToV3(t *testing.T) {
 	}
 	defer func() { _ = w.Stop() }()
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	startRouter(t, nc, cfg)
 	seen := map[string]string{}
 	for {
@@ -250,8 +248,10 @@ func TestRouterRepairsV3Keys(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	cfg.Resync = time.Hour // only the watch can bring the changes in time
+	// A member the router never heard of is kept for the start-up grace
+	// (MemberTTL from its start), as in a document; a and b keep reporting.
+	cfg.MemberTTL = 3 * time.Second
 	r := startRouter(t, nc, cfg)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -269,9 +269,11 @@ func TestRouterRepairsV3Keys(t *testing.T) {
 	inSync := func(what string) {
 		t.Helper()
 		waitFor(t, 10*time.Second, what, func() bool {
+			health(t, nc, "a", okHealth)
+			health(t, nc, "b", okHealth)
 			doc, _ := r.Ring()
 			_, nodes := v3Keys(t, kv, bus.DefaultPool)
-			return slices.Equal(nodes, doc.Nodes) && len(nodes) == 2
+			return slices.Equal(nodes, doc.Nodes) && slices.Equal(nodes, []bus.RingNode{{ID: "a", Weight: 1}, {ID: "b", Weight: 1}})
 		})
 	}
 	inSync("the v3 keys of a and b")
@@ -294,9 +296,9 @@ func TestRouterRepairsV3Keys(t *testing.T) {
 	}
 }
 
-// TestRoutersWriteV3Together: three routers mirror the document into the
-// v3 keys with compare-and-set per key; after each round of joins, changes
-// and leaves they settle on one document and the v3 keys hold exactly its
+// TestRoutersWriteV3Together: three routers write the v3 keys with
+// compare-and-set per key; after each round of joins, changes and leaves
+// they settle on one ring at one revision, the v3 keys hold exactly its
 // members, and a RingCache on v3 agrees with the routers on 1,000 keys.
 func TestRoutersWriteV3Together(t *testing.T) {
 	s := runServer(t)
@@ -304,7 +306,6 @@ func TestRoutersWriteV3Together(t *testing.T) {
 	for range 3 {
 		nc := connect(t, s.ClientURL())
 		cfg := testConfig(t)
-		cfg.WriteV3 = true
 		routers = append(routers, &routerConn{r: startRouter(t, nc, cfg), nc: nc})
 	}
 	nc := routers[0].nc
@@ -387,7 +388,6 @@ func TestRouterV3Burst(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	r := startRouter(t, nc, cfg)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -426,7 +426,6 @@ func TestRouterPurgesV3Markers(t *testing.T) {
 	s := runServer(t)
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	cfg.MemberTTL = time.Second
 	r := startRouter(t, nc, cfg)
 	js, err := jetstream.New(nc)
@@ -494,7 +493,7 @@ func TestRouterPurgesV3Markers(t *testing.T) {
 	})
 }
 
-// TestRoutersV3Churn: three routers with WriteV3 and three RingCaches, a
+// TestRoutersV3Churn: three routers and three RingCaches, a
 // seeded random sequence of rounds of joins, weight changes, draining and
 // leaves. At each quiescent point the routers hold one document, the v3
 // keys hold exactly its members, the caches (on v3) are at one revision
@@ -506,7 +505,6 @@ func TestRoutersV3Churn(t *testing.T) {
 	var routers []*router.Router
 	for range 3 {
 		cfg := testConfig(t)
-		cfg.WriteV3 = true
 		routers = append(routers, startRouter(t, connect(t, s.ClientURL()), cfg))
 	}
 	nc := connect(t, s.ClientURL())
@@ -593,7 +591,6 @@ func TestRouterWritesV3Shed(t *testing.T) {
 	doc := `{"format":2,"hash":"xxhash64","vnodes":150,"nodes":[{"id":"a","weight":1,"shed":0.3},{"id":"b","weight":2}]}`
 	kv := oldBucket(t, nc, doc)
 	cfg := testConfig(t)
-	cfg.WriteV3 = true
 	cfg.BalanceFactor = 1.25 // keeps the document's shed until fresh loads say otherwise
 	r := startRouter(t, connect(t, s.ClientURL()), cfg)
 	waitFor(t, 10*time.Second, "the shed in a's v3 key", func() bool {

@@ -132,18 +132,15 @@ type Config struct {
 	// (default 10; at least one node may always be ejected, as in Envoy);
 	// 0 turns ejection off.
 	EjectMaxPercent float64
-	// WriteV3 also writes each pool's membership one key per member (v3:
-	// pools.<pool>, members.<pool>.<node>; DESIGN.md), mirrored from the
-	// pool's format-1/2 document after each write. Off (the zero value and
-	// the default) writes only the document, as before.
-	//
-	// Experimental, and not a flag: v3 readers (RingCache) switch to the
-	// v3 keys as soon as pools.<pool> exists and then count the pool's v3
-	// revision, while this router still answers with the document's
-	// revision, so a reply's revision no longer orders a cache's. It goes
-	// away (v3 always written, the document behind a LegacyDocument
-	// setting) once the router answers from the v3 keys (issue 22).
-	WriteV3 bool
+	// NoLegacyDocument stops writing each pool's whole format-1/2 document
+	// (ring, ring.<pool>) beside its member keys. The router always writes
+	// and answers from the member keys (pools.<pool>, members.<pool>.<node>;
+	// DESIGN.md, "one key per member"); the document is a mirror for
+	// routers and RingCaches of earlier releases, which read nothing else.
+	// The zero value writes it (CLI --legacy-document, default on); turn
+	// it off once every router and cache is of this release (README,
+	// "Upgrading to one key per member").
+	NoLegacyDocument bool
 	// Balancer configures ResourceAware (thresholds, weights, staleness).
 	Balancer resourceaware.Config
 	// Limits bound requests.

@@ -23,86 +23,95 @@ type keeper struct {
 	kick      chan struct{} // restarts the bucket watch (after a reconnect, or for a new bucket)
 	suspect   chan struct{} // asks keepBucket to check the bucket
 	bucketGen time.Time     // when the bucket's stream was created; keepBucket's own
+	touched   []*pool       // pools the watch's batch touched; the watch's own
 }
 
-// watchedKeys are the keys the router follows: the pools' documents,
-// ejections and, with WriteV3, the v3 keys (pools.<pool>,
-// members.<pool>.<node>). A consumer's filters must not overlap (the server
-// refuses them), and these do not: "ring" is not matched by "ring.>".
+// watchedKeys are the keys the router follows: the pools' member keys
+// (pools.<pool>, members.<pool>.<node>), their documents and ejections. A
+// consumer's filters must not overlap (the server refuses them), and these
+// do not: "ring" is not matched by "ring.>".
 func (k *keeper) watchedKeys() []string {
-	keys := []string{bus.RingKey, bus.RingKey + ".>", bus.EjectedPrefix + ">"}
-	if k.r.cfg.WriteV3 {
-		keys = append(keys, v3Filters...)
-	}
-	return keys
+	return append(slices.Clone(ringFilters), bus.EjectedPrefix+">")
 }
 
-// v3Filters are the watch filters of every pool's v3 keys.
-var v3Filters = []string{bus.PoolsKeyPrefix + ">", bus.MembersKeyPrefix + ">"}
+// ringFilters are the watch filters of every pool's ring: its member keys
+// and its document.
+var ringFilters = []string{bus.PoolsKeyPrefix + ">", bus.MembersKeyPrefix + ">", bus.RingKey, bus.RingKey + ".>"}
 
-// loadPools reads the ring document of every pool with a key in the bucket,
-// so a restarted router serves every pool at once.
+// loadPools reads every pool's ring in the bucket (one watch, up to the end
+// of its initial values), so a restarted router serves every pool at once,
+// and the ejections, before any writer runs.
 func (k *keeper) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
 	r := k.r
-	keys, err := kv.ListKeysFiltered(ctx, bus.RingKey, bus.RingKey+".>")
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()                                              // stops the watch
+	w, err := kv.WatchFiltered(wctx, slices.Clone(ringFilters)) // it prefixes them in place
 	if err != nil {
-		return fmt.Errorf("bus: list ring keys: %w", err)
+		return fmt.Errorf("bus: watch the rings: %w", err)
 	}
-	var names []string
-	for k := range keys.Keys() {
-		if name, ok := bus.PoolFromKey(k); ok {
-			names = append(names, name)
+	b := k.batch()
+	b.Begin()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bus: read the rings: %w", ctx.Err())
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return errors.New("bus: read the rings: the watch stopped")
+			case e == nil:
+				done = true
+			default:
+				b.Apply(e)
+			}
 		}
 	}
-	if err := ctx.Err(); err != nil { // the listing stopped short
-		return fmt.Errorf("bus: list ring keys: %w", err)
-	}
-	if !slices.Contains(names, bus.DefaultPool) {
-		names = append(names, bus.DefaultPool)
-	}
-	for _, name := range names {
-		p, err := r.ensurePool(name)
-		if err != nil {
-			r.log.Warn("pool in the bucket not served", "pool", name, "err", err)
-			continue
-		}
+	b.Flush()
+	for _, p := range r.sortedPools() {
 		p.ring.SetKV(kv)
-		if _, _, err := p.ring.Resync(ctx); err != nil {
-			return err
-		}
-	}
-	if r.cfg.WriteV3 {
-		if err := k.loadV3(ctx, kv); err != nil {
-			return err
-		}
 	}
 	return k.loadEjections(ctx, kv)
 }
 
-// loadV3 reads the v3 keys in the bucket (with one watch, up to the end of
-// its initial values) before the writers run, so each pool's first sync
-// knows the keys' revisions and which members to delete.
-func (k *keeper) loadV3(ctx context.Context, kv jetstream.KeyValue) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()                                            // stops the watch
-	w, err := kv.WatchFiltered(wctx, slices.Clone(v3Filters)) // it prefixes them in place
+// probeBucket checks that JetStream answers before a watch is created:
+// one small read.
+func (k *keeper) probeBucket(ctx context.Context) error {
+	kv := k.r.ring().Bucket()
+	if kv == nil {
+		return jetstream.ErrBucketNotFound
+	}
+	_, err := kv.Get(ctx, bus.PoolKeyV3(bus.DefaultPool))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
 	if err != nil {
-		return fmt.Errorf("bus: watch v3 keys: %w", err)
+		k.suspectBucket() // gone, or JetStream not back yet: keepBucket tells
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("bus: read v3 keys: %w", ctx.Err())
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("bus: read v3 keys: the watch stopped")
-			}
-			if e == nil {
-				return nil
-			}
-			k.applyEntry(e)
-		}
+	return err
+}
+
+// batch is how the bucket watch hands entries to the pools: member keys go
+// to the pool's PoolView, documents wait for the end of the batch, and each
+// pool touched publishes once per batch (flushBatch).
+func (k *keeper) batch() follow.Batch {
+	return follow.Batch{Begin: k.beginBatch, Apply: k.applyEntry, Flush: k.flushBatch}
+}
+
+// beginBatch starts every pool's view afresh: a new watch delivers the
+// bucket's current values again.
+func (k *keeper) beginBatch() {
+	for _, p := range *k.r.pools.Load() {
+		p.view, p.docEntry = nil, nil
 	}
+}
+
+// flushBatch publishes the pools the batch touched.
+func (k *keeper) flushBatch() {
+	for _, p := range k.touched {
+		p.touched = false
+		p.publish()
+	}
+	k.touched = k.touched[:0]
 }
 
 // loadEjections reads the ejections in the bucket before the writers run,
@@ -143,17 +152,17 @@ func (k *keeper) loadEjections(ctx context.Context, kv jetstream.KeyValue) error
 // routers created.
 func (k *keeper) applyEntry(e jetstream.KeyValueEntry) {
 	r := k.r
-	if strings.HasPrefix(e.Key(), bus.EjectedPrefix) {
+	key := e.Key()
+	if strings.HasPrefix(key, bus.EjectedPrefix) {
 		r.ej.applyEntry(e)
 		return
 	}
-	name, ok := bus.PoolFromKey(e.Key())
-	v3 := false
-	if !ok && r.cfg.WriteV3 { // a v3 key: pools.<pool> or members.<pool>.<node>
-		if name, ok = bus.ParsePoolKeyV3(e.Key()); !ok {
-			name, _, ok = bus.ParseMemberKey(e.Key())
+	name, doc := bus.PoolFromKey(key)
+	ok := doc
+	if !ok {
+		if name, ok = bus.ParsePoolKeyV3(key); !ok {
+			name, _, ok = bus.ParseMemberKey(key)
 		}
-		v3 = ok
 	}
 	if !ok {
 		return
@@ -163,11 +172,23 @@ func (k *keeper) applyEntry(e jetstream.KeyValueEntry) {
 		r.stats.limitedLog(r.log, rejectTooManyPools, "pool in the bucket not served", "pool", name, "err", err)
 		return
 	}
-	if v3 {
-		p.observeV3(e)
+	if !p.touched {
+		p.touched = true
+		k.touched = append(k.touched, p)
+	}
+	if doc {
+		p.legacy.observe(e.Revision(), e.Value(), e.Operation() == jetstream.KeyValuePut)
+		p.docEntry = e
 		return
 	}
-	p.ring.ApplyEntry(e)
+	p.v3.observe(key, e.Revision(), e.Operation() == jetstream.KeyValuePut, e.Value(), e.Created())
+	if p.view == nil {
+		p.view, _ = bus.NewPoolView(name) // the name was validated by ensurePool
+	}
+	if err := p.view.Apply(e); err != nil {
+		r.stats.docRejected.Add(1)
+		r.stats.limitedLog(r.log, rejectEntry, "ring entry refused", "pool", name, "err", err)
+	}
 }
 
 // suspectBucket asks keepBucket to check that the bucket is still there: a
@@ -232,8 +253,10 @@ func (k *keeper) checkBucket(ctx context.Context) {
 	}
 	for _, p := range pools {
 		p.ring.SetKV(kv)
+		p.ring.Unpublish() // the keys are gone: every one is written again
 		p.ring.Reset()
 		p.v3.reset()
+		p.legacy.reset()
 		p.wake()
 	}
 	select { // the watch of the old bucket delivers nothing more

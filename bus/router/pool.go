@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/internal/follow"
 	"github.com/natsroute/natsroute/resourceaware"
@@ -22,7 +23,16 @@ type pool struct {
 	ring     *follow.Follower[bus.RingDocument]
 	balancer *resourceaware.Balancer
 
-	v3        v3Keys        // its one-key-per-member keys, as last seen (pool_v3.go)
+	v3     v3Keys    // its member keys, as last seen (pool_v3.go)
+	legacy legacyDoc // its whole document, as last seen (pool_v3.go)
+
+	// Owned by the keeper's watch (keeper.go): the pool's member keys as
+	// applied (published to ring once the pool is v3), whether the current
+	// batch touched them, and the newest document entry of the batch.
+	view     *bus.PoolView
+	touched  bool
+	docEntry jetstream.KeyValueEntry
+
 	dirty     chan struct{} // wakes the writer
 	resyncNow chan struct{} // asks the writer to re-read the key
 

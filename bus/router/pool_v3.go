@@ -15,14 +15,14 @@ import (
 )
 
 // The one-key-per-member layout (v3; DESIGN.md, "Ring publication, one key
-// per member (v3)"), written beside the pool's format-1/2 document. For now
-// the document stays the router's own view: after each flush the writer
-// makes the pool's v3 keys say what the document says (syncV3), so routers
-// and caches of earlier releases, which read only the document, and readers
-// of v3 hold the same members. Every replica mirrors the document it holds
-// with compare-and-set per key; a replica whose document is behind may
-// write an older membership for a moment, and puts it right when its
-// document catches up (it syncs after every new document).
+// per member (v3)"). A pool's writer makes its member keys say what the
+// router wants (desired, on the ring the pool answers from): create for a
+// join, compare-and-set update for a change, delete with the last revision
+// for a leave, pools.<pool> last. The keeper's watch applies every entry to
+// the pool's PoolView and publishes one snapshot per batch, with the pool's
+// v3 revision; that is what requests are answered from. While the legacy
+// document is on, the writer then writes the same membership as one
+// format-1/2 document for routers and caches of earlier releases.
 
 // v3Key is what a router knows of one v3 key of a pool: its last revision
 // (of a value or of a delete marker) and its value.
@@ -127,131 +127,241 @@ func (s *v3Keys) present(prefix string) []string {
 	return out
 }
 
-// observeV3 records a watched v3 entry of the pool and wakes the writer if
-// it disagrees with the pool's document (another writer, or an operator,
-// changed it).
-func (p *pool) observeV3(e jetstream.KeyValueEntry) {
-	present := e.Operation() == jetstream.KeyValuePut
-	p.v3.observe(e.Key(), e.Revision(), present, e.Value(), e.Created())
-	if p.v3KeyDiffers(e.Key()) {
-		p.wake()
-	}
+// legacyDoc is what a router knows of its pool's whole document key: its
+// last revision and value.
+type legacyDoc struct {
+	mu      sync.Mutex
+	rev     uint64 // 0: absent, or deleted
+	present bool
+	data    []byte
+	wrote   *bus.RingDocument // the membership this router last wrote there, at rev
 }
 
-// v3KeyDiffers reports whether one v3 key of the pool, as last seen,
-// differs from the pool's document. It costs a lookup and one small
-// encoding, not O(members): the watch calls it for every entry, and a burst
-// of 10,000 joins must not cost 10,000 passes over 10,000 members.
-func (p *pool) v3KeyDiffers(key string) bool {
-	v := p.ring.Current()
-	if v.Rev == 0 {
-		return false
+func (l *legacyDoc) observe(rev uint64, data []byte, present bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if rev < l.rev {
+		return
 	}
-	var want []byte
-	var err error
-	if _, node, ok := bus.ParseMemberKey(key); ok {
-		n, member := v.Doc.Node(node)
-		if member {
-			m := bus.MemberEntryOf(n)
-			m.Shed = bus.QuantizeShed(m.Shed)
-			want, err = m.Encode(bus.JSON)
+	if rev > l.rev {
+		l.wrote = nil
+	}
+	l.rev, l.present, l.data = rev, present, data
+}
+
+// reset forgets the document: the bucket was created anew.
+func (l *legacyDoc) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rev, l.present, l.data, l.wrote = 0, false, nil, nil
+}
+
+// publish makes the pool answer from its member keys once a batch of the
+// watch has been applied to its view, if pools.<pool> holds a value; if it
+// does not, the pool answers from its document, as before v3 (the router
+// converts it at its first write). A pool whose keys are gone (deleted by
+// hand) goes back to its document until the writer puts them back.
+func (p *pool) publish() {
+	r := p.r
+	if p.view != nil {
+		s, err := p.view.Publish()
+		if err != nil { // pools.<pool> unreadable: keep the last good ring
+			r.stats.docRejected.Add(1)
+			r.stats.limitedLog(r.log, rejectEntry, "ring entry refused; still answering from the last good ring", "pool", p.name, "err", err)
+			return
 		}
-	} else {
-		want, err = bus.NewPoolEntry(v.Doc.VNodes).Encode(bus.JSON)
-	}
-	if err != nil {
-		return false // the writer reports it
-	}
-	k := p.v3.get(key)
-	return k.present != (want != nil) || !bytes.Equal(k.value, want)
-}
-
-// v3Want returns the v3 values the pool's document calls for, by key, and
-// false if the pool has no document yet (nothing to mirror: a router that
-// has not read or written one must not delete members).
-func (p *pool) v3Want() (map[string][]byte, []byte, bool, error) {
-	v := p.ring.Current()
-	if v.Rev == 0 {
-		return nil, nil, false, nil
-	}
-	want := make(map[string][]byte, len(v.Doc.Nodes))
-	for _, n := range v.Doc.Nodes {
-		m := bus.MemberEntryOf(n)
-		m.Shed = bus.QuantizeShed(m.Shed)
-		data, err := m.Encode(bus.JSON)
-		if err != nil {
-			return nil, nil, false, fmt.Errorf("bus: encode member %q of pool %q: %w", n.ID, p.name, err)
-		}
-		want[bus.MemberKey(p.name, n.ID)] = data
-	}
-	pe, err := bus.NewPoolEntry(v.Doc.VNodes).Encode(bus.JSON)
-	if err != nil {
-		return nil, nil, false, fmt.Errorf("bus: encode pool entry of %q: %w", p.name, err)
-	}
-	return want, pe, true, nil
-}
-
-// v3Differs reports whether the pool's v3 keys, as last seen, differ from
-// its document.
-func (p *pool) v3Differs() bool {
-	want, pe, ok, err := p.v3Want()
-	if err != nil || !ok {
-		return false
-	}
-	return p.v3Diff(want, pe) > 0
-}
-
-// v3Diff counts the keys that must be written for the v3 keys to match
-// want and pe.
-func (p *pool) v3Diff(want map[string][]byte, pe []byte) int {
-	n := 0
-	for key, data := range want {
-		if k := p.v3.get(key); !k.present || !bytes.Equal(k.value, data) {
-			n++
+		if s.V3 {
+			if e := p.docEntry; e != nil && e.Operation() != jetstream.KeyValuePut && !r.cfg.NoLegacyDocument {
+				// Someone deleted the document: write it again. A document
+				// another router wrote is left alone until this one's ring
+				// changes: a router of an earlier release writes what it
+				// knows there, and re-asserting ours at once would make the
+				// two take turns for ever.
+				p.wake()
+			}
+			p.docEntry = nil
+			if cur := p.ring.Current(); p.ring.Published() && s.Revision < cur.Rev {
+				// A fresh watch holds older revisions than the view: the
+				// bucket was deleted and created anew.
+				r.suspectBucket()
+				return
+			}
+			p.ring.Publish(s.Document(), s.Revision, s.Ring)
+			return
 		}
 	}
-	for _, key := range p.v3.present(bus.MembersKeyPrefix + p.name + ".") {
-		if _, ok := want[key]; !ok {
-			n++
-		}
+	p.ring.Unpublish()
+	if e := p.docEntry; e != nil {
+		p.docEntry = nil
+		p.ring.ApplyEntry(e)
 	}
-	if k := p.v3.get(bus.PoolKeyV3(p.name)); !k.present || !bytes.Equal(k.value, pe) {
-		n++
-	}
-	return n
 }
 
-// syncV3 makes the pool's v3 keys match its document: members first
-// (creates and updates, then deletes), the pool key last, so a v3 reader,
-// which takes the pool as v3 as soon as "pools.<pool>" holds a value, never
-// sees a pool converted before its members are there.
-func (p *pool) syncV3(ctx context.Context) error {
-	want, pe, ok, err := p.v3Want()
-	if err != nil || !ok {
-		return err
-	}
+// memberValue is a member's v3 value as this router writes it.
+func memberValue(n bus.RingNode) bus.MemberEntry {
+	m := bus.MemberEntryOf(n)
+	m.Shed = bus.QuantizeShed(m.Shed)
+	return m
+}
+
+// syncV3 makes the pool's member keys say want, base being what the pool
+// answers from: members first (creates and updates, then deletes), the pool
+// key last, so a v3 reader, which takes the pool as v3 as soon as
+// "pools.<pool>" holds a value, never sees a pool converted before its
+// members are there. When the pool answers from its keys, base is what
+// they hold, and only the members want changes are looked at (O(members)
+// comparisons, no encoding); otherwise (a pool converted from its document,
+// or republished into a new bucket) every key is.
+func (p *pool) syncV3(ctx context.Context, base, want bus.RingDocument) error {
 	kv := p.ring.Bucket()
 	if kv == nil {
 		return jetstream.ErrBucketNotFound
 	}
-	var puts, dels []string
-	for key, data := range want {
+	type put struct {
+		key  string
+		data []byte
+	}
+	var puts []put
+	var dels []string
+	wanted := func(n bus.RingNode) error {
+		key := bus.MemberKey(p.name, n.ID)
+		data, err := memberValue(n).Encode(bus.JSON)
+		if err != nil {
+			return fmt.Errorf("bus: encode member %q of pool %q: %w", n.ID, p.name, err)
+		}
 		if k := p.v3.get(key); !k.present || !bytes.Equal(k.value, data) {
-			puts = append(puts, key)
+			puts = append(puts, put{key, data})
+		}
+		return nil
+	}
+	if p.ring.Published() {
+		for _, n := range want.Nodes {
+			if b, ok := base.Node(n.ID); ok && memberValue(b) == memberValue(n) {
+				continue
+			}
+			if err := wanted(n); err != nil {
+				return err
+			}
+		}
+		for _, n := range base.Nodes {
+			if _, ok := want.Node(n.ID); !ok {
+				dels = append(dels, bus.MemberKey(p.name, n.ID))
+			}
+		}
+	} else {
+		keep := make(map[string]bool, len(want.Nodes))
+		for _, n := range want.Nodes {
+			keep[bus.MemberKey(p.name, n.ID)] = true
+			if err := wanted(n); err != nil {
+				return err
+			}
+		}
+		for _, key := range p.v3.present(bus.MembersKeyPrefix + p.name + ".") {
+			if !keep[key] {
+				dels = append(dels, key)
+			}
 		}
 	}
-	for _, key := range p.v3.present(bus.MembersKeyPrefix + p.name + ".") {
-		if _, ok := want[key]; !ok {
-			dels = append(dels, key)
-		}
-	}
-	if err := inParallel(ctx, len(puts), func(i int) error { return p.putV3(ctx, kv, puts[i], want[puts[i]]) }); err != nil {
+	if err := inParallel(ctx, len(puts), func(i int) error { return p.putV3(ctx, kv, puts[i].key, puts[i].data) }); err != nil {
 		return err
 	}
 	if err := inParallel(ctx, len(dels), func(i int) error { return p.deleteV3(ctx, kv, dels[i]) }); err != nil {
 		return err
 	}
+	pe, err := bus.NewPoolEntry(want.VNodes).Encode(bus.JSON)
+	if err != nil {
+		return fmt.Errorf("bus: encode pool entry of %q: %w", p.name, err)
+	}
 	return p.putV3(ctx, kv, bus.PoolKeyV3(p.name), pe)
+}
+
+// writeLegacy writes want as the pool's whole format-1/2 document, for
+// routers and caches of earlier releases, with compare-and-set on the
+// document's last revision; a lost race re-reads it. A document over the
+// server's max_payload is not written (counted and logged once a minute):
+// readers of earlier releases keep the last one that fitted.
+func (p *pool) writeLegacy(ctx context.Context, want bus.RingDocument) error {
+	r := p.r
+	if r.cfg.NoLegacyDocument {
+		return nil
+	}
+	l := &p.legacy
+	l.mu.Lock()
+	done := l.wrote != nil && l.wrote.Equal(want)
+	l.mu.Unlock()
+	if done {
+		return nil
+	}
+	data, err := want.Encode()
+	if err != nil {
+		return fmt.Errorf("bus: encode ring document: %w", err)
+	}
+	if limit := r.maxDocument(); len(data) > limit {
+		p.noteOversize(fmt.Errorf("%w: %d members make %d bytes; the server's max_payload allows %d (the member keys are written; readers of earlier releases keep the last document)",
+			errDocTooLarge, len(want.Nodes), len(data), limit))
+		return nil
+	}
+	kv := p.ring.Bucket()
+	if kv == nil {
+		return jetstream.ErrBucketNotFound
+	}
+	for range v3Attempts {
+		l.mu.Lock()
+		rev, present, same := l.rev, l.present, l.present && bytes.Equal(l.data, data)
+		l.mu.Unlock()
+		if same {
+			break
+		}
+		if !p.ring.Published() {
+			p.ring.Expect(data, want) // the watch brings it back: no decode
+		}
+		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		var newRev uint64
+		if present {
+			newRev, err = kv.Update(opCtx, p.key, data, rev)
+		} else { // Create also takes a key whose last entry is a delete marker
+			newRev, err = kv.Create(opCtx, p.key, data)
+		}
+		cancel()
+		if err == nil {
+			r.stats.kvWrites.Add(1)
+			l.observe(newRev, data, true)
+			break
+		}
+		if !casConflict(err) {
+			return fmt.Errorf("bus: kv write %q: %w", p.key, err)
+		}
+		r.stats.kvConflicts.Add(1)
+		if err := p.rereadLegacy(ctx, kv); err != nil {
+			return err
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.present || !bytes.Equal(l.data, data) {
+		return fmt.Errorf("bus: kv write %q: too many conflicts", p.key)
+	}
+	l.wrote = &want
+	r.log.Debug("ring document written", "pool", p.name, "revision", l.rev, "members", len(want.Nodes), "bytes", len(data))
+	return nil
+}
+
+// rereadLegacy reads the pool's document after a lost race.
+func (p *pool) rereadLegacy(ctx context.Context, kv jetstream.KeyValue) error {
+	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	e, err := kv.Get(opCtx, p.key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		// Deleted or purged: Get does not say at which revision, and Create
+		// takes a key whose last entry is a delete marker.
+		p.legacy.reset()
+		return nil
+	case err != nil:
+		return fmt.Errorf("bus: kv get %q: %w", p.key, err)
+	}
+	p.legacy.observe(e.Revision(), e.Value(), true)
+	return nil
 }
 
 // v3InFlight bounds the v3 key writes one pool's writer has in flight.

@@ -2,12 +2,9 @@ package router
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"slices"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 )
 
@@ -124,71 +121,21 @@ func (p *pool) due() bool {
 	return false
 }
 
-// flush makes the bucket's document match what this router knows, with
-// compare-and-set on the revision it answers from (the watch keeps that
-// current, so this usually takes one round trip); on a conflict it re-reads
-// the document and re-applies.
+// flush makes the pool's member keys, and its document while that is on,
+// say what this router knows, applied on the ring the pool answers from
+// (the watch keeps that current). Each key is written with
+// compare-and-set; a lost race re-reads that key and decides again.
 func (p *pool) flush(ctx context.Context) error {
-	for attempt := 0; attempt < 50; attempt++ {
-		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := p.flushOnce(opCtx, attempt > 0)
-		cancel()
-		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-			return err
-		}
-		p.r.stats.kvConflicts.Add(1)
-	}
-	return errors.New("bus: kv update: too many conflicts")
-}
-
-func (p *pool) flushOnce(ctx context.Context, reread bool) error {
-	r := p.r
 	v := p.ring.Current()
-	base, rev := v.Doc, v.Rev
-	if reread {
-		var err error
-		if base, rev, err = p.ring.Resync(ctx); err != nil {
-			return err
-		}
-	}
+	base := v.Doc
 	if base.Nodes == nil {
 		base = bus.NewRingDocument(base.VNodes)
 	}
-	want := p.desired(base, rev, true)
-	if want.Equal(base) && (rev != 0 || len(want.Nodes) == 0) {
-		return nil // revision 0 with members: a bucket created anew, to republish
-	}
-	data, err := want.Encode()
-	if err != nil {
-		return fmt.Errorf("bus: encode ring document: %w", err)
-	}
-	if limit := r.maxDocument(); len(data) > limit {
-		// Too large to write whole: keep the members there are and write
-		// only leaves and changes, if there are any.
-		full := len(data)
-		want = p.desired(base, rev, false)
-		if data, err = want.Encode(); err != nil {
-			return fmt.Errorf("bus: encode ring document: %w", err)
-		}
-		if len(data) > limit || want.Equal(base) {
-			return fmt.Errorf("%w: %d members would make %d bytes; the server's max_payload allows %d", errDocTooLarge, len(p.desired(base, rev, true).Nodes), full, limit)
-		}
-		p.noteOversize(fmt.Errorf("%w: new members wait; %d bytes with them", errDocTooLarge, full))
-	}
-	p.ring.Expect(data, want)
-	var newRev uint64
-	if rev == 0 {
-		newRev, err = p.ring.Bucket().Create(ctx, p.key, data)
-	} else {
-		newRev, err = p.ring.Bucket().Update(ctx, p.key, data, rev)
-	}
-	if err != nil {
+	want := p.desired(base, v.Rev, true)
+	if err := p.syncV3(ctx, base, want); err != nil {
 		return err
 	}
-	r.stats.kvWrites.Add(1)
-	p.ring.Apply(want, newRev)
-	r.log.Debug("ring written", "pool", p.name, "revision", newRev, "members", len(want.Nodes), "bytes", len(data))
-	return nil
+	return p.writeLegacy(ctx, want)
 }
 
 // maxDocument is the largest ring document the server takes in one KV put.
@@ -246,11 +193,9 @@ func (p *pool) write(ctx context.Context) {
 			if p.name == bus.DefaultPool {
 				r.forgetSilent()
 			}
-			if r.cfg.WriteV3 {
-				if err := p.purgeV3(ctx); err != nil && ctx.Err() == nil {
-					r.stats.kvErrors.Add(1)
-					r.log.Warn("purging old delete markers failed; trying again at the next sweep", "pool", p.name, "err", err)
-				}
+			if err := p.purgeV3(ctx); err != nil && ctx.Err() == nil {
+				r.stats.kvErrors.Add(1)
+				r.log.Warn("purging old delete markers failed; trying again at the next sweep", "pool", p.name, "err", err)
 			}
 			if !p.due() {
 				continue
@@ -276,18 +221,11 @@ func (p *pool) write(ctx context.Context) {
 		default:
 		}
 		lastFlush = time.Now()
-		err := p.flush(ctx)
-		if err == nil && r.cfg.WriteV3 {
-			err = p.syncV3(ctx)
-		}
-		switch {
+		switch err := p.flush(ctx); {
 		case err == nil:
 			backoff = 50 * time.Millisecond
 		case ctx.Err() != nil:
 			return
-		case errors.Is(err, errDocTooLarge):
-			// Not retried on a timer: the next change or sweep tries again.
-			p.noteOversize(err)
 		default:
 			r.stats.kvErrors.Add(1)
 			r.suspectBucket()
@@ -311,19 +249,34 @@ func windowWait(d time.Duration) time.Duration {
 	return d.Truncate(time.Millisecond)
 }
 
-// resync re-reads the pool's ring from the bucket and writes if it must.
+// resync wakes the writer if the pool's keys do not say what this router
+// wants (time passed; a write was lost). A pool that does not answer from
+// its member keys yet re-reads its document first; one that does re-reads
+// nothing: its watch delivers every change, and starts afresh when it
+// breaks.
 func (p *pool) resync(ctx context.Context) {
-	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	d, rev, err := p.ring.Resync(opCtx)
-	if err != nil {
-		if ctx.Err() == nil {
-			p.r.suspectBucket()
-			p.r.log.Debug("ring resync failed", "pool", p.name, "err", err)
+	if !p.ring.Published() {
+		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, _, err := p.ring.Resync(opCtx); err != nil {
+			if ctx.Err() == nil {
+				p.r.suspectBucket()
+				p.r.log.Debug("ring resync failed", "pool", p.name, "err", err)
+			}
+			return
 		}
-		return
+		if len(p.ring.Current().Doc.Nodes) > 0 { // to convert
+			p.wake()
+			return
+		}
 	}
-	if !p.desired(d, rev, true).Equal(d) || (p.r.cfg.WriteV3 && p.v3Differs()) {
+	if p.name == bus.DefaultPool {
+		// The watch of a deleted bucket may wait for it without a word:
+		// check that it is there (two small requests).
+		p.r.suspectBucket()
+	}
+	v := p.ring.Current()
+	if !p.desired(v.Doc, v.Rev, true).Equal(v.Doc) {
 		p.wake()
 	}
 }

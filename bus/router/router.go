@@ -161,7 +161,7 @@ func (r *Router) Start(ctx context.Context) error {
 	r.wg.Go(func() { r.ej.run(r.ctx) })
 	r.wg.Go(func() { follow.FollowReconnects(r.ctx, r.nc, r.kick, r.reconnected) })
 	r.wg.Go(func() {
-		follow.WatchKeys(r.ctx, def.ring.Bucket, r.watchedKeys(), func(ctx context.Context) error { _, _, err := def.ring.Resync(ctx); return err }, r.applyEntry, r.kick, r.log)
+		follow.WatchBatches(r.ctx, def.ring.Bucket, r.watchedKeys(), r.probeBucket, r.batch(), r.kick, r.log)
 	})
 	r.wg.Go(func() { r.watchLegacy(r.ctx) })
 	r.wg.Go(func() { r.keepBucket(r.ctx) })
@@ -327,12 +327,9 @@ func (r *Router) newPool(name string) (*pool, error) {
 		ejected: map[string]ejection{},
 		pend:    map[string]pendingChange{},
 	}
-	f.OnApply = p.syncBalancer
-	if r.cfg.WriteV3 {
-		f.OnApply = func(old, cur *follow.View[bus.RingDocument]) {
-			p.syncBalancer(old, cur)
-			p.wake() // the writer mirrors the new document into the v3 keys (syncV3)
-		}
+	f.OnApply = func(old, cur *follow.View[bus.RingDocument]) {
+		p.syncBalancer(old, cur)
+		p.wake() // the keys changed: someone else wrote them, or they are this writer's
 	}
 	f.OnReject = func(uint64, error) { r.stats.docRejected.Add(1) }
 	f.OnBehind = r.suspectBucket

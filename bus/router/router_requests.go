@@ -200,7 +200,8 @@ func (r *Router) handleRing(req micro.Request) {
 	if p.name != bus.DefaultPool {
 		st.Pool = p.name
 	}
-	r.respond(req, enc, &st, fmt.Sprintf("read the document from the KV bucket instead: nats kv get %s %s", r.cfg.Bucket, p.key))
+	r.respond(req, enc, &st, fmt.Sprintf("read the members from the KV bucket instead (a Go RingCache, or nats kv watch %s '%s'), or page route.nodes",
+		r.cfg.Bucket, bus.MembersFilter(p.name)))
 }
 
 func (r *Router) handleNodes(req micro.Request) {

@@ -23,8 +23,9 @@ const (
 	numRejections
 
 	// Not rejections of reports, but logged under the same limit.
-	rejectEjectCap = numRejections // an ejection past the pool's share
-	numLogKinds    = numRejections + 1
+	rejectEjectCap = numRejections     // an ejection past the pool's share
+	rejectEntry    = numRejections + 1 // a member key's value refused
+	numLogKinds    = numRejections + 2
 )
 
 var reasonNames = [numRejections]string{"malformed", "invalid_id", "invalid_value", "stale_seq", "invalid_pool", "too_many_pools"}
@@ -122,7 +123,7 @@ type Stats struct {
 	KVWrites        uint64            `json:"kv_writes"`
 	KVConflicts     uint64            `json:"kv_conflicts"`
 	// V3MarkersPurged counts the delete markers of v3 member keys this
-	// router purged (members gone for MemberTTL; Config.WriteV3).
+	// router purged (members gone for MemberTTL).
 	V3MarkersPurged   uint64 `json:"v3_markers_purged,omitempty"`
 	KVErrors          uint64 `json:"kv_errors"`
 	DocumentsRejected uint64 `json:"documents_rejected"`

@@ -72,7 +72,7 @@ func TestZeroFlags(t *testing.T) {
 		"server": "empty runs an embedded server", "creds": "", "nkey": "", "user": "", "password": "",
 		"token": "", "tlscert": "", "tlskey": "", "tlsca": "", "timeout": refused,
 		"listen": refused, "store-dir": refused, "embedded-config": "", "http": "empty disables",
-		"log-format": refused, "log-level": refused, "check": "",
+		"log-format": refused, "log-level": refused, "check": "", "legacy-document": "",
 		"bucket": refused, "kv-replicas": refused, "queue-group": refused, "vnodes": refused,
 		"member-ttl": refused, "coalesce": refused, "resync": refused, "drain-timeout": refused,
 		"max-pools": refused, "balance-factor": "0 is off", "shed-interval": refused,
@@ -150,6 +150,34 @@ func TestRequestFailed(t *testing.T) {
 		var out bytes.Buffer
 		if code := requestFailed(&out, c.err); code != c.code || out.String() != c.want {
 			t.Errorf("%v: exit %d, %q; want %d, %q", c.err, code, out.String(), c.code, c.want)
+		}
+	}
+}
+
+// TestLegacyDocumentFlag: --legacy-document is on unless turned off, by
+// flag or environment, and the flag wins over the environment.
+func TestLegacyDocumentFlag(t *testing.T) {
+	for _, c := range []struct {
+		env  string
+		args []string
+		off  bool
+	}{
+		{"", nil, false},
+		{"", []string{"--legacy-document=false"}, true},
+		{"", []string{"--legacy-document"}, false},
+		{"false", nil, true},
+		{"false", []string{"--legacy-document=true"}, false},
+	} {
+		if c.env != "" {
+			t.Setenv("NATSROUTE_LEGACY_DOCUMENT", c.env)
+		}
+		var o options
+		fs := serveFlags(&o, io.Discard)
+		if err := fs.parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if o.cfg.NoLegacyDocument != c.off {
+			t.Errorf("env %q, args %q: NoLegacyDocument %v, want %v", c.env, c.args, o.cfg.NoLegacyDocument, c.off)
 		}
 	}
 }

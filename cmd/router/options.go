@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -43,6 +44,28 @@ type options struct {
 	storeDirSet    bool // --store-dir was given
 	cfg            router.Config
 	weights        resourceaware.Weights
+}
+
+// notBool is a boolean flag that sets the negation of a Config field whose
+// zero value must mean the default (on).
+type notBool struct{ p *bool }
+
+func (b notBool) IsBoolFlag() bool { return true }
+
+func (b notBool) String() string {
+	if b.p == nil {
+		return "true"
+	}
+	return strconv.FormatBool(!*b.p)
+}
+
+func (b notBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*b.p = !v
+	return nil
 }
 
 // flagSet is a FlagSet that also reads each flag from its environment
@@ -222,8 +245,10 @@ func serveFlags(o *options, out io.Writer) *flagSet {
 	fs.env("member-ttl", "NATSROUTE_MEMBER_TTL", "MemberTTL")
 	fs.DurationVar(&c.Coalesce, "coalesce", c.Coalesce, "ring write window: a lone change is written at once, a burst waits at most this long and gathers into one write")
 	fs.env("coalesce", "NATSROUTE_COALESCE", "Coalesce")
-	fs.DurationVar(&c.Resync, "resync", c.Resync, "re-read the ring from the bucket this often")
+	fs.DurationVar(&c.Resync, "resync", c.Resync, "check this often that the bucket is there and holds the ring this router wants")
 	fs.env("resync", "NATSROUTE_RESYNC", "Resync")
+	fs.Var(notBool{&c.NoLegacyDocument}, "legacy-document", "also write each pool's whole ring document (ring, ring.<pool>) for routers and RingCaches of earlier releases; false once all are upgraded (README, Upgrading to one key per member)")
+	fs.env("legacy-document", "NATSROUTE_LEGACY_DOCUMENT", "NoLegacyDocument")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on shutdown, wait this long for in-flight requests")
 	fs.env("drain-timeout", "NATSROUTE_DRAIN_TIMEOUT", "DrainTimeout")
 	fs.IntVar(&c.MaxPools, "max-pools", c.MaxPools, "most pools one router serves; reports naming more are rejected")

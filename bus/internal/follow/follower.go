@@ -63,6 +63,11 @@ type Follower[D any] struct {
 	view    atomic.Pointer[View[D]]
 
 	own atomic.Pointer[ownWrite[D]] // the document this process is writing
+
+	// published: the view comes from Publish (a pool that follows its
+	// member keys), and documents are not applied. Guarded by mu; read
+	// with Published.
+	published atomic.Bool
 }
 
 // ownWrite is a document a router is writing, kept so that when the watch
@@ -120,16 +125,17 @@ func (f *Follower[D]) Expect(data []byte, doc D) {
 }
 
 // Apply makes doc at rev the ring that answers, unless the view is already
-// at that revision or newer. It reports whether the view changed.
+// at that revision or newer, or comes from Publish. It reports whether the
+// view changed.
 func (f *Follower[D]) Apply(doc D, rev uint64) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	old := f.view.Load()
-	if rev < old.Rev || (rev == old.Rev && rev != 0) {
+	if f.published.Load() || rev < old.Rev || (rev == old.Rev && rev != 0) {
 		return false
 	}
 	var err error
-	if vn := f.codec.VNodes(doc); old.Snap.VirtualNodes() != vn {
+	if vn := f.codec.VNodes(doc); f.ring.Snapshot().VirtualNodes() != vn {
 		var rg *ring.Ring
 		if rg, err = ring.New(ring.Config{VirtualNodes: vn}); err == nil {
 			if err = rg.Set(f.codec.Members(doc)); err == nil {
@@ -151,6 +157,51 @@ func (f *Follower[D]) Apply(doc D, rev uint64) bool {
 		f.OnApply(old, cur)
 	}
 	return true
+}
+
+// Publish makes a view built elsewhere the one that answers: a router's
+// pool that follows its member keys builds its ring incrementally
+// (bus.PoolView) and publishes doc, its revision and that snapshot here.
+// From the first Publish on, documents are no longer applied (Apply,
+// ApplyEntry and Resync leave the view alone) until Unpublish. The first
+// Publish takes any revision: the member keys' revisions are not the
+// document's, and may be lower. After it, Publish refuses a revision lower
+// than the view's. It reports whether the view changed.
+func (f *Follower[D]) Publish(doc D, rev uint64, snap *ring.Snapshot) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := f.view.Load()
+	if f.published.Load() && (rev < old.Rev || (rev == old.Rev && snap == old.Snap)) {
+		return false
+	}
+	f.published.Store(true)
+	cur := &View[D]{Doc: doc, Rev: rev, Snap: snap}
+	f.view.Store(cur)
+	f.own.Store(nil)
+	close(f.changed)
+	f.changed = make(chan struct{})
+	if f.OnApply != nil {
+		f.OnApply(old, cur)
+	}
+	return true
+}
+
+// Published reports whether the view comes from Publish.
+func (f *Follower[D]) Published() bool { return f.published.Load() }
+
+// Unpublish goes back to following the document: the pool's member keys
+// are gone. The view keeps its members at revision 0, so the next document
+// applied is taken whatever its revision.
+func (f *Follower[D]) Unpublish() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.published.Swap(false) {
+		return
+	}
+	old := f.view.Load()
+	f.view.Store(&View[D]{Doc: old.Doc, Snap: old.Snap})
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 func (f *Follower[D]) reject(rev uint64, err error) {
