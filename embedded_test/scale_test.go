@@ -36,6 +36,13 @@ import (
 //	NATSROUTE_SCALE_N=50000          sizes to run, comma-separated (default 1000,10000)
 //	NATSROUTE_SCALE_CPUPROFILE=dir   write the router's CPU profile of each phase there
 //
+//	NATSROUTE_SCALE_LEGACY_DOCUMENT=false  the router's --legacy-document at every size
+//
+// Unless that says otherwise, up to 30,000 members the router also writes
+// the whole document for readers of earlier releases (--legacy-document,
+// the default); above, it does not (the document would not fit in 1 MiB
+// past about 33,000 members).
+//
 // The router runs in a child process (the test binary re-run behind
 // scaleProcEnv) so that its RSS and CPU exclude the embedded server, the
 // load generator and the RingCaches that time what reaches readers, which
@@ -48,6 +55,14 @@ func BenchmarkScale(b *testing.B) {
 		if scalePools, err = strconv.Atoi(s); err != nil || scalePools < 1 || scalePools > 1000 {
 			b.Fatalf("NATSROUTE_SCALE_POOLS=%q: want 1 to 1000", s)
 		}
+	}
+	scaleLegacy = nil
+	if s := os.Getenv("NATSROUTE_SCALE_LEGACY_DOCUMENT"); s != "" {
+		on, err := strconv.ParseBool(s)
+		if err != nil {
+			b.Fatalf("NATSROUTE_SCALE_LEGACY_DOCUMENT=%q: want true or false", s)
+		}
+		scaleLegacy = &on
 	}
 	sizes := []int{1000, 10000}
 	if s := os.Getenv("NATSROUTE_SCALE_N"); s != "" {
@@ -92,6 +107,7 @@ const (
 	scaleRequesters   = 4                      // route.request calls in flight in phase 3
 	scaleRequestMin   = 10 * time.Second       // phase 3 lasts at least this long
 	scaleJoins        = 10                     // single joins timed in phase 6
+	scaleLegacyMax    = 30_000                 // above this the router writes no whole document (over 1 MiB past ~33,000)
 	scaleCaches       = 3                      // RingCaches following the pool, each on its own connection
 	scaleReadyRuns    = 3                      // new RingCaches timed from scratch to ready
 	scaleSilentWait   = scaleTTL + time.Minute // a silent member must be gone by then
@@ -180,8 +196,11 @@ type scaleRun struct {
 func runScale(b *testing.B, n int) scaleResult {
 	s := runServer(b) // default max_payload (1 MiB) at every size: v3 entries are a few dozen bytes
 	r := &scaleRun{b: b, n: n, url: s.ClientURL(), profiles: os.Getenv("NATSROUTE_SCALE_CPUPROFILE")}
-	r.res.members, r.res.legacy = n, true
-	r.router = startScaleProc(b, r.url, scaleTTL)
+	r.res.members, r.res.legacy = n, n <= scaleLegacyMax
+	if scaleLegacy != nil {
+		r.res.legacy = *scaleLegacy
+	}
+	r.router = startScaleProc(b, r.url, scaleTTL, r.res.legacy)
 	kvConn := connect(b, r.url)
 	r.res.maxPayload = kvConn.MaxPayload()
 	r.kv = watchMembers(b, kvConn)
@@ -630,6 +649,10 @@ func scalePool(id string) string {
 	i, _ := strconv.Atoi(strings.TrimPrefix(id, "node-")) // other ids: pool p000
 	return fmt.Sprintf("p%03d", i%scalePools)
 }
+
+// scaleLegacy, from NATSROUTE_SCALE_LEGACY_DOCUMENT, sets the router's
+// --legacy-document at every size; nil leaves it to the size.
+var scaleLegacy *bool
 
 // scaleSilent is the member that stops reporting in the request phase.
 var scaleSilent string

@@ -28,6 +28,9 @@ const (
 	// scaleProcMemLimitEnv, e.g. 48MiB, becomes the router process's
 	// GOMEMLIMIT (and not the load generator's).
 	scaleProcMemLimitEnv = "NATSROUTE_SCALE_ROUTER_GOMEMLIMIT"
+	// scaleProcLegacyEnv is the router's --legacy-document, as
+	// NATSROUTE_LEGACY_DOCUMENT says it.
+	scaleProcLegacyEnv = "NATSROUTE_SCALE_PROC_LEGACY_DOCUMENT"
 )
 
 // scaleProcReply is the router process's answer to "stats".
@@ -63,9 +66,7 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	}
 	cfg := router.DefaultConfig()
 	cfg.MemberTTL = ttl
-	// The one-key-per-member layout (v3), which RingCaches answer from as
-	// soon as pools.<pool> exists; the document is still written beside it.
-	cfg.WriteV3 = true
+	cfg.NoLegacyDocument = os.Getenv(scaleProcLegacyEnv) == "false"
 	r, stop, err := startChildRouter(url, "natsroute-scale-router", cfg)
 	if err != nil {
 		return err
@@ -113,9 +114,9 @@ type scaleProc struct {
 	done chan error // the child's exit
 }
 
-func startScaleProc(b *testing.B, url string, ttl time.Duration) *scaleProc {
+func startScaleProc(b *testing.B, url string, ttl time.Duration, legacy bool) *scaleProc {
 	b.Helper()
-	env := []string{scaleProcEnv + "=" + url, scaleProcTTLEnv + "=" + ttl.String()}
+	env := []string{scaleProcEnv + "=" + url, scaleProcTTLEnv + "=" + ttl.String(), scaleProcLegacyEnv + "=" + strconv.FormatBool(legacy)}
 	if limit := os.Getenv(scaleProcMemLimitEnv); limit != "" { // the router's GOMEMLIMIT only
 		env = append(env, "GOMEMLIMIT="+limit)
 	}
