@@ -575,6 +575,7 @@ func (r *scaleRun) readyFromScratch() {
 // scaleJoinWait: later ones would queue behind it.
 func (r *scaleRun) singleJoins() {
 	b, res := r.b, &r.res
+	defer r.profile("joins")()
 	var toKV, toCache []time.Duration
 	for j := range scaleJoins {
 		id := fmt.Sprintf("join-%02d", j)
