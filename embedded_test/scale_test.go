@@ -628,7 +628,7 @@ func (r *scaleRun) leaveBurst() {
 	// A leave must not wait for expiry: past TTL/2 the members may be
 	// expiring (heartbeats stopped just before), so a slower burst is
 	// timed to its end but marked missed.
-	br := r.burst("leave", leave, func() {}, scaleTTL/2, 2*time.Minute,
+	br := r.burst("leave", leave, func() {}, scaleTTL/2, 2*time.Minute+time.Duration(r.n)*10*time.Millisecond,
 		fmt.Sprintf("none of the %d members after the leave burst", r.n),
 		func(s *kvState) bool { return s.fleet == 0 }, noFleet)
 	r.res.leaveBurst, r.res.leaveCaches, r.res.leaveMissed, r.res.leaveCPU, r.res.leaveWrite = br.toKV, br.toCaches, br.missed, br.cpu, br.writes
