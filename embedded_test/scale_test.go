@@ -29,7 +29,7 @@ import (
 // the default 1 MiB max_payload at every size. It takes minutes per size,
 // so run it alone and once:
 //
-//	go test -run '^$' -bench BenchmarkScale -benchtime 1x -timeout 30m ./embedded_test
+//	NATSROUTE_SCALE_N=10000 go test -run '^$' -bench BenchmarkScale -benchtime 1x -timeout 60m ./embedded_test
 //
 // Environment:
 //
