@@ -91,6 +91,12 @@ func (v *PoolView) Revision() uint64 { return v.rev }
 // V3 reports whether "pools.<pool>" holds a value (readable or not).
 func (v *PoolView) V3() bool { return v.entry != nil || v.poolErr != nil }
 
+// Member returns the member node as applied, if it is one.
+func (v *PoolView) Member(node string) (ring.Member, bool) {
+	m, ok := v.members[node]
+	return m, ok
+}
+
 // Len returns the number of members applied.
 func (v *PoolView) Len() int { return len(v.members) }
 

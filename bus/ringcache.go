@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus/internal/follow"
 	"github.com/natsroute/natsroute/ring"
@@ -185,12 +186,25 @@ func (c *RingCache) run(ctx context.Context) {
 	if gen, err := follow.Generation(ctx, c.f.Bucket()); err == nil {
 		c.gen = gen
 	}
+	// A bucket deleted and created anew is announced by JetStream; the
+	// subscription costs nothing while nothing happens. Without permission
+	// for it, the periodic check below finds the new bucket.
+	suspect := func(*nats.Msg) {
+		select {
+		case c.suspect <- struct{}{}:
+		default:
+		}
+	}
+	if sub, err := c.js.Conn().Subscribe(streamCreatedAdvisory+"KV_"+c.bucket, suspect); err == nil {
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { c.v3.Watch(ctx) })
 	wg.Go(func() { c.followDocument(ctx) })
 	wg.Go(func() { follow.FollowReconnects(ctx, c.js.Conn(), c.f.Kick, c.v3.Kick) })
 	t := time.NewTicker(cacheResync)
 	defer t.Stop()
+	checked := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -200,7 +214,13 @@ func (c *RingCache) run(ctx context.Context) {
 			if c.v3Current() != nil {
 				// No document to re-read, but a bucket created anew must be
 				// noticed (its revisions start again from 1, and a watch
-				// resumed by sequence would skip them): one stream info.
+				// resumed by sequence would skip them). The advisory above
+				// says so at once; in case it is not allowed, one stream
+				// info (about 1 KB) a minute.
+				if time.Since(checked) < cacheBucketCheck {
+					continue
+				}
+				checked = time.Now()
 				attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
 				c.checkBucket(attempt)
 				cancel()
@@ -267,9 +287,17 @@ func (c *RingCache) checkBucket(ctx context.Context) {
 	}
 }
 
-// cacheResync is how often a RingCache re-reads its key in case the watch
-// missed an update.
+// cacheResync is how often a RingCache re-reads its document (a pool not
+// on member keys) in case the watch missed an update.
 const cacheResync = 5 * time.Second
+
+// cacheBucketCheck is how often a RingCache of a pool on member keys asks
+// whether the bucket was created anew, besides JetStream's advisory.
+const cacheBucketCheck = time.Minute
+
+// streamCreatedAdvisory is the subject prefix of JetStream's advisory that
+// a stream was created; the stream's name follows.
+const streamCreatedAdvisory = "$JS.EVENT.ADVISORY.STREAM.CREATED."
 
 // ringCodec reads ring documents for a follower.
 var ringCodec = follow.Codec[RingDocument]{

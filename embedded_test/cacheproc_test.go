@@ -34,19 +34,11 @@ const cacheProcCaches = 3
 func runCacheProc(url string, in io.Reader, out io.Writer) error {
 	var caches []*bus.RingCache
 	for range cacheProcCaches {
-		nc, err := nats.Connect(url)
+		nc, c, err := dialRingCache(url, "natsroute-bench-cache")
 		if err != nil {
 			return err
 		}
 		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return err
-		}
-		c, err := bus.WatchRing(context.Background(), js, "")
-		if err != nil {
-			return err
-		}
 		defer c.Close()
 		caches = append(caches, c)
 	}
@@ -70,6 +62,28 @@ func runCacheProc(url string, in io.Reader, out io.Writer) error {
 		}
 	}
 	return sc.Err()
+}
+
+// dialRingCache connects to url as name and follows the default pool's
+// ring on that connection, as an application's cache does; the caller
+// closes both.
+func dialRingCache(url, name string) (*nats.Conn, *bus.RingCache, error) {
+	nc, err := nats.Connect(url, nats.Name(name), nats.Timeout(10*time.Second))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		var c *bus.RingCache
+		c, err = bus.WatchRing(ctx, js, "")
+		cancel()
+		if err == nil {
+			return nc, c, nil
+		}
+	}
+	nc.Close()
+	return nil, nil, err
 }
 
 // waitMember waits until every cache shows id as a member, or as none.

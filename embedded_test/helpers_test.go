@@ -25,6 +25,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if url := os.Getenv(churnCacheEnv); url != "" {
+		if err := runChurnCache(url, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if url := os.Getenv(scaleProcEnv); url != "" {
 		if err := runScaleProc(url, os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -64,17 +64,7 @@ func BenchmarkScale(b *testing.B) {
 		}
 		scaleLegacy = &on
 	}
-	sizes := []int{1000, 10000}
-	if s := os.Getenv("NATSROUTE_SCALE_N"); s != "" {
-		sizes = nil
-		for f := range strings.SplitSeq(s, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 10 {
-				b.Fatalf("NATSROUTE_SCALE_N=%q: want sizes of at least 10, comma-separated", s)
-			}
-			sizes = append(sizes, n)
-		}
-	}
+	sizes := sizesFromEnv(b, "NATSROUTE_SCALE_N")
 	results := map[int]scaleResult{}
 	for _, n := range sizes {
 		name := fmt.Sprintf("members=%d", n)
@@ -97,6 +87,24 @@ func BenchmarkScale(b *testing.B) {
 		}
 		printScaleTable(all)
 	}
+}
+
+// sizesFromEnv returns the fleet sizes a benchmark runs: env's
+// comma-separated list, or 1,000 and 10,000.
+func sizesFromEnv(b *testing.B, env string) []int {
+	s := os.Getenv(env)
+	if s == "" {
+		return []int{1000, 10000}
+	}
+	var sizes []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 10 {
+			b.Fatalf("%s=%q: want sizes of at least 10, comma-separated", env, s)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
 }
 
 const (
@@ -175,7 +183,7 @@ type scaleRun struct {
 	b        *testing.B
 	n        int
 	url      string
-	router   *scaleProc
+	router   *childProc
 	kv       *memberWatch     // the member keys, as a plain KV watch sees them
 	caches   []*bus.RingCache // following cachePool
 	js       jetstream.JetStream
@@ -200,7 +208,7 @@ func runScale(b *testing.B, n int) scaleResult {
 	if scaleLegacy != nil {
 		r.res.legacy = *scaleLegacy
 	}
-	r.router = startScaleProc(b, r.url, scaleTTL, r.res.legacy)
+	r.router = startScaleProc(b, r.url, scaleTTL, scaleProcLegacyEnv+"="+strconv.FormatBool(r.res.legacy))
 	kvConn := connect(b, r.url)
 	r.res.maxPayload = kvConn.MaxPayload()
 	r.kv = watchMembers(b, kvConn)
@@ -994,16 +1002,8 @@ func (r scaleResult) joinMS(d time.Duration) string {
 // printScaleTable prints one column per size with the targets at 10,000
 // members beside them.
 func printScaleTable(rs []scaleResult) {
-	fmt.Println("\nBenchmarkScale, one key per member (TTL 10s, heartbeats every 5s; cores shared with the server and the load: noisy)")
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	defer w.Flush()
-	ms := func(d time.Duration) string {
-		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
-	}
-	rows := []struct {
-		name, target string
-		f            func(r scaleResult) string
-	}{
+	ms := msText
+	rows := []benchRow[scaleResult]{
 		{"members", "target at 10,000", func(r scaleResult) string { return strconv.Itoa(r.members) }},
 		{"server max_payload (MiB)", "", func(r scaleResult) string { return strconv.FormatInt(r.maxPayload>>20, 10) }},
 		{"whole document (bytes)", "", func(r scaleResult) string {
@@ -1049,11 +1049,32 @@ func printScaleTable(rs []scaleResult) {
 		{"probes sent / answered for the fleet, whole run", "", func(r scaleResult) string { return fmt.Sprintf("%d / %d", probesSent(r.probes), r.answered) }},
 		{"members down, whole run", "0", func(r scaleResult) string { return strconv.FormatUint(r.downs, 10) }},
 	}
+	printBenchTable("BenchmarkScale, one key per member (TTL 10s, heartbeats every 5s; cores shared with the server and the load: noisy)", rs, rows)
+}
+
+// benchRow is one row of a benchmark's table: what it is, the goal, and
+// the figure of one result.
+type benchRow[R any] struct {
+	name, goal string
+	f          func(r R) string
+}
+
+// printBenchTable prints title, then a row per figure with a column per
+// result and the goal last.
+func printBenchTable[R any](title string, rs []R, rows []benchRow[R]) {
+	fmt.Println("\n" + title)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	defer w.Flush()
 	for _, row := range rows {
 		fmt.Fprint(w, row.name, "\t")
 		for _, r := range rs {
 			fmt.Fprint(w, row.f(r), "\t")
 		}
-		fmt.Fprint(w, row.target, "\t\n")
+		fmt.Fprint(w, row.goal, "\t\n")
 	}
+}
+
+// msText is d in milliseconds, two decimals.
+func msText(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
 }

@@ -11,7 +11,6 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -66,7 +65,12 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	}
 	cfg := router.DefaultConfig()
 	cfg.MemberTTL = ttl
-	cfg.NoLegacyDocument = os.Getenv(scaleProcLegacyEnv) == "false"
+	if os.Getenv(churnRouterEnv) != "" {
+		churnRouter(&cfg)
+	}
+	if os.Getenv(scaleProcLegacyEnv) == "false" {
+		cfg.NoLegacyDocument = true
+	}
 	r, stop, err := startChildRouter(url, "natsroute-scale-router", cfg)
 	if err != nil {
 		return err
@@ -79,10 +83,7 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 			t0 := time.Now()
 			s := r.Stats()
 			took := time.Since(t0)
-			var ru syscall.Rusage
-			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-			data, err := json.Marshal(scaleProcReply{Stats: s, CPU: cpu.Microseconds(), TookUS: took.Microseconds()})
+			data, err := json.Marshal(scaleProcReply{Stats: s, CPU: selfCPU().Microseconds(), TookUS: took.Microseconds()})
 			return string(data), true, err
 		case "heap": // what takes the memory: after a GC, and a heap profile if asked
 			runtime.GC()
@@ -106,69 +107,78 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	})
 }
 
-// scaleProc is the parent's end of the router process.
-type scaleProc struct {
+// childProc is the parent's end of a child that serves serveChild's line
+// protocol (the router process, the churn benchmark's cache processes).
+type childProc struct {
+	name string // for messages: "router process"
 	cmd  *exec.Cmd
 	in   io.WriteCloser
 	out  *bufio.Scanner
 	done chan error // the child's exit
 }
 
-func startScaleProc(b *testing.B, url string, ttl time.Duration, legacy bool) *scaleProc {
+func startScaleProc(b *testing.B, url string, ttl time.Duration, env ...string) *childProc {
 	b.Helper()
-	env := []string{scaleProcEnv + "=" + url, scaleProcTTLEnv + "=" + ttl.String(), scaleProcLegacyEnv + "=" + strconv.FormatBool(legacy)}
+	env = append(env, scaleProcEnv+"="+url, scaleProcTTLEnv+"="+ttl.String())
 	if limit := os.Getenv(scaleProcMemLimitEnv); limit != "" { // the router's GOMEMLIMIT only
 		env = append(env, "GOMEMLIMIT="+limit)
 	}
+	return startServingChild(b, "router process", env...)
+}
+
+// startServingChild starts a child that says ready and then serves
+// serveChild's protocol; closing its stdin at cleanup ends it.
+func startServingChild(b *testing.B, name string, env ...string) *childProc {
+	b.Helper()
 	cmd, in, out := startChild(b, env...)
-	p := &scaleProc{cmd: cmd, in: in, out: bufio.NewScanner(out), done: make(chan error, 1)}
+	p := &childProc{name: name, cmd: cmd, in: in, out: bufio.NewScanner(out), done: make(chan error, 1)}
 	p.out.Buffer(nil, 1<<20)
 	b.Cleanup(func() {
-		in.Close() // the child closes its router and exits
+		in.Close() // the child closes what it runs and exits
 		go func() { p.done <- cmd.Wait() }()
 		select {
 		case err := <-p.done:
 			if err != nil {
-				b.Errorf("router process: %v", err)
+				b.Errorf("%s: %v", name, err)
 			}
 		case <-time.After(30 * time.Second):
-			b.Errorf("router process %d did not exit within 30 s of stdin closing; killing it", cmd.Process.Pid)
+			b.Errorf("%s %d did not exit within 30 s of stdin closing; killing it", name, cmd.Process.Pid)
 			_ = cmd.Process.Kill()
 			<-p.done
 		}
 	})
 	if line := p.line(b, "ready"); line != "ready" {
-		b.Fatalf("router process said %q, want ready", line)
+		b.Fatalf("%s said %q, want ready", name, line)
 	}
 	return p
 }
 
 // line reads the child's next line; a child that says nothing within a
 // minute has hung.
-func (p *scaleProc) line(b *testing.B, what string) string {
+func (p *childProc) line(b *testing.B, what string) string {
 	b.Helper()
 	got := make(chan bool, 1)
 	go func() { got <- p.out.Scan() }()
 	select {
 	case ok := <-got:
 		if !ok {
-			b.Fatalf("router process ended while we waited for %s: %v", what, p.out.Err())
+			b.Fatalf("%s ended while we waited for %s: %v", p.name, what, p.out.Err())
 		}
 	case <-time.After(time.Minute):
-		b.Fatalf("router process: no %s within 1 minute", what)
+		b.Fatalf("%s: no %s within 1 minute", p.name, what)
 	}
 	return strings.TrimSpace(p.out.Text())
 }
 
-func (p *scaleProc) do(b *testing.B, command string) string {
+func (p *childProc) do(b *testing.B, command string) string {
 	b.Helper()
 	if _, err := fmt.Fprintln(p.in, command); err != nil {
-		b.Fatalf("router process: %s: %v", command, err)
+		b.Fatalf("%s: %s: %v", p.name, command, err)
 	}
 	return p.line(b, "the answer to "+command)
 }
 
-func (p *scaleProc) stats(b *testing.B) scaleProcReply {
+func (p *childProc) stats(b *testing.B) scaleProcReply {
 	b.Helper()
 	var r scaleProcReply
 	if line := p.do(b, "stats"); json.Unmarshal([]byte(line), &r) != nil {
@@ -179,17 +189,17 @@ func (p *scaleProc) stats(b *testing.B) scaleProcReply {
 
 // profile starts a CPU profile into path; "" does nothing. It returns the
 // function that stops it.
-func (p *scaleProc) profile(b *testing.B, path string) (stop func()) {
+func (p *childProc) profile(b *testing.B, path string) (stop func()) {
 	b.Helper()
 	if path == "" {
 		return func() {}
 	}
 	if line := p.do(b, "profile "+path); line != "ok" {
-		b.Fatalf("router process: profile: got %q", line)
+		b.Fatalf("%s: profile: got %q", p.name, line)
 	}
 	return func() {
 		if line := p.do(b, "profile-stop"); line != "ok" {
-			b.Fatalf("router process: profile-stop: got %q", line)
+			b.Fatalf("%s: profile-stop: got %q", p.name, line)
 		}
 	}
 }
@@ -200,16 +210,16 @@ func mb(n uint64) float64 { return float64(n) / (1 << 20) }
 
 // heap asks the router process what its memory holds (and writes a heap
 // profile to path, if set).
-func (p *scaleProc) heap(b *testing.B, path string) string {
+func (p *childProc) heap(b *testing.B, path string) string {
 	b.Helper()
 	return p.do(b, strings.TrimSpace("heap "+path))
 }
 
-func (p *scaleProc) memory(b *testing.B) (rss, peak float64) {
+func (p *childProc) memory(b *testing.B) (rss, peak float64) {
 	b.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
-		b.Fatalf("router process memory: %v", err)
+		b.Fatalf("%s memory: %v", p.name, err)
 	}
 	for _, l := range strings.Split(string(data), "\n") {
 		f := strings.Fields(l)

@@ -12,6 +12,7 @@ var (
 	// errDocTooLarge: the ring document would exceed the server's max_payload.
 	errDocTooLarge  = errors.New("ring document exceeds max_payload")
 	errTooManyPools = errors.New("too many pools")
+	errKeyConflict  = errors.New("another writer changed the key first")
 )
 
 // badRequest is a 400 with a message.

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/internal/follow"
+	"github.com/natsroute/natsroute/ring"
 )
 
 // keeper follows the KV bucket for the router: it loads every pool's
@@ -181,13 +182,32 @@ func (k *keeper) applyEntry(e jetstream.KeyValueEntry) {
 		p.docEntry = e
 		return
 	}
-	p.v3.observe(key, e.Revision(), e.Operation() == jetstream.KeyValuePut, e.Value(), e.Created())
+	if p.v3.observe(key, e.Revision(), e.Operation() == jetstream.KeyValuePut, e.Value(), e.Created()) {
+		p.news = true
+	}
 	if p.view == nil {
 		p.view, _ = bus.NewPoolView(name) // the name was validated by ensurePool
+	}
+	_, node, member := bus.ParseMemberKey(key)
+	var before ring.Member
+	if member {
+		before, _ = p.view.Member(node)
 	}
 	if err := p.view.Apply(e); err != nil {
 		r.stats.docRejected.Add(1)
 		r.stats.limitedLog(r.log, rejectEntry, "ring entry refused", "pool", name, "err", err)
+	}
+	if !member || !p.view.V3() {
+		return
+	}
+	// Shed history is noted per member entry, so replicas that applied the
+	// same entries agree on it however their watches batched them (a batch
+	// may hold a fall and the rise that undid it). A watch started again
+	// replays entries the pool has already applied: they are not news.
+	if after, _ := p.view.Member(node); after.Shed != before.Shed && (!p.ring.Published() || e.Revision() > p.ring.Current().Rev) {
+		r.healthMu.Lock()
+		p.noteShed(node, before.Shed, after.Shed, r.cfg.Now())
+		r.healthMu.Unlock()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
@@ -31,6 +32,7 @@ type pool struct {
 	// batch touched them, and the newest document entry of the batch.
 	view     *bus.PoolView
 	touched  bool
+	news     bool // the batch brought member entries this router did not write
 	docEntry jetstream.KeyValueEntry
 
 	dirty     chan struct{} // wakes the writer
@@ -270,21 +272,28 @@ func (p *pool) updateShed() bool {
 // held.
 func (p *pool) noteShedChanges(old, cur bus.RingDocument) {
 	now := p.r.cfg.Now()
-	pol := p.r.shedPolicy
-	for _, n := range cur.Nodes {
-		if o, _ := old.Node(n.ID); o.Shed != n.Shed {
-			p.backoff[n.ID] = pol.Observe(p.backoff[n.ID], o.Shed, n.Shed, now)
+	if !p.ring.Published() { // a pool on its member keys notes each entry (noteShed)
+		for _, n := range cur.Nodes {
+			if o, _ := old.Node(n.ID); o.Shed != n.Shed {
+				p.noteShed(n.ID, o.Shed, n.Shed, now)
+			}
 		}
-	}
-	for _, o := range old.Nodes { // a member that left has no shed
-		if _, still := cur.Node(o.ID); !still && o.Shed != 0 {
-			p.backoff[o.ID] = pol.Observe(p.backoff[o.ID], o.Shed, 0, now)
+		for _, o := range old.Nodes { // a member that left has no shed
+			if _, still := cur.Node(o.ID); !still && o.Shed != 0 {
+				p.noteShed(o.ID, o.Shed, 0, now)
+			}
 		}
 	}
 	maps.DeleteFunc(p.backoff, func(id string, b ring.ShedBackoff) bool {
 		_, member := cur.Node(id)
 		return !member && now.Sub(b.Changed()) > p.r.cfg.MemberTTL
 	})
+}
+
+// noteShed records that a member's shed went from one value to another in
+// the ring this router follows, with r.healthMu held.
+func (p *pool) noteShed(id string, from, to float64, now time.Time) {
+	p.backoff[id] = p.r.shedPolicy.Observe(p.backoff[id], from, to, now)
 }
 
 // shedState says where a member's shed is going, for status and explain:

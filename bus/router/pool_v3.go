@@ -27,10 +27,11 @@ import (
 // v3Key is what a router knows of one v3 key of a pool: its last revision
 // (of a value or of a delete marker) and its value.
 type v3Key struct {
-	rev     uint64    // 0: unknown (never seen, or deleted by this router and not yet watched)
-	present bool      // the key holds a value
-	value   []byte    // when present
-	at      time.Time // when a delete or purge marker (rev) was written; zero if not known
+	rev      uint64    // 0: unknown (never seen, or deleted by this router and not yet watched)
+	present  bool      // the key holds a value
+	deleting bool      // this router deleted it; the marker has not come back yet
+	value    []byte    // when present
+	at       time.Time // when a delete or purge marker (rev) was written; zero if not known
 }
 
 // v3Keys is a pool's v3 keys as last seen: fed by the bucket watch (the
@@ -42,20 +43,26 @@ type v3Keys struct {
 
 // observe records an entry of a key, unless a newer one is known (the
 // watch may deliver an entry after the writer saw a later revision).
-func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte, at time.Time) {
+//
+// It reports whether the entry is news to this router: not one it knew of,
+// nor the marker of its own delete (the watch brings this router's writes
+// back too, and they must not wake its writer again).
+func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte, at time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.keys == nil {
 		s.keys = map[string]v3Key{}
 	}
-	if k, ok := s.keys[key]; ok && k.rev >= rev {
-		return
+	old, ok := s.keys[key]
+	if ok && old.rev >= rev {
+		return false
 	}
 	k := v3Key{rev: rev, present: present, value: value}
 	if !present {
 		k.at = at
 	}
 	s.keys[key] = k
+	return !(old.deleting && !present)
 }
 
 // markers returns the keys with prefix whose last entry is a delete or
@@ -98,7 +105,7 @@ func (s *v3Keys) deleted(key string) {
 	if s.keys == nil {
 		s.keys = map[string]v3Key{}
 	}
-	s.keys[key] = v3Key{rev: k.rev}
+	s.keys[key] = v3Key{rev: k.rev, deleting: true}
 }
 
 func (s *v3Keys) get(key string) v3Key {
@@ -187,6 +194,13 @@ func (p *pool) publish() {
 				return
 			}
 			p.ring.Publish(s.Document(), s.Revision, s.Ring)
+			if p.news {
+				// Someone else changed the keys (a replica, an operator):
+				// see whether this router wants something else. Its own
+				// writes coming back are not news.
+				p.news = false
+				p.wake()
+			}
 			return
 		}
 	}
@@ -235,18 +249,26 @@ func (p *pool) syncV3(ctx context.Context, base, want bus.RingDocument) error {
 		return nil
 	}
 	if p.ring.Published() {
-		for _, n := range want.Nodes {
-			if b, ok := base.Node(n.ID); ok && memberValue(b) == memberValue(n) {
+		// Both are sorted by id: one merge walk.
+		b, w := base.Nodes, want.Nodes
+		for len(b) > 0 || len(w) > 0 {
+			switch {
+			case len(w) == 0 || len(b) > 0 && b[0].ID < w[0].ID:
+				dels = append(dels, bus.MemberKey(p.name, b[0].ID))
+				b = b[1:]
 				continue
+			case len(b) > 0 && b[0].ID == w[0].ID:
+				same := memberValue(b[0]) == memberValue(w[0])
+				b = b[1:]
+				if same {
+					w = w[1:]
+					continue
+				}
 			}
-			if err := wanted(n); err != nil {
+			if err := wanted(w[0]); err != nil {
 				return err
 			}
-		}
-		for _, n := range base.Nodes {
-			if _, ok := want.Node(n.ID); !ok {
-				dels = append(dels, bus.MemberKey(p.name, n.ID))
-			}
+			w = w[1:]
 		}
 	} else {
 		keep := make(map[string]bool, len(want.Nodes))
@@ -410,63 +432,57 @@ func inParallel(ctx context.Context, n int, op func(i int) error) error {
 const v3Attempts = 10
 
 // putV3 makes key hold data: create if it holds nothing, compare-and-set
-// update otherwise. A lost race re-reads the key and decides again.
+// update otherwise. A lost race returns errKeyConflict: the writer decides
+// again once the watch has brought the other write into the ring it answers
+// from (retrying at once with what it wanted before the other write would
+// undo it: replicas stepping a shed would overwrite each other's steps).
 func (p *pool) putV3(ctx context.Context, kv jetstream.KeyValue, key string, data []byte) error {
-	for range v3Attempts {
-		k := p.v3.get(key)
-		if k.present && bytes.Equal(k.value, data) {
-			return nil
-		}
-		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		var rev uint64
-		var err error
-		if k.present {
-			rev, err = kv.Update(opCtx, key, data, k.rev)
-		} else {
-			// Create also takes a key whose last entry is a delete marker.
-			rev, err = kv.Create(opCtx, key, data)
-		}
-		cancel()
-		if err == nil {
-			p.r.stats.kvWrites.Add(1)
-			p.v3.observe(key, rev, true, data, time.Time{})
-			return nil
-		}
-		if !casConflict(err) {
-			return fmt.Errorf("bus: kv write %q: %w", key, err)
-		}
-		p.r.stats.kvConflicts.Add(1)
-		if err := p.rereadV3(ctx, kv, key); err != nil {
-			return err
-		}
+	k := p.v3.get(key)
+	if k.present && bytes.Equal(k.value, data) {
+		return nil
 	}
-	return fmt.Errorf("bus: kv write %q: too many conflicts", key)
+	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var rev uint64
+	var err error
+	if k.present {
+		rev, err = kv.Update(opCtx, key, data, k.rev)
+	} else {
+		// Create also takes a key whose last entry is a delete marker.
+		rev, err = kv.Create(opCtx, key, data)
+	}
+	if err != nil {
+		return p.keyWriteError(key, err)
+	}
+	p.r.stats.kvWrites.Add(1)
+	p.v3.observe(key, rev, true, data, time.Time{})
+	return nil
 }
 
-// deleteV3 deletes key, which held a value at its last known revision.
+// deleteV3 deletes key, which held a value at its last known revision; a
+// lost race returns errKeyConflict (see putV3).
 func (p *pool) deleteV3(ctx context.Context, kv jetstream.KeyValue, key string) error {
-	for range v3Attempts {
-		k := p.v3.get(key)
-		if !k.present {
-			return nil
-		}
-		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := kv.Delete(opCtx, key, jetstream.LastRevision(k.rev))
-		cancel()
-		if err == nil {
-			p.r.stats.kvWrites.Add(1)
-			p.v3.deleted(key)
-			return nil
-		}
-		if !casConflict(err) {
-			return fmt.Errorf("bus: kv delete %q: %w", key, err)
-		}
-		p.r.stats.kvConflicts.Add(1)
-		if err := p.rereadV3(ctx, kv, key); err != nil {
-			return err
-		}
+	k := p.v3.get(key)
+	if !k.present {
+		return nil
 	}
-	return fmt.Errorf("bus: kv delete %q: too many conflicts", key)
+	opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := kv.Delete(opCtx, key, jetstream.LastRevision(k.rev)); err != nil {
+		return p.keyWriteError(key, err)
+	}
+	p.r.stats.kvWrites.Add(1)
+	p.v3.deleted(key)
+	return nil
+}
+
+// keyWriteError counts a lost race on key as a conflict.
+func (p *pool) keyWriteError(key string, err error) error {
+	if casConflict(err) {
+		p.r.stats.kvConflicts.Add(1)
+		return fmt.Errorf("%w: %q", errKeyConflict, key)
+	}
+	return fmt.Errorf("bus: kv write %q: %w", key, err)
 }
 
 // rereadV3 reads key after a lost race.

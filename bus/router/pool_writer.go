@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -226,6 +227,11 @@ func (p *pool) write(ctx context.Context) {
 			backoff = 50 * time.Millisecond
 		case ctx.Err() != nil:
 			return
+		case errors.Is(err, errKeyConflict):
+			// The watch brings the other write and wakes this writer; the
+			// timer is in case it is slow.
+			retry.Reset(backoff)
+			backoff = min(2*backoff, 2*time.Second)
 		default:
 			r.stats.kvErrors.Add(1)
 			r.suspectBucket()

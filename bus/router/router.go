@@ -329,7 +329,9 @@ func (r *Router) newPool(name string) (*pool, error) {
 	}
 	f.OnApply = func(old, cur *follow.View[bus.RingDocument]) {
 		p.syncBalancer(old, cur)
-		p.wake() // the keys changed: someone else wrote them, or they are this writer's
+		if !p.ring.Published() {
+			p.wake() // a document to convert (a pool on member keys wakes on news: publish)
+		}
 	}
 	f.OnReject = func(uint64, error) { r.stats.docRejected.Add(1) }
 	f.OnBehind = r.suspectBucket
