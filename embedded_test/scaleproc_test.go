@@ -27,6 +27,9 @@ const (
 	// scaleProcMemLimitEnv, e.g. 48MiB, becomes the router process's
 	// GOMEMLIMIT (and not the load generator's).
 	scaleProcMemLimitEnv = "NATSROUTE_SCALE_ROUTER_GOMEMLIMIT"
+	// scaleProcLegacyEnv is the router's --legacy-document, as
+	// NATSROUTE_LEGACY_DOCUMENT says it.
+	scaleProcLegacyEnv = "NATSROUTE_SCALE_PROC_LEGACY_DOCUMENT"
 )
 
 // scaleProcReply is the router process's answer to "stats".
@@ -64,6 +67,9 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	cfg.MemberTTL = ttl
 	if os.Getenv(churnRouterEnv) != "" {
 		churnRouter(&cfg)
+	}
+	if os.Getenv(scaleProcLegacyEnv) == "false" {
+		cfg.NoLegacyDocument = true
 	}
 	r, stop, err := startChildRouter(url, "natsroute-scale-router", cfg)
 	if err != nil {
