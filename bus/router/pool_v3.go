@@ -391,11 +391,13 @@ func (p *pool) rereadLegacy(ctx context.Context, kv jetstream.KeyValue) error {
 	return nil
 }
 
-// v3InFlight bounds the v3 key writes one pool's writer has in flight.
-// One at a time, a burst of 10,000 joins took about 2 s more than the
-// document (one round trip each); the keys are independent, and each
-// write's compare-and-set keeps it right whatever the order.
-const v3InFlight = 32
+// v3InFlight bounds the v3 key writes one pool's writer has in flight; the
+// keys are independent, and each write's compare-and-set keeps it right
+// whatever the order. A burst of 10,000 joins reached the keys after 4.5 s
+// with 32 in flight, 2.0 s with 256 and 1.3 s with 1,024 (BenchmarkScale,
+// one run each on this loaded 2-core machine: the round trips, not the
+// CPU, bounded it).
+const v3InFlight = 1024
 
 // inParallel runs op(0..n-1) with at most v3InFlight at once and returns
 // the first error (the others still finish; the writer retries the sync).
