@@ -3,9 +3,7 @@ package embedded_test
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,51 +27,24 @@ func docMembers(d bus.RingDocument) string {
 	return strings.Join(ids, ",")
 }
 
-// kvWatch collects every ring document written to the bucket.
-type kvWatch struct {
-	mu   sync.Mutex
-	docs []string
-}
-
-func watchBucket(t *testing.T, js jetstream.JetStream) *kvWatch {
+// watchBucket follows the default pool's document once the bucket exists,
+// and fails the test if it ever refuses one.
+func watchBucket(t *testing.T, js jetstream.JetStream) *docReader {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
 	var kv jetstream.KeyValue
+	ctx := ctxT(t)
 	waitFor(t, 5*time.Second, "the bucket", func() bool {
 		var err error
 		kv, err = js.KeyValue(ctx, bus.DefaultBucket)
 		return err == nil
 	})
-	w, err := kv.Watch(ctx, bus.RingKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kw := &kvWatch{}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for e := range w.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			d, err := bus.DecodeRingDocument(e.Value())
-			if err != nil {
-				t.Errorf("watcher: %v", err)
-				continue
-			}
-			kw.mu.Lock()
-			kw.docs = append(kw.docs, docMembers(d))
-			kw.mu.Unlock()
+	d := startDocReader(t, kv, bus.RingKey)
+	t.Cleanup(func() {
+		if err := d.refusal(); err != nil {
+			t.Errorf("watcher: %v", err)
 		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return kw
-}
-
-func (w *kvWatch) saw(s string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Contains(w.docs, s)
+	})
+	return d
 }
 
 func TestMembership(t *testing.T) {

@@ -287,6 +287,18 @@ func TestPoolsReplicasChurn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		if t.Failed() {
+			for i := range npools {
+				name := pool(i)
+				d1, rev1 := r1.PoolRing(name)
+				d2, rev2 := r2.PoolRing(name)
+				if w := expect(name); docMembers(d1) != w || docMembers(d2) != w {
+					t.Logf("pool %s: want %s; r1 %s at %d, r2 %s at %d", name, w, docMembers(d1), rev1, docMembers(d2), rev2)
+				}
+			}
+		}
+	}()
 	waitFor(t, 20*time.Second, "every pool on both replicas and in the bucket", func() bool {
 		for i := range npools {
 			name := pool(i)

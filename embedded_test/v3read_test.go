@@ -44,8 +44,17 @@ type indepReader struct {
 func startIndepReader(t *testing.T, kv jetstream.KeyValue, pool string) *indepReader {
 	t.Helper()
 	r := &indepReader{pool: pool, changed: make(chan struct{}), members: map[string]ring.Member{}}
+	watchEntries(t, kv, []string{"pools." + pool, "members." + pool + ".*"}, r.apply)
+	return r
+}
+
+// watchEntries hands each entry of one KV watch of keys to apply, in
+// stream order on one goroutine (nil: the initial values are all in),
+// until the test ends.
+func watchEntries(t *testing.T, kv jetstream.KeyValue, keys []string, apply func(jetstream.KeyValueEntry)) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	w, err := kv.WatchFiltered(ctx, []string{"pools." + pool, "members." + pool + ".*"})
+	w, err := kv.WatchFiltered(ctx, keys)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -54,11 +63,10 @@ func startIndepReader(t *testing.T, kv jetstream.KeyValue, pool string) *indepRe
 	go func() {
 		defer close(done)
 		for e := range w.Updates() {
-			r.apply(e)
+			apply(e)
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return r
 }
 
 func (r *indepReader) apply(e jetstream.KeyValueEntry) {
@@ -109,6 +117,13 @@ func (r *indepReader) apply(e jetstream.KeyValueEntry) {
 		shed = *m.Shed
 	}
 	r.members[id] = ring.Member{ID: id, Weight: *m.Weight, Draining: m.Status == "draining", Shed: shed}
+}
+
+// revision returns the pool revision the reader has applied so far.
+func (r *indepReader) revision() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rev
 }
 
 // state returns the reader's revision, whether the pool is v3, its members
@@ -223,13 +238,16 @@ func waitRev(t *testing.T, c *bus.RingCache, rev uint64) {
 	}
 }
 
-var agreeKeys = func() []string {
-	ks := make([]string, 1000)
+var agreeKeys = fixedKeys(1000)
+
+// fixedKeys returns the keys key-0 ... key-<n-1>.
+func fixedKeys(n int) []string {
+	ks := make([]string, n)
 	for i := range ks {
 		ks[i] = "key-" + strconv.Itoa(i)
 	}
 	return ks
-}()
+}
 
 // agree checks that the cache and the independent reader, both at rev, hold
 // the same revision, membership and owners of 1,000 keys; false if the pool

@@ -19,6 +19,7 @@ type membership struct {
 	healthMu sync.Mutex // guards tracker and every pool's reporters and shed
 	tracker  map[string]*track
 	caughtUp atomic.Int64 // unix nanos (cfg.Now) when the health queue was last empty
+	pass     uint64       // counts desired's passes (track.pass); guarded by healthMu
 }
 
 // track is what this router knows of one node from its health reports.
@@ -30,6 +31,7 @@ type track struct {
 	left     bool     // the last report said leaving
 	pools    []string // the pools of its last report that was not leaving
 	down     string   // why probes found it down since its last report ("" if not; see liveness)
+	pass     uint64   // the last pass of desired that found it on the ring; guarded by healthMu
 }
 
 // maxExpiryHold bounds how long expiry is held back while health reports

@@ -207,9 +207,13 @@ func (p *pool) syncBalancer(old, cur *follow.View[bus.RingDocument]) {
 		p.wake() // a router with shedding on wrote it; this one removes it
 	}
 	var gone []string
+	c := cur.Doc.Nodes // sorted by id, as old's: one merge walk
 	for _, n := range old.Doc.Nodes {
-		if _, still := cur.Doc.Node(n.ID); still {
-			continue
+		for len(c) > 0 && c[0].ID < n.ID {
+			c = c[1:]
+		}
+		if len(c) > 0 && c[0].ID == n.ID {
+			continue // still a member
 		}
 		if t := p.reporters[n.ID]; t == nil || !r.alive(t, now) || p.isEjected(n.ID, now) {
 			gone = append(gone, n.ID)

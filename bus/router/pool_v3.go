@@ -31,7 +31,7 @@ type v3Key struct {
 	present  bool      // the key holds a value
 	deleting bool      // this router deleted it; the marker has not come back yet
 	value    []byte    // when present
-	at       time.Time // when a delete or purge marker (rev) was written; zero if not known
+	at       time.Time // when the entry at rev was written (the server's clock); zero if this router wrote it, or not known
 }
 
 // v3Keys is a pool's v3 keys as last seen: fed by the bucket watch (the
@@ -57,12 +57,17 @@ func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte, at 
 	if ok && old.rev >= rev {
 		return false
 	}
-	k := v3Key{rev: rev, present: present, value: value}
-	if !present {
-		k.at = at
-	}
-	s.keys[key] = k
+	s.keys[key] = v3Key{rev: rev, present: present, value: value, at: at}
 	return !(old.deleting && !present)
+}
+
+// writtenAfter reports whether key's last entry was written by another
+// router (or by hand) after t, by the server's clock.
+func (s *v3Keys) writtenAfter(key string, t time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[key]
+	return ok && !k.at.IsZero() && k.at.After(t)
 }
 
 // markers returns the keys with prefix whose last entry is a delete or

@@ -24,67 +24,96 @@ func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDo
 	defer r.healthMu.Unlock()
 	startup := now.Sub(r.started) <= r.cfg.MemberTTL
 	reporters := p.members()
+	// One pass over base, which is sorted by id, and one over reporters,
+	// with map lookups only: the reporters found on the ring are marked
+	// with this pass's number, and the others are the joins. (A binary
+	// search of the ring per reporter was 28 % of the router's CPU in a
+	// rolling restart at 10,000 members.)
+	r.pass++
+	pass := r.pass
 	out := base
 	out.Nodes = make([]bus.RingNode, 0, len(base.Nodes)+len(reporters))
 	for _, n := range base.Nodes {
 		if p.isEjected(n.ID, wall) {
 			continue
 		}
-		if t, known := r.tracker[n.ID]; known {
-			if reporters[n.ID] != t {
-				continue // it reports for other pools only
-			}
-		} else if !startup {
+		t, known := r.tracker[n.ID]
+		switch {
+		case known && reporters[n.ID] != t:
+			continue // it reports for other pools only
+		case !known && !startup:
 			continue
+		case known:
+			t.pass = pass
+			// A member's key written by another router after this one's
+			// last report from the node holds newer news (that router
+			// handled a report this one has not yet): leave its weight,
+			// status and presence as they are, or the two undo each other.
+			if !r.alive(t, now) {
+				if t.left && p.keyNewer(n.ID, t) {
+					break // keep n
+				}
+				continue // expired, down, or left
+			}
+			m := p.reported(n.ID, t, legacy)
+			if (m.Weight != n.Weight || m.Status != n.Status) && p.keyNewer(n.ID, t) {
+				break // keep n
+			}
+			if rev != p.shedRev {
+				// The policy ran on another revision: a replica that wrote
+				// since may have stepped further. Keep the ring's shed until
+				// the policy runs on this one, or replicas undo each other's
+				// steps.
+				m.Shed = n.Shed
+			}
+			if t.draining || legacy {
+				m.Shed = 0
+			}
+			n = m
 		}
 		if legacy || r.cfg.BalanceFactor == 0 { // shedding off: no shed stays behind
 			n.Shed = 0
 		}
 		out.Nodes = append(out.Nodes, n)
 	}
-	inBase := len(out.Nodes)
-	var gone []bool // gone[i]: base member i expired or left
+	if !joins {
+		return out.WithFormat()
+	}
+	sorted := true
 	for id, t := range reporters {
-		i, member := slices.BinarySearchFunc(out.Nodes[:inBase], id, cmpNode)
-		if !r.alive(t, now) || p.isEjected(id, wall) {
-			if member {
-				if gone == nil {
-					gone = make([]bool, inBase)
-				}
-				gone[i] = true
-			}
-			continue
+		if t.pass == pass || !r.alive(t, now) || p.isEjected(id, wall) || p.keyNewer(id, t) {
+			continue // a key deleted after the node's last report here: see above
 		}
-		n := bus.RingNode{ID: id, Weight: t.weight, Shed: p.shed[id]}
-		if member && rev != p.shedRev {
-			// The policy ran on another revision: a replica that wrote since
-			// may have stepped further. Keep the document's shed until the
-			// policy runs on this one, or replicas undo each other's steps.
-			n.Shed = out.Nodes[i].Shed
-		}
-		if t.draining || legacy {
-			n.Shed = 0
-		}
-		if t.draining {
-			n.Status = bus.StatusDraining
-		}
-		if member {
-			out.Nodes[i] = n
-		} else if joins {
-			out.Nodes = append(out.Nodes, n)
-		}
+
+		out.Nodes = append(out.Nodes, p.reported(id, t, legacy))
+		sorted = false
 	}
-	if gone != nil {
-		kept := out.Nodes[:0]
-		for i, n := range out.Nodes {
-			if i >= inBase || !gone[i] {
-				kept = append(kept, n)
-			}
-		}
-		out.Nodes = kept
+	if !sorted {
+		slices.SortFunc(out.Nodes, cmpNodes)
 	}
-	slices.SortFunc(out.Nodes, cmpNodes)
 	return out.WithFormat()
+}
+
+// keyNewer reports whether the member key of node id was written or
+// deleted by another router after this router's last report from it, in a
+// pool that answers from its member keys (for a pool still on its
+// document, the keys are what the writer converts it to, not news).
+func (p *pool) keyNewer(id string, t *track) bool {
+	return p.ring.Published() && p.v3.writtenAfter(bus.MemberKey(p.name, id), t.seen)
+}
+
+// reported is a reporting node as its reports make it a member: its
+// weight, draining status and the shed the load policy wants. With
+// r.healthMu held.
+func (p *pool) reported(id string, t *track, legacy bool) bus.RingNode {
+	n := bus.RingNode{ID: id, Weight: t.weight, Shed: p.shed[id]}
+	if t.draining || legacy {
+		n.Shed = 0
+	}
+	if t.draining {
+		n.Status = bus.StatusDraining
+	}
+	return n
 }
 
 func cmpNode(n bus.RingNode, id string) int {
