@@ -149,14 +149,19 @@ func (f *Follower[D]) Apply(doc D, rev uint64) bool {
 		f.reject(rev, err)
 		return false
 	}
-	cur := &View[D]{Doc: doc, Rev: rev, Snap: f.ring.Snapshot()}
+	f.store(old, &View[D]{Doc: doc, Rev: rev, Snap: f.ring.Snapshot()})
+	return true
+}
+
+// store makes cur the view that answers, with f.mu held: it wakes whoever
+// waits for a change and calls OnApply.
+func (f *Follower[D]) store(old, cur *View[D]) {
 	f.view.Store(cur)
 	close(f.changed)
 	f.changed = make(chan struct{})
 	if f.OnApply != nil {
 		f.OnApply(old, cur)
 	}
-	return true
 }
 
 // Publish makes a view built elsewhere the one that answers: a router's
@@ -175,14 +180,8 @@ func (f *Follower[D]) Publish(doc D, rev uint64, snap *ring.Snapshot) bool {
 		return false
 	}
 	f.published.Store(true)
-	cur := &View[D]{Doc: doc, Rev: rev, Snap: snap}
-	f.view.Store(cur)
 	f.own.Store(nil)
-	close(f.changed)
-	f.changed = make(chan struct{})
-	if f.OnApply != nil {
-		f.OnApply(old, cur)
-	}
+	f.store(old, &View[D]{Doc: doc, Rev: rev, Snap: snap})
 	return true
 }
 

@@ -2,6 +2,7 @@ package follow
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -160,5 +161,69 @@ func TestWatchBatches(t *testing.T) {
 		if round == 1 {
 			kick <- struct{}{}
 		}
+	}
+}
+
+// TestWatchBatchesGathersBursts: while flushes are slow, entries that keep
+// arriving gather into fewer flushes than entries (a flush that took d
+// holds the next for 4 × d) even when each arrives after the last flush
+// ended, every entry is flushed in the end, and a change after a quiet
+// spell is flushed without waiting for more.
+func TestWatchBatchesGathersBursts(t *testing.T) {
+	kv := testBucket(t)
+	bg := context.Background()
+	const slow = 15 * time.Millisecond // each flush; the next waits 60 ms
+	var mu sync.Mutex
+	var applied, flushed, flushes int
+	b := Batch{
+		Begin: func() {},
+		Apply: func(jetstream.KeyValueEntry) { mu.Lock(); applied++; mu.Unlock() },
+		Flush: func() {
+			time.Sleep(slow)
+			mu.Lock()
+			flushes++
+			flushed = applied
+			mu.Unlock()
+		},
+	}
+	ctx, cancel := context.WithCancel(bg)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		WatchBatches(ctx, func() jetstream.KeyValue { return kv }, []string{"m.*"}, func(context.Context) error { return nil }, b, make(chan struct{}), quiet())
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	waitUntil(t, &mu, "the initial flush", func() bool { return flushes == 1 })
+
+	// One entry every 25 ms: each comes after the last flush ended, so
+	// flushing whatever is delivered would flush once per entry.
+	const burst = 24
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for i := range burst {
+		<-tick.C
+		if _, err := kv.PutString(bg, fmt.Sprintf("m.k%d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, &mu, "the burst flushed", func() bool { return flushed == burst })
+	mu.Lock()
+	n := flushes - 1
+	mu.Unlock()
+	t.Logf("%d entries 25 ms apart in %d flushes of 15 ms", burst, n)
+	if n > burst*3/4 {
+		t.Fatalf("%d entries took %d flushes: a burst must gather", burst, n)
+	}
+
+	// Quiet for longer than the hold: the next change is flushed at once.
+	quietSpell := time.NewTimer(5 * slow)
+	<-quietSpell.C
+	start := time.Now()
+	if _, err := kv.PutString(bg, "m.lone", "v"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, &mu, "the lone change flushed", func() bool { return flushed == burst+1 })
+	if took := time.Since(start); took >= 4*slow {
+		t.Fatalf("a lone change after a quiet spell was flushed after %v: it waited for the hold", took)
 	}
 }
