@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natsroute/natsroute/bus"
 	"github.com/natsroute/natsroute/bus/router"
 	"go.uber.org/goleak"
@@ -214,4 +215,18 @@ func answered(t testing.TB, nc *nats.Conn, body string, timeout time.Duration) b
 		return json.Unmarshal(m.Data, &rep) == nil
 	})
 	return rep
+}
+
+// defaultKV returns a JetStream context on nc and the default bucket.
+func defaultKV(t testing.TB, nc *nats.Conn) (jetstream.JetStream, jetstream.KeyValue) {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctxT(t), bus.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, kv
 }

@@ -114,16 +114,9 @@ func TestRouterWritesV3(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Coalesce = time.Millisecond
 	r := startRouter(t, nc, cfg)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, kv := defaultKV(t, nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
 	caches := map[string]*bus.RingCache{}
 	for _, pool := range []string{bus.DefaultPool, "blue"} {
 		c, err := bus.WatchRing(ctx, js, "", bus.WithPool(pool), bus.WithRingCacheLogger(testLogger(t)))
@@ -252,16 +245,9 @@ func TestRouterRepairsV3Keys(t *testing.T) {
 	// (MemberTTL from its start), as in a document; a and b keep reporting.
 	cfg.MemberTTL = 3 * time.Second
 	r := startRouter(t, nc, cfg)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, kv := defaultKV(t, nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
 	health(t, nc, "a", okHealth)
 	health(t, nc, "b", okHealth)
 	waitFor(t, 10*time.Second, "a and b in the document", func() bool { return members(r) == "a,b" })
@@ -308,16 +294,9 @@ func TestRoutersWriteV3Together(t *testing.T) {
 		routers = append(routers, &routerConn{r: startRouter(t, nc, cfg), nc: nc})
 	}
 	nc := routers[0].nc
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, kv := defaultKV(t, nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
 	c, err := bus.WatchRing(ctx, js, "", bus.WithRingCacheLogger(testLogger(t)))
 	if err != nil {
 		t.Fatal(err)
@@ -388,16 +367,7 @@ func TestRouterV3Burst(t *testing.T) {
 	nc := connect(t, s.ClientURL())
 	cfg := testConfig(t)
 	r := startRouter(t, nc, cfg)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, kv := defaultKV(t, nc)
 	pub := connect(t, s.ClientURL())
 	t0 := time.Now()
 	for i := range n {
@@ -427,16 +397,9 @@ func TestRouterPurgesV3Markers(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MemberTTL = time.Second
 	r := startRouter(t, nc, cfg)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, kv := defaultKV(t, nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, bus.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
 	stop := make(chan struct{})
 	wait := keepReporting(t, connect(t, s.ClientURL()), []string{"a"}, stop)
 	defer func() { close(stop); wait() }()
