@@ -222,8 +222,12 @@ func (e *ejector) consider(p *pool, node string, now time.Time) {
 
 	r.healthMu.Lock()
 	t := r.tracker[node]
-	probing := t != nil && r.live.sched.Probing(node)
-	ok := t != nil && p.reporters[node] == t && r.alive(t, now) && (!probing || !answered.Before(first))
+	// A node whose reports say it answers probes must have answered one
+	// sent after the first of these failures. (Whether it was on the probe
+	// schedule is not the same: a probe that found no responders takes it
+	// off the schedule a moment before it is marked down, and a dead node
+	// was once ejected in that moment.)
+	ok := t != nil && p.reporters[node] == t && r.alive(t, now) && (!t.probes || !answered.Before(first))
 	_, already := p.ejected[node]
 	honoured, share := p.ejectedCount(now), p.ejectCap()
 	r.healthMu.Unlock()

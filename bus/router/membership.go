@@ -32,6 +32,7 @@ type track struct {
 	pools    []string // the pools of its last report that was not leaving
 	down     string   // why probes found it down since its last report ("" if not; see liveness)
 	pass     uint64   // the last pass of desired that found it on the ring; guarded by healthMu
+	probes   bool     // its last report says it answers probes (see liveness.seen)
 }
 
 // maxExpiryHold bounds how long expiry is held back while health reports
@@ -88,6 +89,7 @@ func (m *membership) observe(node string, h bus.Health) error {
 	t.seen, t.seq = r.cfg.Now(), h.Seq
 	t.left = leaving
 	t.down = ""
+	t.probes = h.Probe && h.Interval > 0 && h.Status != bus.StatusLeaving
 	r.live.seen(node, h, t.seen)
 	t.weight = h.Weight
 	if t.weight == 0 {

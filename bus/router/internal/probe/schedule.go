@@ -139,14 +139,6 @@ func (s *Schedule) Remove(node string) {
 	}
 }
 
-// Probing reports whether node is on the schedule: its reports say it
-// answers probes, and it is not down.
-func (s *Schedule) Probing(node string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byNode[node] != nil
-}
-
 // poke makes a scheduled node due now (callers said it failed). It reports
 // whether the node is on the schedule; one in flight stays as it is.
 func (s *Schedule) Poke(node string, now time.Time) bool {
