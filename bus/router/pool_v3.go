@@ -30,6 +30,7 @@ type v3Key struct {
 	rev      uint64    // 0: unknown (never seen, or deleted by this router and not yet watched)
 	present  bool      // the key holds a value
 	deleting bool      // this router deleted it; the marker has not come back yet
+	mine     bool      // this router wrote the entry at rev (a value, or its delete's marker)
 	value    []byte    // when present
 	at       time.Time // when the entry at rev was written (the server's clock); zero if this router wrote it, or not known
 }
@@ -57,17 +58,40 @@ func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte, at 
 	if ok && old.rev >= rev {
 		return false
 	}
-	s.keys[key] = v3Key{rev: rev, present: present, value: value, at: at}
-	return !(old.deleting && !present)
+	ours := old.deleting && !present // the marker of this router's delete
+	s.keys[key] = v3Key{rev: rev, present: present, value: value, at: at, mine: ours}
+	return !ours
+}
+
+// wrote records this router's own write of key at rev. The watch may have
+// brought the entry back before the write returned; it is this router's
+// all the same.
+func (s *v3Keys) wrote(key string, rev uint64, value []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keys == nil {
+		s.keys = map[string]v3Key{}
+	}
+	k, ok := s.keys[key]
+	switch {
+	case ok && k.rev > rev:
+		return
+	case ok && k.rev == rev:
+		k.mine = true
+	default:
+		k = v3Key{rev: rev, present: true, value: value, mine: true}
+	}
+	s.keys[key] = k
 }
 
 // writtenAfter reports whether key's last entry was written by another
-// router (or by hand) after t, by the server's clock.
+// router (or by hand) after t, by the server's clock. Entries this router
+// wrote never count (an echo of its own write must not look like news).
 func (s *v3Keys) writtenAfter(key string, t time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, ok := s.keys[key]
-	return ok && !k.at.IsZero() && k.at.After(t)
+	return ok && !k.mine && k.at.After(t)
 }
 
 // markers returns the keys with prefix whose last entry is a delete or
@@ -462,7 +486,7 @@ func (p *pool) putV3(ctx context.Context, kv jetstream.KeyValue, key string, dat
 		return p.keyWriteError(key, err)
 	}
 	p.r.stats.kvWrites.Add(1)
-	p.v3.observe(key, rev, true, data, time.Time{})
+	p.v3.wrote(key, rev, data)
 	return nil
 }
 
@@ -556,7 +580,7 @@ func (p *pool) purgeV3(ctx context.Context) error {
 		cancel()
 		if err == nil {
 			r.stats.kvWrites.Add(1)
-			p.v3.observe(poolKey, rev, true, k.value, time.Time{})
+			p.v3.wrote(poolKey, rev, k.value)
 			continue
 		}
 		if !casConflict(err) {
