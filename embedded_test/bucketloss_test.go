@@ -23,23 +23,11 @@ func bucketMembers(js jetstream.JetStream) (string, uint64) {
 	if err != nil {
 		return "", 0
 	}
-	w, err := kv.WatchFiltered(ctx, bus.PoolWatchKeys(bus.DefaultPool))
+	snap, err := poolSnapshot(kv, bus.DefaultPool)
 	if err != nil {
 		return "", 0
 	}
-	defer func() { _ = w.Stop() }()
-	view, _ := bus.NewPoolView(bus.DefaultPool)
-	for e := range w.Updates() {
-		if e == nil {
-			s, err := view.Publish()
-			if err != nil || !s.V3 {
-				return "", 0
-			}
-			return docMembers(s.Document()), s.Revision
-		}
-		_ = view.Apply(e)
-	}
-	return "", 0 // ctx ended
+	return docMembers(snap.Document()), snap.Revision
 }
 
 // bucketDocument reads the default pool's whole document (written for

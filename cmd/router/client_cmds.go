@@ -30,6 +30,17 @@ func clientCommand(name string, args []string, stderr io.Writer, define func(fs 
 // or after it, as in "report-failure --ack node-1" or "report-failure
 // node-1 --ack" (the flag package stops at the first operand, so the rest
 // is parsed again).
+// newClient returns a bus.Client on nc with the command's timeout, or nil
+// and the exit code after printing why not.
+func newClient(nc *nats.Conn, conn *connOptions, stderr io.Writer) (*bus.Client, int) {
+	client, err := bus.NewClient(nc, bus.WithTimeout(conn.timeout))
+	if err != nil {
+		fmt.Fprintln(stderr, "router:", err)
+		return nil, 2
+	}
+	return client, 0
+}
+
 func clientCommandOperand(name, operand string, args []string, stderr io.Writer, define func(fs *flagSet)) (*nats.Conn, *connOptions, string, int) {
 	var c connOptions
 	fs := newFlagSet(name, stderr)
@@ -110,10 +121,9 @@ func selectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return code
 	}
 	defer nc.Close()
-	client, err := bus.NewClient(nc, bus.WithTimeout(conn.timeout))
-	if err != nil {
-		fmt.Fprintln(stderr, "router:", err)
-		return 2
+	client, code := newClient(nc, conn, stderr)
+	if client == nil {
+		return code
 	}
 	reply, err := client.Select(ctx, bus.Request{
 		Strategy: strategy, Key: key, Keys: splitList(keys), Count: count,
@@ -240,10 +250,9 @@ func reportFailureCmd(ctx context.Context, args []string, stdout, stderr io.Writ
 		return code
 	}
 	defer nc.Close()
-	client, err := bus.NewClient(nc, bus.WithTimeout(conn.timeout))
-	if err != nil {
-		fmt.Fprintln(stderr, "router:", err)
-		return 2
+	client, code := newClient(nc, conn, stderr)
+	if client == nil {
+		return code
 	}
 	opts := []bus.FailureOption{bus.WithReason(reason)}
 	if pool != "" {
@@ -291,12 +300,12 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return code
 	}
 	defer nc.Close()
-	client, err := bus.NewClient(nc, bus.WithTimeout(conn.timeout))
-	if err != nil {
-		fmt.Fprintln(stderr, "router:", err)
-		return 2
+	client, code := newClient(nc, conn, stderr)
+	if client == nil {
+		return code
 	}
 	var pools []bus.PoolInfo
+	var err error
 	if pool == "" {
 		if pools, err = client.Pools(ctx); err != nil {
 			return requestFailed(stderr, err)
