@@ -184,9 +184,11 @@ func TestFaultClusterStreamLeaderLoss(t *testing.T) {
 	if got, rev := bucketMembers(js); got != want || rev != rA.Revision() {
 		t.Fatalf("bucket: member keys %q at revision %d (routers at %d)", got, rev, rA.Revision())
 	}
-	if got, _ := bucketDocument(js); got != want {
-		t.Fatalf("bucket: document %q, want %q", got, want)
-	}
+	// The document follows the member keys, up to a write window later.
+	waitFor(t, 5*time.Second, "the document to follow the member keys", func() bool {
+		got, _ := bucketDocument(js)
+		return got == want
+	})
 	waitFor(t, 5*time.Second, "more successful requests after the failover", func() bool {
 		res.mu.Lock()
 		defer res.mu.Unlock()

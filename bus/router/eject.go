@@ -380,7 +380,7 @@ func (e *ejector) apply(p *pool, node string, rec bus.Ejection, rev uint64, now,
 	e.mu.Unlock()
 
 	p.forget(node)
-	p.wake()
+	p.wakeFor(node)
 	e.wake()
 	r.log.Warn("node ejected", "pool", p.name, "node", node, "failures", rec.Failures, "callers", rec.Callers,
 		"reason", rec.Reason, "for", left.Round(time.Second), "repeat", rec.Repeat, "by", rec.Router)
@@ -411,7 +411,7 @@ func (e *ejector) ended(p *pool, node string, now time.Time, why string) {
 	h.ended = now
 	e.hist[k] = h
 	e.mu.Unlock()
-	p.wake()
+	p.wakeFor(node)
 	e.r.log.Info("node ejection over", "pool", p.name, "node", node, "why", why)
 }
 
@@ -430,27 +430,7 @@ func (e *ejector) run(ctx context.Context) {
 	defer timer.Stop()
 	for {
 		now := r.cfg.Now()
-		next := now.Add(time.Minute)
-		for _, p := range r.sortedPools() {
-			if p.nEjected.Load() == 0 {
-				continue
-			}
-			var over []string
-			r.healthMu.Lock()
-			for id, x := range p.ejected {
-				if !now.Before(x.until) {
-					over = append(over, id)
-					delete(p.ejected, id)
-				} else if x.until.Before(next) {
-					next = x.until
-				}
-			}
-			p.nEjected.Store(int32(len(p.ejected)))
-			r.healthMu.Unlock()
-			for _, id := range over {
-				e.ended(p, id, now, "its time is up")
-			}
-		}
+		next := e.endOver(now)
 		e.forgetOld(now)
 		timer.Reset(min(max(next.Sub(now), time.Millisecond), time.Minute))
 		select {
@@ -460,6 +440,34 @@ func (e *ejector) run(ctx context.Context) {
 		case <-timer.C:
 		}
 	}
+}
+
+// endOver ends the ejections whose time is up at now and returns when the
+// next one ends (at most a minute from now).
+func (e *ejector) endOver(now time.Time) time.Time {
+	r := e.r
+	next := now.Add(time.Minute)
+	for _, p := range r.sortedPools() {
+		if p.nEjected.Load() == 0 {
+			continue
+		}
+		var over []string
+		r.healthMu.Lock()
+		for id, x := range p.ejected {
+			if !now.Before(x.until) {
+				over = append(over, id)
+				delete(p.ejected, id)
+			} else if x.until.Before(next) {
+				next = x.until
+			}
+		}
+		p.nEjected.Store(int32(len(p.ejected)))
+		r.healthMu.Unlock()
+		for _, id := range over {
+			e.ended(p, id, now, "its time is up")
+		}
+	}
+	return next
 }
 
 // forgetOld drops history and probe answers that no longer matter, so

@@ -182,13 +182,17 @@ func (k *keeper) applyEntry(e jetstream.KeyValueEntry) {
 		p.docEntry = e
 		return
 	}
+	_, node, member := bus.ParseMemberKey(key)
 	if p.v3.observe(key, e.Revision(), e.Operation() == jetstream.KeyValuePut, e.Value(), e.Created()) {
-		p.news = true
+		if member {
+			p.newsOf = append(p.newsOf, node)
+		} else {
+			p.news = true
+		}
 	}
 	if p.view == nil {
 		p.view, _ = bus.NewPoolView(name) // the name was validated by ensurePool
 	}
-	_, node, member := bus.ParseMemberKey(key)
 	var before ring.Member
 	if member {
 		before, _ = p.view.Member(node)

@@ -205,7 +205,7 @@ func (l *liveness) markDown(node string, kind int, reason string, since time.Tim
 	for _, name := range pools {
 		if p := r.pool(name); p != nil {
 			p.forget(node)
-			p.wake()
+			p.wakeFor(node)
 		}
 	}
 	l.downs[kind].Add(1)

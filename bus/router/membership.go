@@ -102,7 +102,7 @@ func (m *membership) observe(node string, h bus.Health) error {
 				if p := r.pool(name); p != nil {
 					delete(p.reporters, node)
 					p.forget(node)
-					p.wake()
+					p.wakeFor(node)
 				}
 			}
 		}
@@ -115,7 +115,30 @@ func (m *membership) observe(node string, h bus.Health) error {
 	// with the last report (the view may not show a write in flight yet),
 	// and with the view (another replica may have written otherwise).
 	changed := prev.seen.IsZero() || prev.left != t.left || prev.down != t.down || prev.weight != t.weight || prev.draining != t.draining
-	for _, name := range t.pools {
+	// The node's pools, and those a first report that is a leave names;
+	// at a first report, every pool whose ring lists it (another router
+	// wrote it in: this one may now want it out); every pool while a router
+	// of an earlier release shares the bucket (pool.members).
+	wake := t.pools
+	more := func(name string) {
+		if !slices.Contains(wake, name) {
+			wake = append(slices.Clip(wake), name)
+		}
+	}
+	for _, name := range pools {
+		more(name)
+	}
+	if prev.seen.IsZero() {
+		for name, p := range *r.pools.Load() {
+			if _, member := p.ring.Current().Doc.Node(node); member {
+				more(name)
+			}
+		}
+	}
+	if r.legacy.Load() {
+		more(bus.DefaultPool)
+	}
+	for _, name := range wake {
 		p := r.pool(name)
 		if p == nil {
 			continue
@@ -125,7 +148,7 @@ func (m *membership) observe(node string, h bus.Health) error {
 			continue // out until its ejection ends, whatever it reports
 		}
 		if changed || slices.Contains(add, p) || member == t.left || (member && (n.Weight != t.weight || (n.Status == bus.StatusDraining) != t.draining)) {
-			p.wake()
+			p.wakeFor(node)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package router
 
 import (
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,11 +33,20 @@ type pool struct {
 	// batch touched them, and the newest document entry of the batch.
 	view     *bus.PoolView
 	touched  bool
-	news     bool // the batch brought member entries this router did not write
+	news     bool     // the batch brought an entry this router did not write, not a member's
+	newsOf   []string // the members whose entries the batch brought that this router did not write
 	docEntry jetstream.KeyValueEntry
 
 	dirty     chan struct{} // wakes the writer
 	resyncNow chan struct{} // asks the writer to re-read the key
+	// What the writer looks at when woken (see flush): every member
+	// (whole, set by wake), or only the nodes named since its last flush
+	// (wakeFor); and whether the view changed since the document was last
+	// written (legacyDue).
+	whole     atomic.Bool
+	namedMu   sync.Mutex
+	named     map[string]struct{}
+	legacyDue atomic.Bool
 
 	// Guarded by r.healthMu.
 	reporters map[string]*track  // nodes whose last report lists this pool
@@ -164,7 +174,40 @@ var ringCodec = follow.Codec[bus.RingDocument]{
 	VNodes:  func(d bus.RingDocument) int { return d.VNodes },
 }
 
+// wake has the pool's writer decide every member again.
 func (p *pool) wake() {
+	p.whole.Store(true)
+	p.signal()
+}
+
+// wakeFor has the pool's writer decide the nodes ids again: something
+// their entries depend on changed (a report, a down, an ejection, another
+// router's write of their keys).
+func (p *pool) wakeFor(ids ...string) {
+	p.namedMu.Lock()
+	if p.named == nil {
+		p.named = map[string]struct{}{}
+	}
+	for _, id := range ids {
+		p.named[id] = struct{}{}
+	}
+	p.namedMu.Unlock()
+	p.signal()
+}
+
+// takeNamed returns the nodes named since the last call, sorted.
+func (p *pool) takeNamed() []string {
+	p.namedMu.Lock()
+	defer p.namedMu.Unlock()
+	if len(p.named) == 0 {
+		return nil
+	}
+	ids := slices.Sorted(maps.Keys(p.named))
+	clear(p.named)
+	return ids
+}
+
+func (p *pool) signal() {
 	select {
 	case p.dirty <- struct{}{}:
 	default:
@@ -185,39 +228,44 @@ func (p *pool) members() map[string]*track {
 // syncBalancer keeps the pool's ResourceAware view in step with its ring:
 // members that have not reported count as neutral, and nodes that left the
 // ring are forgotten unless they still report for the pool. It runs under
-// the ring follower's lock, after each new view.
+// the ring follower's lock, after each new view, and looks at the nodes
+// that joined or left the ring only (one merge walk, no map lookup for the
+// others): a member stays known to the balancer from its join until it
+// leaves the ring, or until its own leave, down or ejection forgets it (a
+// report makes it known again).
 func (p *pool) syncBalancer(old, cur *follow.View[bus.RingDocument]) {
 	r := p.r
 	now := r.cfg.Now()
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
-	// A document written before a node's leave still lists it: that must
-	// not make a node that left known again.
-	ids := make([]string, 0, len(cur.Doc.Nodes))
-	for _, n := range cur.Doc.Nodes {
-		if t := r.tracker[n.ID]; (t == nil || r.alive(t, now)) && !p.isEjected(n.ID, now) {
-			ids = append(ids, n.ID)
+	var joined, gone []string
+	o, c := old.Doc.Nodes, cur.Doc.Nodes // both sorted by id
+	for len(o) > 0 || len(c) > 0 {
+		switch {
+		case len(c) == 0 || len(o) > 0 && o[0].ID < c[0].ID:
+			id := o[0].ID
+			o = o[1:]
+			if t := p.reporters[id]; t == nil || !r.alive(t, now) || p.isEjected(id, now) {
+				gone = append(gone, id)
+			}
+		case len(o) == 0 || c[0].ID < o[0].ID:
+			// A document written before a node's leave still lists it:
+			// that must not make a node that left known again.
+			id := c[0].ID
+			c = c[1:]
+			if t := r.tracker[id]; (t == nil || r.alive(t, now)) && !p.isEjected(id, now) {
+				joined = append(joined, id)
+			}
+		default:
+			o, c = o[1:], c[1:]
 		}
 	}
-	_ = p.balancer.Add(ids...)
+	_ = p.balancer.Add(joined...)
 	if old.Doc.Shedding() || cur.Doc.Shedding() {
 		p.noteShedChanges(old.Doc, cur.Doc)
 	}
 	if cur.Doc.Shedding() && r.cfg.BalanceFactor == 0 {
 		p.wake() // a router with shedding on wrote it; this one removes it
-	}
-	var gone []string
-	c := cur.Doc.Nodes // sorted by id, as old's: one merge walk
-	for _, n := range old.Doc.Nodes {
-		for len(c) > 0 && c[0].ID < n.ID {
-			c = c[1:]
-		}
-		if len(c) > 0 && c[0].ID == n.ID {
-			continue // still a member
-		}
-		if t := p.reporters[n.ID]; t == nil || !r.alive(t, now) || p.isEjected(n.ID, now) {
-			gone = append(gone, n.ID)
-		}
 	}
 	p.balancer.Forget(gone...) // at once: each call re-lays the selection snapshot
 }

@@ -33,6 +33,15 @@ type v3Key struct {
 	mine     bool      // this router wrote the entry at rev (a value, or its delete's marker)
 	value    []byte    // when present
 	at       time.Time // when the entry at rev was written (the server's clock); zero if this router wrote it, or not known
+	// When another router (or an operator) last wrote or deleted the key,
+	// by the server's clock, whatever this router wrote since: a write of
+	// this router that kept their news (say, their weight with a shed
+	// taken off) must not make it look older than this router's reports.
+	othersAt time.Time
+	// othersAt before the entry at rev: if that entry turns out to be this
+	// router's write (its echo came before the write returned), othersAt
+	// goes back to it.
+	othersBefore time.Time
 }
 
 // v3Keys is a pool's v3 keys as last seen: fed by the bucket watch (the
@@ -59,7 +68,11 @@ func (s *v3Keys) observe(key string, rev uint64, present bool, value []byte, at 
 		return false
 	}
 	ours := old.deleting && !present // the marker of this router's delete
-	s.keys[key] = v3Key{rev: rev, present: present, value: value, at: at, mine: ours}
+	k := v3Key{rev: rev, present: present, value: value, at: at, mine: ours, othersAt: old.othersAt, othersBefore: old.othersAt}
+	if !ours {
+		k.othersAt = at
+	}
+	s.keys[key] = k
 	return !ours
 }
 
@@ -77,21 +90,21 @@ func (s *v3Keys) wrote(key string, rev uint64, value []byte) {
 	case ok && k.rev > rev:
 		return
 	case ok && k.rev == rev:
-		k.mine = true
+		k.mine, k.othersAt = true, k.othersBefore
 	default:
-		k = v3Key{rev: rev, present: true, value: value, mine: true}
+		k = v3Key{rev: rev, present: true, value: value, mine: true, othersAt: k.othersAt}
 	}
 	s.keys[key] = k
 }
 
-// writtenAfter reports whether key's last entry was written by another
-// router (or by hand) after t, by the server's clock. Entries this router
-// wrote never count (an echo of its own write must not look like news).
+// writtenAfter reports whether another router (or an operator) wrote or
+// deleted key after t, by the server's clock. This router's own entries
+// never count (an echo of its own write must not look like news).
 func (s *v3Keys) writtenAfter(key string, t time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, ok := s.keys[key]
-	return ok && !k.mine && k.at.After(t)
+	return ok && k.othersAt.After(t)
 }
 
 // markers returns the keys with prefix whose last entry is a delete or
@@ -134,7 +147,7 @@ func (s *v3Keys) deleted(key string) {
 	if s.keys == nil {
 		s.keys = map[string]v3Key{}
 	}
-	s.keys[key] = v3Key{rev: k.rev, deleting: true}
+	s.keys[key] = v3Key{rev: k.rev, deleting: true, othersAt: k.othersAt}
 }
 
 func (s *v3Keys) get(key string) v3Key {
@@ -199,6 +212,8 @@ func (l *legacyDoc) reset() {
 // hand) goes back to its document until the writer puts them back.
 func (p *pool) publish() {
 	r := p.r
+	news, newsOf := p.news, p.newsOf
+	p.news, p.newsOf = false, p.newsOf[:0]
 	if p.view != nil {
 		s, err := p.view.Publish()
 		if err != nil { // pools.<pool> unreadable: keep the last good ring
@@ -213,7 +228,8 @@ func (p *pool) publish() {
 				// changes: a router of an earlier release writes what it
 				// knows there, and re-asserting ours at once would make the
 				// two take turns for ever.
-				p.wake()
+				p.legacyDue.Store(true)
+				p.signal()
 			}
 			p.docEntry = nil
 			if cur := p.ring.Current(); p.ring.Published() && s.Revision < cur.Rev {
@@ -222,13 +238,18 @@ func (p *pool) publish() {
 				r.suspectBucket()
 				return
 			}
-			p.ring.Publish(s.Document(), s.Revision, s.Ring)
-			if p.news {
-				// Someone else changed the keys (a replica, an operator):
-				// see whether this router wants something else. Its own
-				// writes coming back are not news.
-				p.news = false
+			if p.ring.Publish(s.Document(), s.Revision, s.Ring) && !r.cfg.NoLegacyDocument {
+				p.legacyDue.Store(true) // the document follows the keys
+				p.signal()
+			}
+			// Someone else changed the keys (a replica, an operator): see
+			// whether this router wants something else of them. Its own
+			// writes coming back are not news.
+			switch {
+			case news:
 				p.wake()
+			case len(newsOf) > 0:
+				p.wakeFor(newsOf...)
 			}
 			return
 		}
@@ -260,22 +281,11 @@ func (p *pool) syncV3(ctx context.Context, base, want bus.RingDocument) error {
 	if kv == nil {
 		return jetstream.ErrBucketNotFound
 	}
-	type put struct {
-		key  string
-		data []byte
-	}
-	var puts []put
+	var puts []keyPut
 	var dels []string
-	wanted := func(n bus.RingNode) error {
-		key := bus.MemberKey(p.name, n.ID)
-		data, err := memberValue(n).Encode(bus.JSON)
-		if err != nil {
-			return fmt.Errorf("bus: encode member %q of pool %q: %w", n.ID, p.name, err)
-		}
-		if k := p.v3.get(key); !k.present || !bytes.Equal(k.value, data) {
-			puts = append(puts, put{key, data})
-		}
-		return nil
+	wanted := func(n bus.RingNode) (err error) {
+		puts, err = p.wantedPut(puts, n)
+		return err
 	}
 	if p.ring.Published() {
 		// Both are sorted by id: one merge walk.
@@ -313,17 +323,105 @@ func (p *pool) syncV3(ctx context.Context, base, want bus.RingDocument) error {
 			}
 		}
 	}
+	return p.writeKeys(ctx, kv, puts, dels, want.VNodes)
+}
+
+// keyPut is a member key to write and its value.
+type keyPut struct {
+	key  string
+	data []byte
+}
+
+// wantedPut appends n's key to puts unless it already holds n's value (it
+// may, before the view shows it: the watch has not brought back this
+// router's write yet).
+func (p *pool) wantedPut(puts []keyPut, n bus.RingNode) ([]keyPut, error) {
+	key := bus.MemberKey(p.name, n.ID)
+	data, err := memberValue(n).Encode(bus.JSON)
+	if err != nil {
+		return puts, fmt.Errorf("bus: encode member %q of pool %q: %w", n.ID, p.name, err)
+	}
+	if k := p.v3.get(key); !k.present || !bytes.Equal(k.value, data) {
+		puts = append(puts, keyPut{key, data})
+	}
+	return puts, nil
+}
+
+// syncChanged is syncV3 for the nodes ids only (see flush).
+func (p *pool) syncChanged(ctx context.Context, base bus.RingDocument, rev uint64, ids []string) error {
+	kv := p.ring.Bucket()
+	if kv == nil {
+		return jetstream.ErrBucketNotFound
+	}
+	var puts []keyPut
+	var dels []string
+	for _, c := range p.desiredFor(base, rev, ids) {
+		var err error
+		switch {
+		case c.isIn && (!c.wasIn || memberValue(c.was) != memberValue(c.want)):
+			puts, err = p.wantedPut(puts, c.want)
+		case c.isIn:
+		case c.wasIn:
+			dels = append(dels, bus.MemberKey(p.name, c.id))
+		default:
+			// Not on the ring the pool answers from, but this router's own
+			// write of it may be on its way there (a join whose leave came
+			// before the watch brought the join back): take it back.
+			key := bus.MemberKey(p.name, c.id)
+			if k := p.v3.get(key); k.present && k.mine {
+				dels = append(dels, key)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return p.writeKeys(ctx, kv, puts, dels, base.VNodes)
+}
+
+// writeKeys writes the member keys: puts (creates and updates), then
+// deletes, then pools.<pool> (unless it holds that already).
+func (p *pool) writeKeys(ctx context.Context, kv jetstream.KeyValue, puts []keyPut, dels []string, vnodes int) error {
 	if err := inParallel(ctx, len(puts), func(i int) error { return p.putV3(ctx, kv, puts[i].key, puts[i].data) }); err != nil {
 		return err
 	}
 	if err := inParallel(ctx, len(dels), func(i int) error { return p.deleteV3(ctx, kv, dels[i]) }); err != nil {
 		return err
 	}
-	pe, err := bus.NewPoolEntry(want.VNodes).Encode(bus.JSON)
+	pe, err := bus.NewPoolEntry(vnodes).Encode(bus.JSON)
 	if err != nil {
 		return fmt.Errorf("bus: encode pool entry of %q: %w", p.name, err)
 	}
 	return p.putV3(ctx, kv, bus.PoolKeyV3(p.name), pe)
+}
+
+// legacyEvery is the shortest time between two writes of a pool's whole
+// document. It follows the member keys, and each write is the whole
+// membership (290 KB and 1 ms of encoding at 10,000 members): a rolling
+// restart would otherwise write it for every change. Readers of earlier
+// releases see a change at most this much later than v3 readers.
+const legacyEvery = 100 * time.Millisecond
+
+// flushLegacy writes the pool's whole document, while it is on, if the ring
+// the pool answers from changed since it was last written (or the document
+// was deleted), at most once per legacyEvery since *last; it returns how
+// long to wait when it held the write back. A pool that still answers from
+// its document writes none: its member keys are being written, and the
+// document follows them once they answer.
+func (p *pool) flushLegacy(ctx context.Context, last *time.Time) (time.Duration, error) {
+	if p.r.cfg.NoLegacyDocument || !p.legacyDue.Load() || !p.ring.Published() {
+		return 0, nil
+	}
+	if wait := time.Until(last.Add(legacyEvery)); wait > 0 {
+		return wait, nil
+	}
+	p.legacyDue.Store(false)
+	*last = time.Now()
+	if err := p.writeLegacy(ctx, p.ring.Current().Doc); err != nil {
+		p.legacyDue.Store(true)
+		return 0, err
+	}
+	return 0, nil
 }
 
 // writeLegacy writes want as the pool's whole format-1/2 document, for

@@ -14,84 +14,161 @@ import (
 // reported weight and status (and the shed the load policy wants); nodes
 // that said leaving, went silent for the TTL, moved to other pools, or (for
 // members this router has never heard from) stayed silent for the TTL since
-// it started, are not; nor are nodes ejected from the pool. With joins false, nodes not in base stay out (used
-// when the whole document would be too large to write).
+// it started, are not; nor are nodes ejected from the pool. With joins
+// false, nodes not in base stay out (used when the whole document would be
+// too large to write).
 func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDocument {
 	r := p.r
-	now, wall := r.silenceNow(), r.cfg.Now()
-	legacy := r.legacy.Load()
+	d := p.decider(rev)
 	r.healthMu.Lock()
 	defer r.healthMu.Unlock()
-	startup := now.Sub(r.started) <= r.cfg.MemberTTL
-	reporters := p.members()
+	d.reporters = p.members()
 	// One pass over base, which is sorted by id, and one over reporters,
 	// with map lookups only: the reporters found on the ring are marked
 	// with this pass's number, and the others are the joins. (A binary
 	// search of the ring per reporter was 28 % of the router's CPU in a
 	// rolling restart at 10,000 members.)
 	r.pass++
-	pass := r.pass
+	d.pass = r.pass
 	out := base
-	out.Nodes = make([]bus.RingNode, 0, len(base.Nodes)+len(reporters))
+	out.Nodes = make([]bus.RingNode, 0, len(base.Nodes)+len(d.reporters))
 	for _, n := range base.Nodes {
-		if p.isEjected(n.ID, wall) {
-			continue
+		if m, ok := d.member(n); ok {
+			out.Nodes = append(out.Nodes, m)
 		}
-		t, known := r.tracker[n.ID]
-		switch {
-		case known && reporters[n.ID] != t:
-			continue // it reports for other pools only
-		case !known && !startup:
-			continue
-		case known:
-			t.pass = pass
-			// A member's key written by another router after this one's
-			// last report from the node holds newer news (that router
-			// handled a report this one has not yet): leave its weight,
-			// status and presence as they are, or the two undo each other.
-			if !r.alive(t, now) {
-				if t.left && p.keyNewer(n.ID, t) {
-					break // keep n
-				}
-				continue // expired, down, or left
-			}
-			m := p.reported(n.ID, t, legacy)
-			if (m.Weight != n.Weight || m.Status != n.Status) && p.keyNewer(n.ID, t) {
-				break // keep n
-			}
-			if rev != p.shedRev {
-				// The policy ran on another revision: a replica that wrote
-				// since may have stepped further. Keep the ring's shed until
-				// the policy runs on this one, or replicas undo each other's
-				// steps.
-				m.Shed = n.Shed
-			}
-			if t.draining || legacy {
-				m.Shed = 0
-			}
-			n = m
-		}
-		if legacy || r.cfg.BalanceFactor == 0 { // shedding off: no shed stays behind
-			n.Shed = 0
-		}
-		out.Nodes = append(out.Nodes, n)
 	}
 	if !joins {
 		return out.WithFormat()
 	}
 	sorted := true
-	for id, t := range reporters {
-		if t.pass == pass || !r.alive(t, now) || p.isEjected(id, wall) || p.keyNewer(id, t) {
-			continue // a key deleted after the node's last report here: see above
+	for id, t := range d.reporters {
+		if t.pass == d.pass {
+			continue
 		}
-
-		out.Nodes = append(out.Nodes, p.reported(id, t, legacy))
-		sorted = false
+		if m, ok := d.join(id, t); ok {
+			out.Nodes = append(out.Nodes, m)
+			sorted = false
+		}
 	}
 	if !sorted {
 		slices.SortFunc(out.Nodes, cmpNodes)
 	}
 	return out.WithFormat()
+}
+
+// decider holds what desired's rules read besides the node itself. Its
+// methods run with r.healthMu held.
+type decider struct {
+	p         *pool
+	now, wall time.Time         // silence is judged at now; ejections at wall
+	rev       uint64            // the revision of the ring decided on
+	pass      uint64            // desired's pass, or 0
+	startup   bool              // within a member TTL of the router's start
+	legacy    bool              // a router of an earlier release shares the bucket
+	reporters map[string]*track // p.members(), set once r.healthMu is held
+}
+
+// decider returns the rules as they stand; the caller then takes
+// r.healthMu and sets reporters.
+func (p *pool) decider(rev uint64) decider {
+	r := p.r
+	now := r.silenceNow()
+	return decider{
+		p: p, now: now, wall: r.cfg.Now(), rev: rev,
+		startup: now.Sub(r.started) <= r.cfg.MemberTTL,
+		legacy:  r.legacy.Load(),
+	}
+}
+
+// member decides what becomes of n, a member of the ring decided on:
+// whether it stays, and as what.
+func (d *decider) member(n bus.RingNode) (bus.RingNode, bool) {
+	p := d.p
+	r := p.r
+	if p.isEjected(n.ID, d.wall) {
+		return n, false
+	}
+	t, known := r.tracker[n.ID]
+	switch {
+	case known && d.reporters[n.ID] != t:
+		return n, false // it reports for other pools only
+	case !known && !d.startup:
+		return n, false
+	case known:
+		t.pass = d.pass
+		// A member's key written by another router after this one's last
+		// report from the node holds newer news (that router handled a
+		// report this one has not yet): leave its weight, status and
+		// presence as they are, or the two undo each other.
+		if !r.alive(t, d.now) {
+			if t.left && p.keyNewer(n.ID, t) {
+				break // keep n
+			}
+			return n, false // expired, down, or left
+		}
+		m := p.reported(n.ID, t, d.legacy)
+		if (m.Weight != n.Weight || m.Status != n.Status) && p.keyNewer(n.ID, t) {
+			break // keep n
+		}
+		if d.rev != p.shedRev {
+			// The policy ran on another revision: a replica that wrote
+			// since may have stepped further. Keep the ring's shed until
+			// the policy runs on this one, or replicas undo each other's
+			// steps.
+			m.Shed = n.Shed
+		}
+		if t.draining || d.legacy {
+			m.Shed = 0
+		}
+		n = m
+	}
+	if d.legacy || r.cfg.BalanceFactor == 0 { // shedding off: no shed stays behind
+		n.Shed = 0
+	}
+	return n, true
+}
+
+// join decides whether t, a reporter of the pool that is not on the ring
+// decided on, joins it, and as what.
+func (d *decider) join(id string, t *track) (bus.RingNode, bool) {
+	p := d.p
+	if !p.r.alive(t, d.now) || p.isEjected(id, d.wall) || p.keyNewer(id, t) {
+		return bus.RingNode{}, false // a key deleted after the node's last report here: see member
+	}
+	return p.reported(id, t, d.legacy), true
+}
+
+// memberChange is what desiredFor decides for one node: what it was on the
+// ring decided on, and what it should be.
+type memberChange struct {
+	id          string
+	was, want   bus.RingNode
+	wasIn, isIn bool
+}
+
+// desiredFor is desired for the nodes ids only: what each should be, by
+// the same rules. The others stay as they are on base, which is what
+// desired would make of them too as long as every change to what a node's
+// entry depends on names the node (wakeFor) or asks for the whole pool
+// (wake), and time alone (expiry, the start-up grace) is left to the sweep
+// (due). TestChangedMatchesWhole holds the two to the same answers.
+func (p *pool) desiredFor(base bus.RingDocument, rev uint64, ids []string) []memberChange {
+	r := p.r
+	d := p.decider(rev)
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	d.reporters = p.members()
+	out := make([]memberChange, 0, len(ids))
+	for _, id := range ids {
+		c := memberChange{id: id}
+		if c.was, c.wasIn = base.Node(id); c.wasIn {
+			c.want, c.isIn = d.member(c.was)
+		} else if t := d.reporters[id]; t != nil {
+			c.want, c.isIn = d.join(id, t)
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // keyNewer reports whether the member key of node id was written or
@@ -151,21 +228,32 @@ func (p *pool) due() bool {
 	return false
 }
 
-// flush makes the pool's member keys, and its document while that is on,
-// say what this router knows, applied on the ring the pool answers from
-// (the watch keeps that current). Each key is written with
-// compare-and-set; a lost race re-reads that key and decides again.
+// flush makes the pool's member keys say what this router knows, applied
+// on the ring the pool answers from (the watch keeps that current): every
+// member's when woken by wake (or while the pool answers from its
+// document), else only the named nodes': a change then costs O(its nodes ×
+// log members), not O(members). Each key is written with compare-and-set;
+// a lost race ends the flush, and the watch bringing the other write in
+// wakes the writer again. Then, while it is on, the document follows the
+// keys (flushLegacy).
 func (p *pool) flush(ctx context.Context) error {
 	v := p.ring.Current()
 	base := v.Doc
 	if base.Nodes == nil {
 		base = bus.NewRingDocument(base.VNodes)
 	}
-	want := p.desired(base, v.Rev, true)
-	if err := p.syncV3(ctx, base, want); err != nil {
-		return err
+	ids := p.takeNamed()
+	var err error
+	switch whole := p.whole.Swap(false); {
+	case whole || !p.ring.Published() || len(ids) > max(64, len(base.Nodes)/8):
+		err = p.syncV3(ctx, base, p.desired(base, v.Rev, true))
+	case len(ids) > 0:
+		err = p.syncChanged(ctx, base, v.Rev, ids)
 	}
-	return p.writeLegacy(ctx, want)
+	if err != nil {
+		p.whole.Store(true) // decide every member at the retry
+	}
+	return err
 }
 
 // maxDocument is the largest ring document the server takes in one KV put.
@@ -208,17 +296,22 @@ func (p *pool) write(ctx context.Context) {
 		shed = t.C
 	}
 	backoff := 50 * time.Millisecond
-	var lastFlush time.Time
+	var lastFlush, lastLegacy time.Time
+	legacy := time.NewTimer(time.Hour) // the document's next write, when held back
+	legacy.Stop()
+	defer legacy.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.dirty:
 		case <-retry.C:
+		case <-legacy.C:
 		case <-shed:
 			if !p.updateShed() {
 				continue
 			}
+			p.whole.Store(true) // every member's shed may change
 		case <-sweep.C:
 			if p.name == bus.DefaultPool {
 				r.forgetSilent()
@@ -230,6 +323,7 @@ func (p *pool) write(ctx context.Context) {
 			if !p.due() {
 				continue
 			}
+			p.whole.Store(true) // time alone changed a member: expired, or not heard since the start
 		case <-p.resyncNow:
 			p.resync(ctx)
 			continue
@@ -251,7 +345,15 @@ func (p *pool) write(ctx context.Context) {
 		default:
 		}
 		lastFlush = time.Now()
-		switch err := p.flush(ctx); {
+		err := p.flush(ctx)
+		if err == nil {
+			var wait time.Duration
+			wait, err = p.flushLegacy(ctx, &lastLegacy)
+			if wait > 0 {
+				legacy.Reset(wait)
+			}
+		}
+		switch {
 		case err == nil:
 			backoff = 50 * time.Millisecond
 		case ctx.Err() != nil:
