@@ -197,22 +197,35 @@ func (b *Balancer) ReportAll(nodeIDs []string, reports []Report) error {
 			return fmt.Errorf("%w (node %q)", err, id)
 		}
 	}
+	// In the order they arrived: each report moves its node to the end
+	// of the staleness list, which is then one step, not a walk (a batch
+	// handed over in map order made a burst at 50,000 nodes spend 18 % of
+	// the router's CPU there).
+	order := make([]int, len(nodeIDs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(i, j int) int { return reports[i].Received.Compare(reports[j].Received) })
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.cfg.Now()
 	b.advance(now)
 	var added []string
-	for i, id := range nodeIDs {
+	for _, i := range order {
+		id := nodeIDs[i]
 		n, known := b.nodes[id]
 		if !known {
 			n = b.newNode(id, now)
 			added = append(added, id)
+			b.take(n, reports[i], now)
+			n.w, n.c = b.weigh(n)
+			continue
 		}
 		b.take(n, reports[i], now)
-		n.w, n.c = b.weigh(n)
+		b.reweigh(n)
 	}
 	if len(added) == 0 {
-		b.relayout(b.snap.Load().ids) // weights changed everywhere: one pass
+		b.publish() // the same nodes: copies their paths, or rebuilds if they are many
 		return nil
 	}
 	slices.Sort(added)
