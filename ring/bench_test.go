@@ -274,3 +274,21 @@ func BenchmarkApply(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkApplyShare applies a batch of joins that is a share of the ring
+// (1/16, 1/8, 1/4, 1/2 of 40,000 members), as a reader meets during a
+// burst: what rebuildShare chooses between patching and building.
+func BenchmarkApplyShare(b *testing.B) {
+	const n = 40_000
+	all := members(n + n/2)
+	base := mustNew(b, Config{}, all[:n]...)
+	for _, share := range []int{16, 8, 4, 2} {
+		chs := make([]Change, n/share)
+		for i, m := range all[n : n+n/share] {
+			chs[i] = Change{Member: m}
+		}
+		b.Run(fmt.Sprintf("joins=1_%d", share), func(b *testing.B) {
+			benchWrite(b, base, func(r *Ring) error { return r.Apply(chs...) })
+		})
+	}
+}
