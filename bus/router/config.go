@@ -198,7 +198,7 @@ var (
 // Validate reports every problem with the configuration at once.
 func (c Config) Validate() error {
 	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("bus: "+format, args...)) }
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("router: "+format, args...)) }
 	if c.Bucket != "" && bus.ValidateBucketName(c.Bucket) != nil {
 		add("Bucket %q: a KV bucket name is [a-zA-Z0-9_-]+", c.Bucket)
 	}

@@ -48,18 +48,18 @@ func (k *keeper) loadPools(ctx context.Context, kv jetstream.KeyValue) error {
 	defer cancel()                                              // stops the watch
 	w, err := kv.WatchFiltered(wctx, slices.Clone(ringFilters)) // it prefixes them in place
 	if err != nil {
-		return fmt.Errorf("bus: watch the rings: %w", err)
+		return fmt.Errorf("router: watch the rings: %w", err)
 	}
 	b := k.batch()
 	b.Begin()
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("bus: read the rings: %w", ctx.Err())
+			return fmt.Errorf("router: read the rings: %w", ctx.Err())
 		case e, ok := <-w.Updates():
 			switch {
 			case !ok:
-				return errors.New("bus: read the rings: the watch stopped")
+				return errors.New("router: read the rings: the watch stopped")
 			case e == nil:
 				done = true
 			default:
@@ -120,14 +120,14 @@ func (k *keeper) flushBatch() {
 func (k *keeper) loadEjections(ctx context.Context, kv jetstream.KeyValue) error {
 	keys, err := kv.ListKeysFiltered(ctx, bus.EjectedPrefix+">")
 	if err != nil {
-		return fmt.Errorf("bus: list ejections: %w", err)
+		return fmt.Errorf("router: list ejections: %w", err)
 	}
 	var names []string
 	for key := range keys.Keys() {
 		names = append(names, key)
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("bus: list ejections: %w", err)
+		return fmt.Errorf("router: list ejections: %w", err)
 	}
 	var entries []jetstream.KeyValueEntry
 	for _, key := range names {
@@ -136,7 +136,7 @@ func (k *keeper) loadEjections(ctx context.Context, kv jetstream.KeyValue) error
 			continue // over since it was listed
 		}
 		if err != nil {
-			return fmt.Errorf("bus: read %s: %w", key, err)
+			return fmt.Errorf("router: read %s: %w", key, err)
 		}
 		entries = append(entries, e)
 	}

@@ -79,7 +79,7 @@ func (l *liveness) start(ctx context.Context) error {
 	r := l.r
 	sub, err := r.nc.Subscribe(bus.SubjectFeedback, l.onFeedback)
 	if err != nil {
-		return fmt.Errorf("bus: subscribe %s: %w", bus.SubjectFeedback, err)
+		return fmt.Errorf("router: subscribe %s: %w", bus.SubjectFeedback, err)
 	}
 	l.fbSub = sub
 	r.wg.Go(func() { l.run(ctx) })

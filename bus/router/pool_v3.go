@@ -339,7 +339,7 @@ func (p *pool) wantedPut(puts []keyPut, n bus.RingNode) ([]keyPut, error) {
 	key := bus.MemberKey(p.name, n.ID)
 	data, err := memberValue(n).Encode(bus.JSON)
 	if err != nil {
-		return puts, fmt.Errorf("bus: encode member %q of pool %q: %w", n.ID, p.name, err)
+		return puts, fmt.Errorf("router: encode member %q of pool %q: %w", n.ID, p.name, err)
 	}
 	if k := p.v3.get(key); !k.present || !bytes.Equal(k.value, data) {
 		puts = append(puts, keyPut{key, data})
@@ -390,7 +390,7 @@ func (p *pool) writeKeys(ctx context.Context, kv jetstream.KeyValue, puts []keyP
 	}
 	pe, err := bus.NewPoolEntry(vnodes).Encode(bus.JSON)
 	if err != nil {
-		return fmt.Errorf("bus: encode pool entry of %q: %w", p.name, err)
+		return fmt.Errorf("router: encode pool entry of %q: %w", p.name, err)
 	}
 	return p.putV3(ctx, kv, bus.PoolKeyV3(p.name), pe)
 }
@@ -443,7 +443,7 @@ func (p *pool) writeLegacy(ctx context.Context, want bus.RingDocument) error {
 	}
 	data, err := want.Encode()
 	if err != nil {
-		return fmt.Errorf("bus: encode ring document: %w", err)
+		return fmt.Errorf("router: encode ring document: %w", err)
 	}
 	if limit := r.maxDocument(); len(data) > limit {
 		p.noteOversize(fmt.Errorf("%w: %d members make %d bytes; the server's max_payload allows %d (the member keys are written; readers of earlier releases keep the last document)",
@@ -478,7 +478,7 @@ func (p *pool) writeLegacy(ctx context.Context, want bus.RingDocument) error {
 			break
 		}
 		if !casConflict(err) {
-			return fmt.Errorf("bus: kv write %q: %w", p.key, err)
+			return fmt.Errorf("router: kv write %q: %w", p.key, err)
 		}
 		r.stats.kvConflicts.Add(1)
 		if err := p.rereadLegacy(ctx, kv); err != nil {
@@ -488,7 +488,7 @@ func (p *pool) writeLegacy(ctx context.Context, want bus.RingDocument) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.present || !bytes.Equal(l.data, data) {
-		return fmt.Errorf("bus: kv write %q: too many conflicts", p.key)
+		return fmt.Errorf("router: kv write %q: too many conflicts", p.key)
 	}
 	l.wrote = &want
 	r.log.Debug("ring document written", "pool", p.name, "revision", l.rev, "members", len(want.Nodes), "bytes", len(data))
@@ -507,7 +507,7 @@ func (p *pool) rereadLegacy(ctx context.Context, kv jetstream.KeyValue) error {
 		p.legacy.reset()
 		return nil
 	case err != nil:
-		return fmt.Errorf("bus: kv get %q: %w", p.key, err)
+		return fmt.Errorf("router: kv get %q: %w", p.key, err)
 	}
 	p.legacy.observe(e.Revision(), e.Value(), true)
 	return nil
@@ -611,7 +611,7 @@ func (p *pool) keyWriteError(key string, err error) error {
 		p.r.stats.kvConflicts.Add(1)
 		return fmt.Errorf("%w: %q", errKeyConflict, key)
 	}
-	return fmt.Errorf("bus: kv write %q: %w", key, err)
+	return fmt.Errorf("router: kv write %q: %w", key, err)
 }
 
 // rereadV3 reads key after a lost race.
@@ -624,7 +624,7 @@ func (p *pool) rereadV3(ctx context.Context, kv jetstream.KeyValue, key string) 
 		p.v3.deleted(key) // deleted or purged; Create takes it either way
 		return nil
 	case err != nil:
-		return fmt.Errorf("bus: kv get %q: %w", key, err)
+		return fmt.Errorf("router: kv get %q: %w", key, err)
 	}
 	p.v3.observe(key, e.Revision(), true, e.Value(), time.Time{})
 	return nil
@@ -671,7 +671,7 @@ func (p *pool) purgeV3(ctx context.Context) error {
 			break
 		}
 		if attempt == v3Attempts {
-			return fmt.Errorf("bus: kv rewrite %q before a purge: too many conflicts", poolKey)
+			return fmt.Errorf("router: kv rewrite %q before a purge: too many conflicts", poolKey)
 		}
 		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		rev, err := kv.Update(opCtx, poolKey, k.value, k.rev)
@@ -682,7 +682,7 @@ func (p *pool) purgeV3(ctx context.Context) error {
 			continue
 		}
 		if !casConflict(err) {
-			return fmt.Errorf("bus: kv rewrite %q before a purge: %w", poolKey, err)
+			return fmt.Errorf("router: kv rewrite %q before a purge: %w", poolKey, err)
 		}
 		r.stats.kvConflicts.Add(1)
 		if err := p.rereadV3(ctx, kv, poolKey); err != nil {
@@ -693,7 +693,7 @@ func (p *pool) purgeV3(ctx context.Context) error {
 	st, err := r.js.Stream(opCtx, "KV_"+kv.Bucket())
 	cancel()
 	if err != nil {
-		return fmt.Errorf("bus: purge old delete markers: %w", err)
+		return fmt.Errorf("router: purge old delete markers: %w", err)
 	}
 	n := 0
 	for key, rev := range old {
@@ -705,7 +705,7 @@ func (p *pool) purgeV3(ctx context.Context) error {
 		err := st.Purge(opCtx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(rev+1))
 		cancel()
 		if err != nil {
-			return fmt.Errorf("bus: purge the delete marker of %q: %w", key, err)
+			return fmt.Errorf("router: purge the delete marker of %q: %w", key, err)
 		}
 		p.v3.purged(key, rev)
 		p.r.stats.v3Purged.Add(1)

@@ -110,12 +110,12 @@ func (r *Router) Start(ctx context.Context) error {
 	r.stateMu.Lock()
 	defer r.stateMu.Unlock()
 	if r.state != 0 {
-		return errors.New("bus: Router.Start called twice or after Close")
+		return errors.New("router: Router.Start called twice or after Close")
 	}
 	r.started = r.cfg.Now()
 	js, err := jetstream.New(r.nc)
 	if err != nil {
-		return fmt.Errorf("bus: jetstream: %w", err)
+		return fmt.Errorf("router: jetstream: %w", err)
 	}
 	r.js = js
 	kv, err := follow.OpenBucket(ctx, js, r.cfg.Bucket, r.cfg.KVReplicas, r.log)
@@ -149,11 +149,11 @@ func (r *Router) Start(ctx context.Context) error {
 	r.caughtUp.Store(r.cfg.Now().UnixNano())
 	sub, err := r.nc.Subscribe(bus.SubjectHealthAll, r.onHealth)
 	if err != nil {
-		return fmt.Errorf("bus: subscribe %s: %w", bus.SubjectHealthAll, err)
+		return fmt.Errorf("router: subscribe %s: %w", bus.SubjectHealthAll, err)
 	}
 	r.healthSub.Store(sub)
 	if err := sub.SetPendingLimits(DefaultHealthPending, 256<<20); err != nil {
-		return fmt.Errorf("bus: pending limits: %w", err)
+		return fmt.Errorf("router: pending limits: %w", err)
 	}
 	if err := r.live.start(r.ctx); err != nil {
 		return err
@@ -172,7 +172,7 @@ func (r *Router) Start(ctx context.Context) error {
 		QueueGroup:  r.cfg.QueueGroup,
 	})
 	if err != nil {
-		return fmt.Errorf("bus: micro service: %w", err)
+		return fmt.Errorf("router: micro service: %w", err)
 	}
 	for _, ep := range []struct {
 		name, subject string
@@ -184,13 +184,13 @@ func (r *Router) Start(ctx context.Context) error {
 		{"pools", bus.SubjectPools, r.handlePools},
 	} {
 		if err := r.svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.subject)); err != nil {
-			return fmt.Errorf("bus: endpoint %s: %w", ep.subject, err)
+			return fmt.Errorf("router: endpoint %s: %w", ep.subject, err)
 		}
 	}
 	flushCtx, cancel := context.WithTimeout(ctx, 10*time.Second) // ctx may have no deadline
 	defer cancel()
 	if err := r.nc.FlushWithContext(flushCtx); err != nil {
-		return fmt.Errorf("bus: flush: %w", err)
+		return fmt.Errorf("router: flush: %w", err)
 	}
 	ok = true
 	r.state = 1
