@@ -55,9 +55,8 @@ type node struct {
 
 // snapshot is an immutable view that selections read without locking.
 type snapshot struct {
-	ids      []string         // sorted; shared while the set of nodes is unchanged
-	index    map[string]int32 // position of each id; shared likewise
-	trees                     // weights and classes by position
+	ids      []string // sorted, so an id's position is found by binary search; shared while the set of nodes is unchanged
+	trees             // weights and classes by position
 	total    [numClasses]float64
 	count    [numClasses]int32
 	positive [numClasses]int32 // members of positive weight
@@ -83,7 +82,7 @@ func New(cfg Config) (*Balancer, error) {
 		b.rand = cryptoSeeded()
 	}
 	b.arena = newArena(0)
-	b.snap.Store(b.snapshot(nil, map[string]int32{}, [numClasses]uint32{}, never))
+	b.snap.Store(b.snapshot(nil, [numClasses]uint32{}, never))
 	return b, nil
 }
 
@@ -140,7 +139,7 @@ func (b *Balancer) Report(nodeID string, r Report) error {
 	}
 	if !known {
 		n.w, n.c = b.weigh(n)
-		b.relayout(mergeSorted(b.snap.Load().ids, []string{nodeID}))
+		b.join([]string{nodeID})
 		return nil
 	}
 	b.reweigh(n)
@@ -229,14 +228,14 @@ func (b *Balancer) ReportAll(nodeIDs []string, reports []Report) error {
 		return nil
 	}
 	slices.Sort(added)
-	b.relayout(mergeSorted(b.snap.Load().ids, slices.Compact(added)))
+	b.join(slices.Compact(added))
 	return nil
 }
 
 // Known reports whether the balancer knows nodeID (from a report or Add).
 // It reads the snapshot without locking.
 func (b *Balancer) Known(nodeID string) bool {
-	_, ok := b.snap.Load().index[nodeID]
+	_, ok := b.snap.Load().pos(nodeID)
 	return ok
 }
 
@@ -266,7 +265,7 @@ func (b *Balancer) Add(nodeIDs ...string) error {
 		return nil
 	}
 	slices.Sort(added)
-	b.relayout(mergeSorted(b.snap.Load().ids, added))
+	b.join(added)
 	return nil
 }
 
@@ -278,6 +277,7 @@ func (b *Balancer) Forget(nodeIDs ...string) {
 	removed := false
 	for _, id := range nodeIDs {
 		if n, ok := b.nodes[id]; ok {
+			n.pos = -1 // gone: relayout leaves it out
 			delete(b.nodes, id)
 			b.stale.remove(n)
 			b.ramps.remove(n)
@@ -289,13 +289,13 @@ func (b *Balancer) Forget(nodeIDs ...string) {
 		return
 	}
 	old := b.snap.Load().ids
-	ids := make([]string, 0, len(b.nodes))
-	for _, id := range old {
-		if _, ok := b.nodes[id]; ok {
-			ids = append(ids, id)
+	ids, byPos := make([]string, 0, len(b.nodes)), make([]*node, 0, len(b.nodes))
+	for i, id := range old {
+		if n := b.byPos[i]; n.pos >= 0 {
+			ids, byPos = append(ids, id), append(byPos, n)
 		}
 	}
-	b.relayout(ids)
+	b.relayout(ids, byPos)
 }
 
 // newNode makes id known, ramping up if slow start is on. With b.mu held;
@@ -427,18 +427,35 @@ func (b *Balancer) publish() {
 	for c := range b.dirty {
 		b.dirty[c] = b.dirty[c][:0]
 	}
-	b.snap.Store(b.snapshot(old.ids, old.index, roots, due))
+	b.snap.Store(b.snapshot(old.ids, roots, due))
 }
 
-// relayout publishes a snapshot for a new set of nodes, ids sorted: new
-// positions, index and tree, O(n). With b.mu held.
-func (b *Balancer) relayout(ids []string) {
-	index := make(map[string]int32, len(ids))
-	b.byPos = make([]*node, len(ids))
+// join lays out the snapshot with the new nodes added (sorted, unique,
+// already in b.nodes): one merge with the current ids, looking up only the
+// new nodes. With b.mu held.
+func (b *Balancer) join(added []string) {
+	old := b.snap.Load().ids
+	ids, byPos := make([]string, 0, len(old)+len(added)), make([]*node, 0, len(old)+len(added))
+	i := 0
+	for _, id := range added {
+		for ; i < len(old) && old[i] < id; i++ {
+			ids, byPos = append(ids, old[i]), append(byPos, b.byPos[i])
+		}
+		ids, byPos = append(ids, id), append(byPos, b.nodes[id])
+	}
+	ids, byPos = append(ids, old[i:]...), append(byPos, b.byPos[i:]...)
+	b.relayout(ids, byPos)
+}
+
+// relayout publishes a snapshot for a new set of nodes, ids sorted and
+// byPos their nodes: new positions and trees, O(n) with no map lookup (a
+// map of every id, and a lookup of each, were half of what a join or leave
+// cost; BenchmarkJoinLeave). With b.mu held.
+func (b *Balancer) relayout(ids []string, byPos []*node) {
+	b.byPos = byPos
 	b.positive = [numClasses]int32{}
-	for i, id := range ids {
-		n := b.nodes[id]
-		index[id], n.pos, b.byPos[i] = int32(i), int32(i), n
+	for i, n := range byPos {
+		n.pos = int32(i)
 		if n.w > 0 {
 			b.positive[n.c]++
 		}
@@ -446,11 +463,18 @@ func (b *Balancer) relayout(ids []string) {
 	for c := range b.dirty {
 		b.dirty[c] = b.dirty[c][:0]
 	}
-	b.snap.Store(b.snapshot(ids, index, b.arena.build(b.byPos, true), b.nextDue()))
+	b.snap.Store(b.snapshot(ids, b.arena.build(b.byPos, true), b.nextDue()))
 }
 
-func (b *Balancer) snapshot(ids []string, index map[string]int32, roots [numClasses]uint32, due int64) *snapshot {
-	s := &snapshot{ids: ids, index: index, positive: b.positive, due: due}
+// pos returns id's position in s. A binary search instead of a map: a map
+// of every id had to be built anew for each join and leave, half of what
+// they cost (BenchmarkJoinLeave).
+func (s *snapshot) pos(id string) (int, bool) {
+	return slices.BinarySearch(s.ids, id)
+}
+
+func (b *Balancer) snapshot(ids []string, roots [numClasses]uint32, due int64) *snapshot {
+	s := &snapshot{ids: ids, positive: b.positive, due: due}
 	s.trees = trees{nodes: b.arena.nodes, roots: roots, span: rootSpan(len(ids))}
 	for c, root := range roots {
 		s.total[c], s.count[c] = s.nodes[root].totals()
@@ -582,7 +606,7 @@ func (b *Balancer) subset(s *snapshot, candidates []string, buf *subsetBuf) (pic
 			continue
 		}
 		w, c := neutral, classEligible
-		if i, ok := s.index[id]; ok {
+		if i, ok := s.pos(id); ok {
 			w, c = s.at(int(i))
 		}
 		names, ws, cs = append(names, id), append(ws, w), append(cs, c)
@@ -657,16 +681,3 @@ func (b *Balancer) Counts() (known, eligible int) {
 
 // Len returns the number of known nodes.
 func (b *Balancer) Len() int { return len(b.snap.Load().ids) }
-
-// mergeSorted merges two sorted lists of distinct ids into a new one.
-func mergeSorted(a, b []string) []string {
-	out := make([]string, 0, len(a)+len(b))
-	for len(a) > 0 && len(b) > 0 {
-		if a[0] < b[0] {
-			out, a = append(out, a[0]), a[1:]
-		} else {
-			out, b = append(out, b[0]), b[1:]
-		}
-	}
-	return append(append(out, a...), b...)
-}

@@ -193,3 +193,21 @@ func BenchmarkReportAllShuffled(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkJoinLeave measures one node joining a balancer of n reporting
+// nodes and leaving again (a rolling restart's step): each re-lays the
+// selection snapshot.
+func BenchmarkJoinLeave(b *testing.B) {
+	for _, n := range []int{10_000, 50_000} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			bal := benchBalancer(b, n)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bal.Report("newcomer", Report{CPUUsage: 10, MemoryUsage: 10}); err != nil {
+					b.Fatal(err)
+				}
+				bal.Forget("newcomer")
+			}
+		})
+	}
+}

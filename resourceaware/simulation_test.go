@@ -271,7 +271,7 @@ func runSimulation(t testing.TB, size simSize, cfg Config, p2c bool, seed uint64
 // one of two draws and the better of them).
 func chance(b *Balancer, id string, p2c bool) float64 {
 	s := b.current()
-	i, ok := s.index[id]
+	i, ok := s.pos(id)
 	if !ok {
 		return 0
 	}
