@@ -225,3 +225,49 @@ func BenchmarkProbeScheduleSeen(b *testing.B) {
 		s.Seen(ids[i%len(ids)], 5*time.Second, true, t0.Add(time.Duration(i)))
 	}
 }
+
+// TestProbeScheduleCountsLateOnesOnce: nodes that come due while others
+// wait for tokens are each counted as rate-limited once, at most markEvery
+// after they began to wait, however often Take runs.
+func TestProbeScheduleCountsLateOnesOnce(t *testing.T) {
+	s := New(1.5, 2, 100) // burst 10
+	for i := range 1000 {
+		// Due from +1.5 s on, one every 2 ms.
+		s.Seen(fmt.Sprintf("n%04d", i), time.Second, true, t0.Add(time.Duration(2*i)*time.Millisecond))
+	}
+	probed, limited := 0, 0
+	end := t0.Add(4 * time.Second)
+	for now := t0.Add(1500 * time.Millisecond); !now.After(end); now = now.Add(time.Millisecond) {
+		got, l := s.Take(now)
+		probed += len(got)
+		limited += l
+	}
+	// By the end every node is due: the probed ones and the counted ones
+	// are all of them, each once (a node probed after it was counted is
+	// both; one probed as it came due is only probed).
+	if probed > 1000 || limited > 1000 || probed+limited < 1000 {
+		t.Fatalf("%d probed, %d counted as limited: want every one of the 1,000 due nodes in one or both, once", probed, limited)
+	}
+	waiting := 1000 - probed
+	if limited < waiting {
+		t.Fatalf("%d still wait for a token but only %d were counted", waiting, limited)
+	}
+}
+
+// BenchmarkTakeLimited: one second of Take every millisecond while 50,000
+// due nodes wait for tokens (100 probes a second), as after a stall at
+// 100,000 members.
+func BenchmarkTakeLimited(b *testing.B) {
+	b.ReportAllocs()
+	for range b.N {
+		b.StopTimer()
+		s := New(1.5, 2, 100)
+		for i := range 50_000 {
+			s.Seen(fmt.Sprintf("n%05d", i), time.Second, true, t0)
+		}
+		b.StartTimer()
+		for ms := range 1000 {
+			s.Take(t0.Add(2*time.Second + time.Duration(ms)*time.Millisecond))
+		}
+	}
+}
