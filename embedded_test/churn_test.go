@@ -32,6 +32,7 @@ import (
 //	NATSROUTE_CHURN_SECONDS=20           how long the rolling restart lasts
 //	NATSROUTE_CHURN_CPUPROFILE=dir       CPU profiles of the router and of cache 0 during it
 //	NATSROUTE_CHURN_LEGACY_DOCUMENT=off  the router writes no whole document (NoLegacyDocument)
+//	NATSROUTE_CHURN_COALESCE=1ms         the router's write window (--coalesce; default 5ms)
 //
 // The parent holds the embedded server and the load; the router runs in a
 // process of its own (the scale benchmark's router process, with
@@ -91,7 +92,13 @@ const (
 // earlier releases), or without the document if churnLegacyEnv is off.
 func churnRouter(cfg *router.Config) {
 	cfg.NoLegacyDocument = churnNoLegacy()
+	if d, err := time.ParseDuration(os.Getenv(churnCoalesceEnv)); err == nil {
+		cfg.Coalesce = d
+	}
 }
+
+// churnCoalesceEnv sets the churn router's write window (Config.Coalesce).
+const churnCoalesceEnv = "NATSROUTE_CHURN_COALESCE"
 
 // churnLegacyEnv=off runs the churn router with NoLegacyDocument.
 const churnLegacyEnv = "NATSROUTE_CHURN_LEGACY_DOCUMENT"

@@ -184,14 +184,7 @@ func (p *pool) wake() {
 // their entries depend on changed (a report, a down, an ejection, another
 // router's write of their keys).
 func (p *pool) wakeFor(ids ...string) {
-	p.namedMu.Lock()
-	if p.named == nil {
-		p.named = map[string]struct{}{}
-	}
-	for _, id := range ids {
-		p.named[id] = struct{}{}
-	}
-	p.namedMu.Unlock()
+	p.addNamed(ids)
 	p.signal()
 }
 
@@ -205,6 +198,18 @@ func (p *pool) takeNamed() []string {
 	ids := slices.Sorted(maps.Keys(p.named))
 	clear(p.named)
 	return ids
+}
+
+// addNamed adds ids to the nodes the writer decides at its next flush.
+func (p *pool) addNamed(ids []string) {
+	p.namedMu.Lock()
+	defer p.namedMu.Unlock()
+	if p.named == nil {
+		p.named = map[string]struct{}{}
+	}
+	for _, id := range ids {
+		p.named[id] = struct{}{}
+	}
 }
 
 func (p *pool) signal() {

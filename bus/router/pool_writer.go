@@ -243,15 +243,23 @@ func (p *pool) flush(ctx context.Context) error {
 		base = bus.NewRingDocument(base.VNodes)
 	}
 	ids := p.takeNamed()
+	whole := p.whole.Swap(false) || !p.ring.Published() || len(ids) > max(64, len(base.Nodes)/8)
 	var err error
-	switch whole := p.whole.Swap(false); {
-	case whole || !p.ring.Published() || len(ids) > max(64, len(base.Nodes)/8):
+	switch {
+	case whole:
 		err = p.syncV3(ctx, base, p.desired(base, v.Rev, true))
 	case len(ids) > 0:
 		err = p.syncChanged(ctx, base, v.Rev, ids)
 	}
-	if err != nil {
+	switch {
+	case err == nil:
+	case whole || !errors.Is(err, errKeyConflict):
 		p.whole.Store(true) // decide every member at the retry
+	default:
+		// Another router wrote one of these keys first (replicas handle
+		// the same reports): decide them again once the watch brings its
+		// write in, which names them too.
+		p.addNamed(ids)
 	}
 	return err
 }
