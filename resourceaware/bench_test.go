@@ -162,22 +162,7 @@ func BenchmarkCounts(b *testing.B) {
 // list.
 func BenchmarkReportAllShuffled(b *testing.B) {
 	const n, k = 50_000, 1_000
-	bal, err := New(Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ids := benchIDs(n)
-	if err := bal.Add(ids...); err != nil {
-		b.Fatal(err)
-	}
-	start := time.Now()
-	for i, id := range ids {
-		r := benchReport(i)
-		r.Received = start
-		if err := bal.Report(id, r); err != nil {
-			b.Fatal(err)
-		}
-	}
+	bal, ids := benchBalancer(b, n), benchIDs(n)
 	rng := rand.New(rand.NewPCG(1, 2))
 	batch, reps := make([]string, k), make([]Report, k)
 	b.ReportAllocs()
