@@ -25,8 +25,10 @@ type edit struct {
 // if not nil, is the membership that results, sorted by id (Set has it at
 // hand). A change that moves few points is patched into the snapshot,
 // sharing everything it does not touch (patch); one that moves many, or
-// that the table no longer suits, is built afresh, and then the changes
-// are only counted, not recorded: a burst of 50,000 joins is one build.
+// that the table no longer suits, makes the snapshot a fresh build would
+// (rebuild, which reads the points that stay from old; build, if old has
+// none), and then the changes are only counted, not recorded: a burst of
+// 50,000 joins is one build.
 func (old *Snapshot) apply(chs []change, full []Member) *Snapshot {
 	// classify tells whether c does anything, and the member's slot,
 	// presence and points before and after.
@@ -72,7 +74,10 @@ func (old *Snapshot) apply(chs []change, full []Member) *Snapshot {
 		if full == nil {
 			full = old.merged(chs)
 		}
-		return build(old.vnodes, old.hash, full)
+		if old.n == 0 {
+			return build(old.vnodes, old.hash, full)
+		}
+		return old.rebuild(full)
 	}
 	eds := make([]edit, 0, edits)
 	for _, c := range chs {

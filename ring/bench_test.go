@@ -277,7 +277,8 @@ func BenchmarkApply(b *testing.B) {
 
 // BenchmarkApplyShare applies a batch of joins that is a share of the ring
 // (1/16, 1/8, 1/4, 1/2 of 40,000 members), as a reader meets during a
-// burst: what rebuildShare chooses between patching and building.
+// burst: what rebuildShare chooses between patching and rebuilding; and a
+// batch in which every other member leaves (leaves=1_2), which rebuilds.
 func BenchmarkApplyShare(b *testing.B) {
 	const n = 40_000
 	all := members(n + n/2)
@@ -291,4 +292,11 @@ func BenchmarkApplyShare(b *testing.B) {
 			benchWrite(b, base, func(r *Ring) error { return r.Apply(chs...) })
 		})
 	}
+	leaves := make([]Change, 0, n/2)
+	for i := 0; i < n; i += 2 {
+		leaves = append(leaves, Change{Member: Member{ID: all[i].ID}, Remove: true})
+	}
+	b.Run("leaves=1_2", func(b *testing.B) {
+		benchWrite(b, base, func(r *Ring) error { return r.Apply(leaves...) })
+	})
 }

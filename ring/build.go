@@ -84,6 +84,22 @@ func (s *Snapshot) setBits(b uint) {
 // build returns the snapshot of ms (normalized, sorted by ID, unique). Slots
 // are numbered in id order, and so are shed ranks.
 func build(vnodes int, hash func(string) uint64, ms []Member) *Snapshot {
+	s := newSnapshot(vnodes, hash, ms)
+	switch {
+	case s.n == 0:
+	case len(ms) <= 1<<16:
+		fillSorted(s, ms, make([]uint16, s.n))
+	default:
+		fillSorted(s, ms, make([]uint32, s.n))
+	}
+	s.link()
+	return s
+}
+
+// newSnapshot returns the snapshot of ms (normalized, sorted by ID, unique)
+// without its points: its members, slots and shed ranks numbered in id
+// order, its counters, and its table sized, every bucket nil.
+func newSnapshot(vnodes int, hash func(string) uint64, ms []Member) *Snapshot {
 	s := &Snapshot{vnodes: vnodes, hash: hash, nMembers: len(ms), nSlots: uint32(len(ms))}
 	s.slots = make([]*leaf, (len(ms)+leafLen-1)/leafLen)
 	for i := range s.slots {
@@ -104,14 +120,6 @@ func build(vnodes int, hash func(string) uint64, ms []Member) *Snapshot {
 	s.ids = newIDIndex(refs)
 	s.setBits(tableBits(s.n, s.nSlots))
 	s.points = make([]*bucket, 1<<(s.bits-bucketBits))
-	switch {
-	case s.n == 0:
-	case len(ms) <= 1<<16:
-		fillSorted(s, ms, make([]uint16, s.n))
-	default:
-		fillSorted(s, ms, make([]uint32, s.n))
-	}
-	s.link()
 	return s
 }
 
