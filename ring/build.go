@@ -33,17 +33,16 @@ const bucketPoints = 9
 const contiguousPoints = 1 << 18
 
 // rebuildShare: when the points that a change adds or removes are more than
-// this fraction of the ring, it is built afresh instead of being patched. A
-// fresh build hashes and sorts every point; a patch hashes only the points
-// that move, spreads them by bucket and copies every bucket they fall in,
-// which at an eighth of the ring is nearly all of them. On its own a patch
-// is the cheaper (joins of 1/4 and 1/2 of 40,000 members, BenchmarkApplyShare
-// with rebuildShare 2, medians of 6: patched 228 and 423 ms, built 598 and
-// 518 ms), but in a burst of 50,000 joins every reader reached the end later
-// with it (BenchmarkScale, two runs each: 7.5 and 7.6 s against 6.1 and
-// 5.8 s): the watch holds the next flush for 4 × the last one's time, so
-// cheaper flushes came more often, and each still copies nearly the whole
-// ring.
+// this fraction of the ring, it is rebuilt (from the old ring's points, see
+// rebuild) instead of being patched. A patch hashes only the points that
+// move, spreads them by bucket and copies every bucket they fall in, which
+// at an eighth of the ring is nearly all of them; a rebuild hashes only the
+// points that join and writes every bucket anew. In a burst of 50,000 joins
+// (BenchmarkScale, two runs each) every reader had them all after 5.1 and
+// 5.2 s with 8, 5.6 and 5.6 s with 16; before rebuild reused points, 6.1
+// and 5.8 s with 8 and 7.5 and 7.6 s with 2 (patching more: cheaper flushes
+// came more often under the watch's hold rule, and each still copied nearly
+// the whole ring).
 const rebuildShare = 8
 
 // tableBits returns the table bits for a ring of n points whose owners are
