@@ -543,3 +543,64 @@ func TestRoutersDoNotUndoEachOther(t *testing.T) {
 		}
 	}
 }
+
+// TestRejoinOverPurgedMarker: a node that rejoins is written over its
+// delete marker with one update on the marker's revision (Create would take
+// three round trips); if the marker is gone behind the router's back (say,
+// another router purged it), the update fails and Create writes the key.
+func TestRejoinOverPurgedMarker(t *testing.T) {
+	s := runServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := testConfig(t)
+	cfg.MemberTTL = time.Minute // this router purges nothing meanwhile
+	r := startRouter(t, nc, cfg)
+	js, kv := defaultKV(t, nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, "KV_"+bus.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := "$KV." + bus.DefaultBucket + "." + bus.MemberKey(bus.DefaultPool, "b")
+	leave := okHealth
+	leave.Status = bus.StatusLeaving
+	markerOfB := func() uint64 {
+		var seq uint64
+		waitFor(t, 10*time.Second, "b's delete marker", func() bool {
+			m, err := st.GetLastMsgForSubject(ctx, subject)
+			if err != nil || m.Header.Get("KV-Operation") != "DEL" {
+				return false
+			}
+			seq = m.Sequence
+			return true
+		})
+		return seq
+	}
+	bBack := func(what string) {
+		health(t, nc, "b", okHealth)
+		waitFor(t, 10*time.Second, what, func() bool {
+			e, err := kv.Get(ctx, bus.MemberKey(bus.DefaultPool, "b"))
+			return err == nil && e.Operation() == jetstream.KeyValuePut && members(r) == "a,b"
+		})
+	}
+	health(t, nc, "a", okHealth)
+	bBack("b joins")
+
+	// Over its marker.
+	health(t, nc, "b", leave)
+	marker := markerOfB()
+	waitFor(t, 10*time.Second, "b out of the ring", func() bool { return members(r) == "a" })
+	bBack("b back over its marker")
+	if e, _ := kv.Get(ctx, bus.MemberKey(bus.DefaultPool, "b")); e.Revision() <= marker {
+		t.Fatalf("b's key at revision %d, not above its marker's %d", e.Revision(), marker)
+	}
+
+	// Over a marker purged behind the router's back.
+	health(t, nc, "b", leave)
+	markerOfB()
+	waitFor(t, 10*time.Second, "b out of the ring", func() bool { return members(r) == "a" })
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+		t.Fatal(err)
+	}
+	bBack("b back after its marker was purged by someone else")
+}

@@ -574,9 +574,19 @@ func (p *pool) putV3(ctx context.Context, kv jetstream.KeyValue, key string, dat
 	defer cancel()
 	var rev uint64
 	var err error
-	if k.present {
+	switch {
+	case k.present:
 		rev, err = kv.Update(opCtx, key, data, k.rev)
-	} else {
+	case k.rev > 0 && !k.deleting:
+		// The last entry is a delete marker at k.rev: update on it. Create
+		// would first fail, then read the key, then update: three round
+		// trips for every rejoin of a rolling restart. If the marker is not
+		// the last entry any more (written over, or purged), Create sorts
+		// it out.
+		if rev, err = kv.Update(opCtx, key, data, k.rev); casConflict(err) {
+			rev, err = kv.Create(opCtx, key, data)
+		}
+	default:
 		// Create also takes a key whose last entry is a delete marker.
 		rev, err = kv.Create(opCtx, key, data)
 	}
