@@ -90,7 +90,7 @@ func checkChanged(t *testing.T, seed uint64, steps int) {
 		whole := p.whole.Swap(false)
 		ids := p.takeNamed()
 		changes := p.desiredFor(v.Doc, v.Rev, ids)
-		want := p.desired(v.Doc, v.Rev, true)
+		want := p.desired(v.Doc, v.Rev)
 		if !whole {
 			got := applyChanges(v.Doc, changes)
 			if !got.Equal(want) {

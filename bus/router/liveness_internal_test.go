@@ -30,7 +30,7 @@ func TestDownLeavesAsOnALeave(t *testing.T) {
 	}
 	p := r.pool("p")
 	members := func() string {
-		d := p.desired(bus.NewRingDocument(150), 1, true)
+		d := p.desired(bus.NewRingDocument(150), 1)
 		out := ""
 		for _, n := range d.Nodes {
 			out += n.ID

@@ -14,10 +14,8 @@ import (
 // reported weight and status (and the shed the load policy wants); nodes
 // that said leaving, went silent for the TTL, moved to other pools, or (for
 // members this router has never heard from) stayed silent for the TTL since
-// it started, are not; nor are nodes ejected from the pool. With joins
-// false, nodes not in base stay out (used when the whole document would be
-// too large to write).
-func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDocument {
+// it started, are not; nor are nodes ejected from the pool.
+func (p *pool) desired(base bus.RingDocument, rev uint64) bus.RingDocument {
 	r := p.r
 	d := p.decider(rev)
 	r.healthMu.Lock()
@@ -36,9 +34,6 @@ func (p *pool) desired(base bus.RingDocument, rev uint64, joins bool) bus.RingDo
 		if m, ok := d.member(n); ok {
 			out.Nodes = append(out.Nodes, m)
 		}
-	}
-	if !joins {
-		return out.WithFormat()
 	}
 	sorted := true
 	for id, t := range d.reporters {
@@ -247,7 +242,7 @@ func (p *pool) flush(ctx context.Context) error {
 	var err error
 	switch {
 	case whole:
-		err = p.syncV3(ctx, base, p.desired(base, v.Rev, true))
+		err = p.syncV3(ctx, base, p.desired(base, v.Rev))
 	case len(ids) > 0:
 		err = p.syncChanged(ctx, base, v.Rev, ids)
 	}
@@ -421,7 +416,7 @@ func (p *pool) resync(ctx context.Context) {
 		p.r.suspectBucket()
 	}
 	v := p.ring.Current()
-	if !p.desired(v.Doc, v.Rev, true).Equal(v.Doc) {
+	if !p.desired(v.Doc, v.Rev).Equal(v.Doc) {
 		p.wake()
 	}
 }

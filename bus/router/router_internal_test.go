@@ -171,7 +171,7 @@ func TestExpiryWhileBehind(t *testing.T) {
 		{maxExpiryHold + 1001*time.Millisecond, false}, // the hold is bounded: a expires under load
 	} {
 		now = time.Unix(1000, 0).Add(c.after)
-		if got := p.desired(base, 0, true); (len(got.Nodes) == 1) != c.member {
+		if got := p.desired(base, 0); (len(got.Nodes) == 1) != c.member {
 			t.Fatalf("%v after its report, with reports queued: members %+v, want a member: %v", c.after, got.Nodes, c.member)
 		}
 		if p.due() == c.member {
@@ -188,7 +188,7 @@ func TestExpiryWhileBehind(t *testing.T) {
 			t.Fatal("queue did not drain")
 		}
 	}
-	if got := p.desired(base, 0, true); len(got.Nodes) != 0 {
+	if got := p.desired(base, 0); len(got.Nodes) != 0 {
 		t.Fatalf("once caught up, the silent member must expire: %+v", got.Nodes)
 	}
 	_ = sub.Unsubscribe()
