@@ -618,6 +618,11 @@ func TestOversizeDocument(t *testing.T) {
 		health(t, nc, fmt.Sprintf("node-%03d", i), okHealth)
 	}
 	waitFor(t, 10*time.Second, "200 members", func() bool { d, _ := r.Ring(); return len(d.Nodes) == 200 })
+	// The document follows the member keys (at most every 100 ms).
+	waitFor(t, 10*time.Second, "200 members in the document", func() bool {
+		got, _ := bucketDocument(js)
+		return strings.Count(got, ",") == 199
+	})
 	for i := 200; i < 400; i++ {
 		health(t, nc, fmt.Sprintf("node-%03d", i), okHealth)
 	}

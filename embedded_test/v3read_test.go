@@ -602,10 +602,15 @@ func TestRingCacheV3BucketRecreated(t *testing.T) {
 	if err := env.js.DeleteKeyValue(ctx, bus.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
-	kv, err := env.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The server removes the old stream's store after the delete returns:
+	// a create at once can meet it (error 10049, "error creating store for
+	// stream", seen once in CI).
+	var kv jetstream.KeyValue
+	var err error
+	waitFor(t, 10*time.Second, "the bucket created anew", func() bool {
+		kv, err = env.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bus.DefaultBucket, History: 1})
+		return err == nil
+	})
 	env.kv = kv
 	env.put(t, "pools.default", `{"format":3,"hash":"xxhash64","vnodes":150}`)
 	rev := env.put(t, "members.default.x", `{"weight":1}`)
