@@ -63,6 +63,7 @@ func runScaleProc(url string, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("scale process: %s: %w", scaleProcTTLEnv, err)
 	}
+	router.TuneGC() // as the binary does
 	cfg := router.DefaultConfig()
 	cfg.MemberTTL = ttl
 	if os.Getenv(churnRouterEnv) != "" {
