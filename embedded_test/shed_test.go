@@ -342,13 +342,14 @@ func TestShedOffRemovesSheds(t *testing.T) {
 	})
 	// The document follows the member keys (at most every 100 ms).
 	var last []byte
+	ctx := ctxT(t)
 	defer func() {
 		if t.Failed() {
 			t.Logf("the document holds %s", last)
 		}
 	}()
 	waitFor(t, 5*time.Second, "the document in format 1 without the shed", func() bool {
-		e, err := kv.Get(ctxT(t), bus.RingKey)
+		e, err := kv.Get(ctx, bus.RingKey)
 		if err != nil {
 			return false
 		}

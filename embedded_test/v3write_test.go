@@ -417,15 +417,7 @@ func TestRouterPurgesV3Markers(t *testing.T) {
 		t.Fatal(err)
 	}
 	subject := "$KV." + bus.DefaultBucket + "." + bus.MemberKey(bus.DefaultPool, "b")
-	var marker uint64
-	waitFor(t, 10*time.Second, "b's delete marker", func() bool {
-		m, err := st.GetLastMsgForSubject(ctx, subject)
-		if err != nil || m.Header.Get("KV-Operation") != "DEL" {
-			return false
-		}
-		marker = m.Sequence
-		return true
-	})
+	marker := deleteMarker(t, st, subject)
 	waitFor(t, 10*time.Second, "b's delete marker purged", func() bool {
 		_, err := st.GetLastMsgForSubject(ctx, subject)
 		return errors.Is(err, jetstream.ErrMsgNotFound) && r.Stats().V3MarkersPurged >= 1
@@ -564,18 +556,6 @@ func TestRejoinOverPurgedMarker(t *testing.T) {
 	subject := "$KV." + bus.DefaultBucket + "." + bus.MemberKey(bus.DefaultPool, "b")
 	leave := okHealth
 	leave.Status = bus.StatusLeaving
-	markerOfB := func() uint64 {
-		var seq uint64
-		waitFor(t, 10*time.Second, "b's delete marker", func() bool {
-			m, err := st.GetLastMsgForSubject(ctx, subject)
-			if err != nil || m.Header.Get("KV-Operation") != "DEL" {
-				return false
-			}
-			seq = m.Sequence
-			return true
-		})
-		return seq
-	}
 	bBack := func(what string) {
 		health(t, nc, "b", okHealth)
 		waitFor(t, 10*time.Second, what, func() bool {
@@ -588,7 +568,7 @@ func TestRejoinOverPurgedMarker(t *testing.T) {
 
 	// Over its marker.
 	health(t, nc, "b", leave)
-	marker := markerOfB()
+	marker := deleteMarker(t, st, subject)
 	waitFor(t, 10*time.Second, "b out of the ring", func() bool { return members(r) == "a" })
 	bBack("b back over its marker")
 	if e, _ := kv.Get(ctx, bus.MemberKey(bus.DefaultPool, "b")); e.Revision() <= marker {
@@ -597,10 +577,27 @@ func TestRejoinOverPurgedMarker(t *testing.T) {
 
 	// Over a marker purged behind the router's back.
 	health(t, nc, "b", leave)
-	markerOfB()
+	deleteMarker(t, st, subject)
 	waitFor(t, 10*time.Second, "b out of the ring", func() bool { return members(r) == "a" })
 	if err := st.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
 		t.Fatal(err)
 	}
 	bBack("b back after its marker was purged by someone else")
+}
+
+// deleteMarker waits for the last message of a KV key's subject to be a
+// delete marker and returns its sequence (the key's revision).
+func deleteMarker(t *testing.T, st jetstream.Stream, subject string) uint64 {
+	t.Helper()
+	var seq uint64
+	ctx := ctxT(t)
+	waitFor(t, 10*time.Second, subject+"'s delete marker", func() bool {
+		m, err := st.GetLastMsgForSubject(ctx, subject)
+		if err != nil || m.Header.Get("KV-Operation") != "DEL" {
+			return false
+		}
+		seq = m.Sequence
+		return true
+	})
+	return seq
 }
