@@ -228,8 +228,7 @@ func (p *pool) publish() {
 				// changes: a router of an earlier release writes what it
 				// knows there, and re-asserting ours at once would make the
 				// two take turns for ever.
-				p.legacyDue.Store(true)
-				p.signal()
+				p.legacyChanged()
 			}
 			p.docEntry = nil
 			if cur := p.ring.Current(); p.ring.Published() && s.Revision < cur.Rev {
@@ -239,8 +238,7 @@ func (p *pool) publish() {
 				return
 			}
 			if p.ring.Publish(s.Document(), s.Revision, s.Ring) && !r.cfg.NoLegacyDocument {
-				p.legacyDue.Store(true) // the document follows the keys
-				p.signal()
+				p.legacyChanged() // the document follows the keys
 			}
 			// Someone else changed the keys (a replica, an operator): see
 			// whether this router wants something else of them. Its own
@@ -395,6 +393,13 @@ func (p *pool) writeKeys(ctx context.Context, kv jetstream.KeyValue, puts []keyP
 	return p.putV3(ctx, kv, bus.PoolKeyV3(p.name), pe)
 }
 
+// legacyChanged has the writer write the pool's document again (see
+// flushLegacy).
+func (p *pool) legacyChanged() {
+	p.legacyDue.Store(true)
+	p.signal()
+}
+
 // legacyEvery is the shortest time between two writes of a pool's whole
 // document. It follows the member keys, and each write is the whole
 // membership (290 KB and 1 ms of encoding at 10,000 members): a rolling
@@ -460,9 +465,6 @@ func (p *pool) writeLegacy(ctx context.Context, want bus.RingDocument) error {
 		l.mu.Unlock()
 		if same {
 			break
-		}
-		if !p.ring.Published() {
-			p.ring.Expect(data, want) // the watch brings it back: no decode
 		}
 		opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		var newRev uint64

@@ -6,7 +6,6 @@
 package follow
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -62,21 +61,10 @@ type Follower[D any] struct {
 	changed chan struct{} // closed and replaced whenever the view changes
 	view    atomic.Pointer[View[D]]
 
-	own atomic.Pointer[ownWrite[D]] // the document this process is writing
-
 	// published: the view comes from Publish (a pool that follows its
 	// member keys), and documents are not applied. Guarded by mu; read
 	// with Published.
 	published atomic.Bool
-}
-
-// ownWrite is a document a router is writing, kept so that when the watch
-// brings it back (often before the write's acknowledgement) it is applied
-// without decoding it again: 12 % of a router's CPU in a burst of 10,000
-// joins went to decoding its own 310 KB documents.
-type ownWrite[D any] struct {
-	data []byte
-	doc  D
 }
 
 // New returns a Follower of key with an empty ring of vnodes virtual nodes.
@@ -117,11 +105,6 @@ func (f *Follower[D]) Bucket() jetstream.KeyValue {
 	f.kvMu.Lock()
 	defer f.kvMu.Unlock()
 	return f.kv
-}
-
-// Expect notes a document about to be written by this process.
-func (f *Follower[D]) Expect(data []byte, doc D) {
-	f.own.Store(&ownWrite[D]{data: data, doc: doc})
 }
 
 // Apply makes doc at rev the ring that answers, unless the view is already
@@ -180,7 +163,6 @@ func (f *Follower[D]) Publish(doc D, rev uint64, snap *ring.Snapshot) bool {
 		return false
 	}
 	f.published.Store(true)
-	f.own.Store(nil)
 	f.store(old, &View[D]{Doc: doc, Rev: rev, Snap: snap})
 	return true
 }
@@ -256,7 +238,6 @@ func (f *Follower[D]) Reset() {
 		return
 	}
 	f.view.Store(&View[D]{Doc: old.Doc, Snap: old.Snap})
-	f.own.Store(nil)
 	close(f.changed)
 	f.changed = make(chan struct{})
 }
@@ -278,14 +259,10 @@ func Generation(ctx context.Context, kv jetstream.KeyValue) (time.Time, error) {
 // ApplyEntry applies a watched entry of the key.
 func (f *Follower[D]) ApplyEntry(e jetstream.KeyValueEntry) {
 	if e.Revision() <= f.Current().Rev {
-		return // already applied: a router's own write, or a resync got there first
+		return // already applied: a resync got there first
 	}
 	if e.Operation() != jetstream.KeyValuePut {
 		f.Apply(f.codec.Empty(f.vnodes), e.Revision())
-		return
-	}
-	if w := f.own.Load(); w != nil && bytes.Equal(w.data, e.Value()) {
-		f.Apply(w.doc, e.Revision())
 		return
 	}
 	d, err := f.codec.Decode(e.Value())
